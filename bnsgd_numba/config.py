@@ -1,0 +1,50 @@
+"""Tunable defaults shared by every kernel, in one place.
+
+Kernels read these values when they are compiled or launched; change them
+before the first call (or call :func:`reset` to go back to the defaults).
+
+``FASTMATH`` is the only fastmath flag set any kernel uses. It allows
+reassociation (so reductions vectorize) and contraction into FMA, but never
+``nnan``/``ninf``: those would let LLVM delete the finiteness checks that keep
+a NaN batch out of the running statistics. ``tools/check_fastmath.py`` checks
+that no kernel hard-codes its own flags.
+"""
+
+from __future__ import annotations
+
+_DEFAULTS = {
+    "FASTMATH": frozenset({"reassoc", "contract"}),
+    "CPU_ITEM_ELEMENTS": 16384,
+    "CPU_RC_COLUMNS": 512,
+    "CPU_SERIAL_BELOW": 32768,
+    "GPU_THREADS_PER_BLOCK": 256,
+}
+
+FASTMATH: frozenset[str] = _DEFAULTS["FASTMATH"]
+"""LLVM fastmath flags of every kernel (never ``nnan`` or ``ninf``)."""
+
+CPU_ITEM_ELEMENTS: int = _DEFAULTS["CPU_ITEM_ELEMENTS"]
+"""Elements per work item of a CPU reduction.
+
+The split of a reduction into items depends on the array's shape only, never
+on the number of threads, so results are bitwise identical whatever
+``NUMBA_NUM_THREADS`` is.
+"""
+
+CPU_RC_COLUMNS: int = _DEFAULTS["CPU_RC_COLUMNS"]
+"""Channels per work item of a channels-last reduction."""
+
+CPU_SERIAL_BELOW: int = _DEFAULTS["CPU_SERIAL_BELOW"]
+"""Arrays with fewer elements run the single-threaded build of a kernel.
+
+Both builds split the work into the same items, so they agree bitwise; the
+serial one only saves the cost of waking the thread pool for tiny inputs.
+"""
+
+GPU_THREADS_PER_BLOCK: int = _DEFAULTS["GPU_THREADS_PER_BLOCK"]
+"""Threads per block of GPU kernels (tests shrink it for the simulator)."""
+
+
+def reset() -> None:
+    """Restore every setting of this module to its default."""
+    globals().update(_DEFAULTS)
