@@ -1,0 +1,58 @@
+"""Timing helpers shared by the benchmarks: best-of-N wall time and a copy probe."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numba import prange as numba_prange
+
+from bnsgd_numba._compile import cpu_kernel
+
+
+def best_seconds(function: Callable[[], Any], *, repeat: int = 7, min_time: float = 0.05) -> float:
+    """Return the best time of one call of ``function`` in seconds.
+
+    ``function`` is called once to warm up, then in ``repeat`` rounds of as many
+    calls as fill ``min_time`` seconds; the fastest round's mean is returned
+    (the minimum is the least disturbed by other work on a shared machine).
+    """
+    function()
+    start = time.perf_counter()
+    function()
+    once = max(time.perf_counter() - start, 1e-7)
+    calls = max(1, int(min_time / once))
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(calls):
+            function()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+@cpu_kernel(parallel=True)
+def _parallel_copy(source, target):
+    # Fixed 64 Ki-element blocks spread over the threads: the same shape of
+    # work as the kernels it is compared with.
+    block = 65536
+    n = source.shape[0]
+    for b in numba_prange((n + block - 1) // block):
+        start = b * block
+        stop = min(start + block, n)
+        for i in range(start, stop):
+            target[i] = source[i]
+
+
+def copy_bandwidth(nbytes: int = 256 * 2**20, dtype: Any = np.float32) -> float:
+    """Measure a parallel memory copy and return its bandwidth in bytes per second.
+
+    One read and one write per element are counted, as in STREAM's Copy.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    source = np.ones(nbytes // itemsize, dtype=dtype)
+    target = np.empty_like(source)
+    seconds = best_seconds(lambda: _parallel_copy(source, target), repeat=5)
+    return 2 * source.nbytes / seconds
