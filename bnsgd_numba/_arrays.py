@@ -14,4 +14,7 @@ def is_device_array(obj: Any) -> bool:
 
 def any_device_array(*objs: Any) -> bool:
     """Return True when at least one of ``objs`` is a CUDA array."""
-    return any(is_device_array(obj) for obj in objs if obj is not None)
+    for obj in objs:
+        if obj is not None and type(obj) is not np.ndarray and is_device_array(obj):
+            return True
+    return False
