@@ -1,0 +1,1 @@
+"""Normalization layers as plugins, created with :func:`bnsgd_numba.create_normalization`."""

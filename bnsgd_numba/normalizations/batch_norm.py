@@ -1,0 +1,32 @@
+"""Built-in plugin: registers :class:`bnsgd_numba.BatchNorm` as ``batch_norm``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bnsgd_numba.hookspecs import Register, hookimpl
+
+
+def batch_norm(*args: Any, **kwargs: Any) -> Any:
+    """Create a :class:`bnsgd_numba.BatchNorm`; numba is imported only on this call.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Arguments of ``BatchNorm(num_features, *, eps, momentum, affine,
+        track_running_stats, channel_axis, dtype)``.
+
+    Returns
+    -------
+    BatchNorm
+        The layer.
+    """
+    from bnsgd_numba.batch_norm_layer import BatchNorm
+
+    return BatchNorm(*args, **kwargs)
+
+
+@hookimpl
+def bnsgd_register_normalizations(register: Register) -> None:
+    """Register ``batch_norm``; it promises zero mean and unit variance in training."""
+    register("batch_norm", batch_norm, standardizes=True)

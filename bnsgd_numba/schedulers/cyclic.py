@@ -1,0 +1,256 @@
+"""Built-in plugin: cyclical schedules, ``cyclic`` and ``one_cycle`` (with momentum)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.schedulers.base import Scheduler
+
+
+class CyclicLR(Scheduler):
+    """Cyclical learning rate between ``base_lr`` and ``max_lr`` (torch CyclicLR).
+
+    Parameters
+    ----------
+    base_lr : float
+        Lower bound of the cycle.
+    max_lr : float
+        Upper bound of the cycle (reached only with a scale of 1).
+    step_size_up : int, default 2000
+        Steps of the rising half.
+    step_size_down : int, optional
+        Steps of the falling half; defaults to ``step_size_up``.
+    mode : {"triangular", "triangular2", "exp_range"}, default "triangular"
+        Amplitude policy: constant, halved each cycle, or ``gamma ** step``.
+    gamma : float, default 1.0
+        Base of ``exp_range``.
+    scale_fn : callable, optional
+        Custom amplitude policy (overrides ``mode``), of the cycle number or
+        of the step as ``scale_mode`` says.
+    scale_mode : {"cycle", "iterations"}, default "cycle"
+        Argument of ``scale_fn``; ignored without one.
+    cycle_momentum : bool, default True
+        Cycle the bound optimizer's momentum inversely to the learning rate.
+    base_momentum, max_momentum : float, default 0.8, 0.9
+        Bounds of the momentum cycle.
+
+    Notes
+    -----
+    Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017.
+    With ``cycle_momentum`` (the default, as in torch) the bound optimizer
+    needs a ``momentum`` attribute.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_lr: float,
+        max_lr: float,
+        step_size_up: int = 2000,
+        step_size_down: int | None = None,
+        mode: str = "triangular",
+        gamma: float = 1.0,
+        scale_fn: Callable[[float], float] | None = None,
+        scale_mode: str = "cycle",
+        cycle_momentum: bool = True,
+        base_momentum: float = 0.8,
+        max_momentum: float = 0.9,
+    ) -> None:
+        if mode not in ("triangular", "triangular2", "exp_range") and scale_fn is None:
+            raise ValueError(f"mode {mode!r} is invalid and scale_fn is None")
+        if scale_mode not in ("cycle", "iterations"):
+            raise ValueError(f"scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}")
+        up = float(step_size_up)
+        down = float(step_size_down) if step_size_down is not None else up
+        if up <= 0 or down < 0:
+            raise ValueError("step_size_up must be > 0 and step_size_down >= 0")
+        self.max_lr = float(max_lr)
+        self.total_size = up + down
+        self.step_ratio = up / self.total_size
+        self.mode = mode
+        self.gamma = float(gamma)
+        self.scale_fn = scale_fn
+        self.scale_mode = (
+            scale_mode
+            if scale_fn is not None
+            else ("iterations" if mode == "exp_range" else "cycle")
+        )
+        self.cycle_momentum = bool(cycle_momentum)
+        self.base_momentum = float(base_momentum)
+        self.max_momentum = float(max_momentum)
+        super().__init__(base_lr=base_lr)
+
+    def _scale(self, x: float) -> float:
+        if self.scale_fn is not None:
+            return float(self.scale_fn(x))
+        if self.mode == "triangular":
+            return 1.0
+        if self.mode == "triangular2":
+            return 1 / (2.0 ** (x - 1))
+        return self.gamma**x
+
+    def _position(self, step: int) -> tuple[float, float]:
+        cycle = math.floor(1 + step / self.total_size)
+        x = 1.0 + step / self.total_size - cycle
+        if x <= self.step_ratio:
+            factor = x / self.step_ratio
+        else:
+            factor = (x - 1) / (self.step_ratio - 1)
+        scale = self._scale(cycle if self.scale_mode == "cycle" else step)
+        return factor, scale
+
+    def lr_at(self, step: int) -> float:
+        factor, scale = self._position(step)
+        return self.base_lr + (self.max_lr - self.base_lr) * factor * scale
+
+    def momentum_at(self, step: int) -> float | None:
+        if not self.cycle_momentum:
+            return None
+        factor, scale = self._position(step)
+        return self.max_momentum - (self.max_momentum - self.base_momentum) * factor * scale
+
+
+class OneCycleLR(Scheduler):
+    """The 1cycle policy: warm up to ``max_lr``, then anneal far below the start (torch OneCycleLR).
+
+    Parameters
+    ----------
+    max_lr : float
+        Peak learning rate.
+    total_steps : int, optional
+        Length of the cycle; or give ``epochs`` and ``steps_per_epoch``.
+    epochs, steps_per_epoch : int, optional
+        ``total_steps = epochs * steps_per_epoch``.
+    pct_start : float, default 0.3
+        Fraction of the cycle spent rising.
+    anneal_strategy : {"cos", "linear"}, default "cos"
+        Interpolation within a phase.
+    cycle_momentum : bool, default True
+        Cycle the bound optimizer's momentum inversely to the learning rate.
+    base_momentum, max_momentum : float, default 0.85, 0.95
+        Bounds of the momentum cycle.
+    div_factor : float, default 25.0
+        Initial learning rate is ``max_lr / div_factor``.
+    final_div_factor : float, default 1e4
+        Final learning rate is the initial one ``/ final_div_factor``.
+    three_phase : bool, default False
+        Rise, fall back to the initial rate, then anneal (fast.ai's variant).
+    base_lr : float, optional
+        Must equal ``max_lr / div_factor`` if given: as in torch the schedule
+        starts there, whatever the optimizer's rate was.
+
+    Notes
+    -----
+    Smith & Topin, "Super-Convergence", 2018. The schedule ends at step
+    ``total_steps``; stepping past it raises ``ValueError``, as in torch.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_lr: float,
+        total_steps: int | None = None,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        cycle_momentum: bool = True,
+        base_momentum: float = 0.85,
+        max_momentum: float = 0.95,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+        base_lr: float | None = None,
+    ) -> None:
+        if total_steps is not None:
+            if isinstance(total_steps, bool) or int(total_steps) != total_steps or total_steps <= 0:
+                raise ValueError(f"Expected positive integer total_steps, but got {total_steps}")
+            self.total_steps = int(total_steps)
+        elif epochs is not None and steps_per_epoch is not None:
+            if int(epochs) <= 0 or int(steps_per_epoch) <= 0:
+                raise ValueError("epochs and steps_per_epoch must be positive integers")
+            self.total_steps = int(epochs) * int(steps_per_epoch)
+        else:
+            raise ValueError("You must define either total_steps OR (epochs AND steps_per_epoch)")
+        if not 0 <= pct_start <= 1:
+            raise ValueError(f"Expected float between 0 and 1 pct_start, but got {pct_start}")
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        self.max_lr = float(max_lr)
+        self.initial_lr = self.max_lr / div_factor
+        self.min_lr = self.initial_lr / final_div_factor
+        if base_lr is not None and not math.isclose(float(base_lr), self.initial_lr, rel_tol=1e-12):
+            raise ValueError(
+                f"one_cycle starts at max_lr / div_factor = {self.initial_lr!r}; "
+                f"base_lr={base_lr!r} disagrees (leave it out)"
+            )
+        self.pct_start = float(pct_start)
+        self.anneal_strategy = anneal_strategy
+        self.cycle_momentum = bool(cycle_momentum)
+        self.base_momentum = float(base_momentum)
+        self.max_momentum = float(max_momentum)
+        self.three_phase = bool(three_phase)
+        self.max_step = self.total_steps
+        n = self.total_steps
+        rise_end = float(pct_start * n) - 1
+        lr, top, low = self.initial_lr, self.max_lr, self.min_lr
+        hi_m, lo_m = self.max_momentum, self.base_momentum
+        if three_phase:
+            self._phases = [
+                (rise_end, lr, top, hi_m, lo_m),
+                (float(2 * pct_start * n) - 2, top, lr, lo_m, hi_m),
+                (n - 1, lr, low, hi_m, hi_m),
+            ]
+        else:
+            self._phases = [(rise_end, lr, top, hi_m, lo_m), (n - 1, top, low, lo_m, hi_m)]
+        super().__init__(base_lr=self.initial_lr)
+
+    def _anneal(self, start: float, end: float, pct: float) -> float:
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def _values(self, step: int) -> tuple[float, float]:
+        if step > self.total_steps:
+            raise ValueError(
+                f"Tried to step {step} times. The specified number of total steps is "
+                f"{self.total_steps}"
+            )
+        start_step = 0.0
+        for i, (end_step, lr0, lr1, m0, m1) in enumerate(self._phases):
+            if step <= end_step or i == len(self._phases) - 1:
+                pct = (step - start_step) / (end_step - start_step)
+                return self._anneal(lr0, lr1, pct), self._anneal(m0, m1, pct)
+            start_step = end_step
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def lr_at(self, step: int) -> float:
+        return self._values(step)[0]
+
+    def momentum_at(self, step: int) -> float | None:
+        return self._values(step)[1] if self.cycle_momentum else None
+
+
+@hookimpl
+def bnsgd_register_schedulers(register: Register) -> None:
+    """Register ``cyclic`` and ``one_cycle``."""
+    register(
+        "cyclic",
+        CyclicLR,
+        examples=[
+            {"max_lr": 1.0, "step_size_up": 20},
+            {"max_lr": 0.5, "step_size_up": 10, "step_size_down": 30, "mode": "triangular2"},
+            {"max_lr": 0.4, "step_size_up": 25, "mode": "exp_range", "gamma": 0.99},
+        ],
+    )
+    register(
+        "one_cycle",
+        OneCycleLR,
+        examples=[
+            {"max_lr": 1.0, "total_steps": 300},
+            {"max_lr": 0.3, "total_steps": 320, "anneal_strategy": "linear"},
+            {"max_lr": 0.5, "epochs": 10, "steps_per_epoch": 31, "three_phase": True},
+        ],
+    )
