@@ -33,6 +33,8 @@ _LAZY_NAMES = {
     "available_schedulers": "registry",
     "create_normalization": "registry",
     "available_normalizations": "registry",
+    "list_plugins": "registry",
+    "plugin_manager": "registry",
     "Scheduler": "schedulers.base",
     # CUDA
     "cuda_available": "cuda_backend",
