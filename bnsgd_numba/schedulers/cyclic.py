@@ -249,8 +249,16 @@ def bnsgd_register_schedulers(register: Register) -> None:
         "one_cycle",
         OneCycleLR,
         examples=[
-            {"max_lr": 1.0, "total_steps": 300},
-            {"max_lr": 0.3, "total_steps": 320, "anneal_strategy": "linear"},
-            {"max_lr": 0.5, "epochs": 10, "steps_per_epoch": 31, "three_phase": True},
+            # base_lr None: derived from max_lr / div_factor, as in torch
+            {"base_lr": None, "max_lr": 1.0, "total_steps": 300},
+            {"base_lr": None, "max_lr": 0.3, "total_steps": 320, "anneal_strategy": "linear"},
+            {
+                "base_lr": 0.02,
+                "max_lr": 0.5,
+                "epochs": 10,
+                "steps_per_epoch": 31,
+                "three_phase": True,
+                "div_factor": 25.0,
+            },
         ],
     )

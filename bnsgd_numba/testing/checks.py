@@ -1,0 +1,387 @@
+"""Conformance checks for scheduler and normalization plugins.
+
+Each check takes a case (:mod:`bnsgd_numba.testing.cases`) and raises
+``AssertionError`` with an explanation when the plugin breaks the contract;
+it returns None otherwise. :data:`SCHEDULER_CHECKS` and
+:data:`NORMALIZATION_CHECKS` list them; :mod:`bnsgd_numba.testing.parametrize`
+turns them into pytest cases.
+
+The normalization contract (that of :class:`bnsgd_numba.BatchNorm`): the
+factory takes ``(num_features, *, dtype, channel_axis)``; the layer has
+``forward(x, training=True)``, ``backward(dy) -> dx`` (filling
+``grad_weight``/``grad_bias`` when it has ``weight``/``bias``),
+``state_dict()`` / ``load_state_dict()``; it accepts float arrays of its
+dtype with ``num_features`` channels on ``channel_axis`` and rejects other
+input with ``ValueError``/``TypeError`` before modifying anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bnsgd_numba.testing.cases import NormalizationCase, SchedulerCase
+
+# -- schedulers -------------------------------------------------------------------------
+
+
+def _run(case: SchedulerCase, sched: Any, first: int, last: int) -> list[float]:
+    """Step ``sched`` from step ``first`` to ``last`` (1-based), returning the rates."""
+    out = []
+    for t in range(first, last + 1):
+        metric = case.metric(t) if sched.requires_metric else None
+        out.append(sched.step(metric))
+    return out
+
+
+def check_lr_finite_nonnegative(case: SchedulerCase) -> None:
+    """Every learning rate, and ``step()``'s return type, is a finite float >= 0."""
+    sched = case.make()
+    rates = [sched.lr, *_run(case, sched, 1, case.steps)]
+    for t, lr in enumerate(rates):
+        assert isinstance(lr, float), f"{case.id}: step {t} gave {type(lr).__name__}, not float"
+        assert math.isfinite(lr) and lr >= 0, f"{case.id}: learning rate {lr!r} at step {t}"
+
+
+def check_lr_at_matches_step(case: SchedulerCase) -> None:
+    """``lr_at(t)`` equals the rate after ``t`` steps (closed-form schedules), and ``lr``."""
+    sched = case.make()
+    fresh = case.make()
+    assert sched.lr == sched.lr_at(0), f"{case.id}: lr {sched.lr!r} != lr_at(0)"
+    for t in range(1, case.steps + 1):
+        metric = case.metric(t) if sched.requires_metric else None
+        stepped = sched.step(metric)
+        assert stepped == sched.lr, f"{case.id}: step() returned {stepped!r}, lr is {sched.lr!r}"
+        if sched.requires_metric:
+            assert sched.lr_at(t) == stepped, f"{case.id}: lr_at(current step) != lr at {t}"
+            continue
+        closed = fresh.lr_at(t)
+        assert math.isclose(closed, stepped, rel_tol=1e-12, abs_tol=0.0), (
+            f"{case.id}: lr_at({t}) = {closed!r} but stepping gives {stepped!r}"
+        )
+
+
+def check_state_dict_round_trip(case: SchedulerCase) -> None:
+    """A schedule resumed from ``state_dict()`` continues identically; the state is plain data."""
+    whole = _run(case, case.make(), 1, case.steps)
+    for split in sorted({0, 1, case.steps // 3, case.steps - 1}):
+        if not 0 <= split < case.steps:
+            continue
+        first = case.make()
+        _run(case, first, 1, split)
+        state = first.state_dict()
+        try:
+            json.dumps(state)
+        except TypeError as exc:
+            raise AssertionError(f"{case.id}: state_dict is not plain data: {exc}") from None
+        resumed = case.make()
+        resumed.load_state_dict(copy.deepcopy(state))
+        assert resumed.lr == first.lr, f"{case.id}: lr not restored at step {split}"
+        rest = _run(case, resumed, split + 1, case.steps)
+        assert rest == whole[split:], (
+            f"{case.id}: resumed at step {split}, the rates differ from an unbroken run"
+        )
+
+
+def check_deterministic(case: SchedulerCase) -> None:
+    """Two schedulers built alike give bitwise identical rates."""
+    a = _run(case, case.make(), 1, case.steps)
+    b = _run(case, case.make(), 1, case.steps)
+    assert a == b, f"{case.id}: two identical schedulers disagree"
+
+
+class _StandInOptimizer:
+    """The attributes a scheduler binds to."""
+
+    def __init__(self) -> None:
+        self.lr = -1.0
+        self.momentum = -1.0
+
+
+def check_bound_optimizer_follows(case: SchedulerCase) -> None:
+    """A bound optimizer's ``lr`` (and scheduled momentum) follows every step."""
+    sched = case.make()
+    opt = _StandInOptimizer()
+    assert sched.bind(opt) is sched, f"{case.id}: bind() must return the scheduler"
+    for t in range(0, min(case.steps, 50) + 1):
+        if t:
+            _run(case, sched, t, t)
+        assert opt.lr == sched.lr, f"{case.id}: optimizer lr {opt.lr!r} != {sched.lr!r} at {t}"
+        momentum = sched.momentum
+        if momentum is not None:
+            assert opt.momentum == momentum, f"{case.id}: optimizer momentum not set at {t}"
+
+
+SCHEDULER_CHECKS: tuple[Callable[[SchedulerCase], None], ...] = (
+    check_lr_finite_nonnegative,
+    check_lr_at_matches_step,
+    check_state_dict_round_trip,
+    check_deterministic,
+    check_bound_optimizer_follows,
+)
+
+# -- normalizations --------------------------------------------------------------------
+
+
+def _reduce_axes(x: np.ndarray, channel_axis: int) -> tuple[int, ...]:
+    axis = channel_axis % x.ndim
+    return tuple(i for i in range(x.ndim) if i != axis)
+
+
+def _reset_affine(layer: Any) -> None:
+    for name, value in (("weight", 1.0), ("bias", 0.0)):
+        param = getattr(layer, name, None)
+        if param is not None:
+            param[...] = value
+
+
+def default_normalization_inputs() -> list[np.ndarray]:
+    """Return fixed inputs with ill-conditioned offsets and a constant channel, 3 channels.
+
+    Returns
+    -------
+    list of ndarray
+        Float64 and float32 arrays of shape (N, 3, ...), channel axis 1.
+    """
+    rng = np.random.default_rng(1234)
+    plain = rng.standard_normal((8, 3, 5))
+    offset = 1e4 + 1e-2 * rng.standard_normal((16, 3, 4))
+    mixed = np.stack(
+        [
+            100.0 + rng.standard_normal(64),  # |mean| / std = 100
+            np.full(64, 3.0),  # constant: must give exactly 0, not NaN
+            1e-3 * rng.standard_normal(64),  # tiny spread
+        ],
+        axis=1,
+    )
+    return [plain, offset, mixed.astype(np.float32), plain.astype(np.float32)]
+
+
+def check_standardizes(case: NormalizationCase, x: np.ndarray | None = None) -> None:
+    """Training output has per-channel mean 0 and variance ``var/(var + eps)``; constant -> 0.
+
+    Parameters
+    ----------
+    case : NormalizationCase
+        A case whose registration promises ``standardizes=True``.
+    x : ndarray, optional
+        Input with channels on axis 1; the default inputs when None.
+
+    Notes
+    -----
+    The tolerance is ``32 * eps(dtype) * (1 + |mean| / std)`` per channel: the
+    rounding of the mean to the input dtype is amplified by the condition
+    ``|mean| / std``, nothing else should be.
+    """
+    inputs = default_normalization_inputs() if x is None else [np.asarray(x)]
+    for data in inputs:
+        layer = case.make(data.shape[1], dtype=data.dtype)
+        _reset_affine(layer)
+        y = np.asarray(layer.forward(data, training=True))
+        axes = _reduce_axes(data, 1)
+        x64 = data.astype(np.float64)
+        mean = x64.mean(axis=axes)
+        var = x64.var(axis=axes)
+        eps = float(getattr(layer, "eps", 1e-5))
+        y64 = y.astype(np.float64)
+        unit = float(np.finfo(data.dtype).eps)
+        assert np.isfinite(y64).all(), f"{case.id}: non-finite output for finite input"
+        for c in range(data.shape[1]):
+            yc = np.take(y64, c, axis=1)
+            if var[c] == 0:
+                assert np.all(yc == 0), f"{case.id}: constant channel {c} gave {yc.flat[0]!r}"
+                continue
+            cond = 1.0 + abs(mean[c]) / math.sqrt(var[c])
+            tol = 32 * unit * cond
+            assert abs(yc.mean()) <= tol, (
+                f"{case.id}: channel {c} mean {yc.mean():.3e} > {tol:.1e} ({data.dtype})"
+            )
+            expected_var = var[c] / (var[c] + eps)
+            assert abs(yc.var() - expected_var) <= 2 * tol * max(1.0, np.abs(yc).max()), (
+                f"{case.id}: channel {c} variance {yc.var()!r}, expected {expected_var!r}"
+            )
+
+
+def _finite_difference(loss: Callable[[], float], array: np.ndarray, h: float) -> np.ndarray:
+    grad = np.zeros_like(array)
+    flat, gflat = array.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        saved = flat[i]
+        step = h * max(1.0, abs(saved))
+        flat[i] = saved + step
+        up = loss()
+        flat[i] = saved - step
+        down = loss()
+        flat[i] = saved
+        gflat[i] = (up - down) / (2 * step)
+    return grad
+
+
+def _assert_close_grad(case_id: str, what: str, analytic: Any, numeric: np.ndarray) -> None:
+    analytic = np.asarray(analytic, dtype=np.float64)
+    scale = max(1.0, float(np.abs(numeric).max()))
+    err = float(np.abs(analytic - numeric).max())
+    assert err <= 1e-6 * scale, (
+        f"{case_id}: {what} differs from central finite differences by {err:.2e} "
+        f"(scale {scale:.2e})"
+    )
+
+
+def check_gradients(case: NormalizationCase) -> None:
+    """``backward`` matches central finite differences of ``sum(y * r)`` in float64.
+
+    Checks dx in training and eval mode, and ``grad_weight``/``grad_bias``
+    when the layer has ``weight``/``bias``.
+    """
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 3, 5)) * rng.uniform(0.5, 2.0, (1, 3, 1)) + 0.5
+    r = rng.standard_normal(x.shape)
+    for training in (True, False):
+        layer = case.make(3, dtype=np.float64)
+        if not training:
+            for _ in range(3):
+                layer.forward(rng.standard_normal(x.shape) * 2 + 1, training=True)
+        for name in ("weight", "bias"):
+            param = getattr(layer, name, None)
+            if param is not None:
+                param[...] = rng.uniform(0.5, 1.5, param.shape)
+        layer.forward(x, training=training)
+        dx = np.array(layer.backward(r), dtype=np.float64)
+        mode = "training" if training else "eval"
+
+        def loss(layer: Any = layer, training: bool = training) -> float:
+            return float(np.sum(np.asarray(layer.forward(x, training=training)) * r))
+
+        _assert_close_grad(case.id, f"dx ({mode})", dx, _finite_difference(loss, x, 1e-6))
+        for name in ("weight", "bias"):
+            param = getattr(layer, name, None)
+            if param is None:
+                continue
+            layer.forward(x, training=training)
+            layer.backward(r)
+            analytic = np.array(getattr(layer, f"grad_{name}"), dtype=np.float64)
+            numeric = _finite_difference(loss, param, 1e-6)
+            _assert_close_grad(case.id, f"grad_{name} ({mode})", analytic, numeric)
+
+
+def check_dtype_and_shape_preserved(case: NormalizationCase) -> None:
+    """Output and dx keep the input's dtype and shape, for ranks 2-4 and channels-last."""
+    rng = np.random.default_rng(3)
+    layouts = [((6, 3), 1), ((4, 3, 5), 1), ((2, 3, 4, 5), 1), ((2, 4, 5, 3), -1)]
+    for dtype in (np.float32, np.float64):
+        for shape, axis in layouts:
+            x = rng.standard_normal(shape).astype(dtype)
+            layer = case.make(3, dtype=dtype, channel_axis=axis)
+            for training in (True, False):
+                y = np.asarray(layer.forward(x, training=training))
+                where = f"{case.id}: {np.dtype(dtype).name} {shape} axis {axis} training={training}"
+                assert y.shape == x.shape, f"{where}: output shape {y.shape}"
+                assert y.dtype == x.dtype, f"{where}: output dtype {y.dtype}"
+                dx = np.asarray(layer.backward(np.ones_like(x)))
+                assert dx.shape == x.shape and dx.dtype == x.dtype, (
+                    f"{where}: dx is {dx.dtype} {dx.shape}"
+                )
+
+
+def _snapshot(layer: Any) -> dict[str, np.ndarray]:
+    state = {k: np.array(v, copy=True) for k, v in layer.state_dict().items()}
+    for name in ("grad_weight", "grad_bias"):
+        value = getattr(layer, name, None)
+        if value is not None:
+            state[name] = np.array(value, copy=True)
+    return state
+
+
+def check_rejects_bad_input(case: NormalizationCase) -> None:
+    """Bad input raises ValueError/TypeError with a message, and changes nothing."""
+    rng = np.random.default_rng(5)
+    layer = case.make(3, dtype=np.float64)
+    good = rng.standard_normal((4, 3, 2))
+    layer.forward(good, training=True)
+    layer.backward(rng.standard_normal(good.shape))
+    bad_inputs = {
+        "wrong channel count": rng.standard_normal((4, 2, 2)),
+        "rank 1": rng.standard_normal(3),
+        "one value per channel in training": rng.standard_normal((1, 3)),
+        "integer dtype": np.ones((4, 3), dtype=np.int64),
+        "other float dtype": rng.standard_normal((4, 3)).astype(np.float32),
+    }
+    before = _snapshot(layer)
+    for what, bad in bad_inputs.items():
+        try:
+            layer.forward(bad, training=True)
+        except (ValueError, TypeError) as exc:
+            assert str(exc), f"{case.id}: {what}: {type(exc).__name__} without a message"
+        else:
+            raise AssertionError(f"{case.id}: forward accepted bad input ({what})")
+        after = _snapshot(layer)
+        for key, value in before.items():
+            assert np.array_equal(value, after[key], equal_nan=True), (
+                f"{case.id}: rejected input ({what}) modified {key}"
+            )
+    layer.forward(good, training=True)
+    before = _snapshot(layer)
+    try:
+        layer.backward(rng.standard_normal((4, 3, 3)))
+    except (ValueError, TypeError):
+        pass
+    else:
+        raise AssertionError(f"{case.id}: backward accepted dy of the wrong shape")
+    after = _snapshot(layer)
+    for key, value in before.items():
+        assert np.array_equal(value, after[key]), f"{case.id}: rejected dy modified {key}"
+
+
+def check_state_dict_round_trip_layer(case: NormalizationCase) -> None:
+    """A layer loaded from ``state_dict()`` computes what the original computes."""
+    rng = np.random.default_rng(11)
+    a = case.make(3, dtype=np.float64)
+    for _ in range(3):
+        a.forward(rng.standard_normal((6, 3, 4)) * 3 + 1, training=True)
+    for name in ("weight", "bias"):
+        param = getattr(a, name, None)
+        if param is not None:
+            param[...] = rng.uniform(0.5, 1.5, param.shape)
+    b = case.make(3, dtype=np.float64)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    x = rng.standard_normal((6, 3, 4))
+    assert np.array_equal(a.forward(x, training=False), b.forward(x, training=False)), (
+        f"{case.id}: eval output differs after load_state_dict"
+    )
+    assert np.array_equal(a.forward(x, training=True), b.forward(x, training=True)), (
+        f"{case.id}: training output differs after load_state_dict"
+    )
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys(), f"{case.id}: state_dict keys differ after a round trip"
+    for key in sa:
+        assert np.array_equal(sa[key], sb[key]), f"{case.id}: {key} diverged after a training step"
+
+
+NORMALIZATION_CHECKS: tuple[Callable[[NormalizationCase], None], ...] = (
+    check_standardizes,
+    check_gradients,
+    check_dtype_and_shape_preserved,
+    check_rejects_bad_input,
+    check_state_dict_round_trip_layer,
+)
+
+__all__ = [
+    "NORMALIZATION_CHECKS",
+    "SCHEDULER_CHECKS",
+    "check_bound_optimizer_follows",
+    "check_deterministic",
+    "check_dtype_and_shape_preserved",
+    "check_gradients",
+    "check_lr_at_matches_step",
+    "check_lr_finite_nonnegative",
+    "check_rejects_bad_input",
+    "check_standardizes",
+    "check_state_dict_round_trip",
+    "check_state_dict_round_trip_layer",
+    "default_normalization_inputs",
+]
