@@ -161,42 +161,53 @@ def _normalize_rc(x, y, rows_per_item, shift_hi, shift_lo, scale, offset):
                 target[c] = ((source[c] - shift_hi[c]) - shift_lo[c]) * scale[c] + offset[c]
 
 
-def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu):
+def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
     n, channels, s = x.shape
     items_per_channel = (n + rows_per_item - 1) // rows_per_item
     items = channels * items_per_channel
     part_dy = np.empty(items, dtype=np.float64)
     part_dy_xmu = np.empty(items, dtype=np.float64)
+    part_xmu = np.empty(items, dtype=np.float64)
     for item in prange(items):
         c, start, stop = _item_span(item, items_per_channel, rows_per_item, n)
         mu = mean[c]
         total_dy = 0.0
         total_dy_xmu = 0.0
+        total_xmu = 0.0
         for i in range(start, stop):
             g = dy[i, c]
             v = x[i, c]
             for k in range(s):
                 gk = np.float64(g[k])
+                xmu = v[k] - mu
                 total_dy += gk
-                total_dy_xmu += gk * (v[k] - mu)
+                total_dy_xmu += gk * xmu
+                total_xmu += xmu
         part_dy[item] = total_dy
         part_dy_xmu[item] = total_dy_xmu
+        part_xmu[item] = total_xmu
     for c in prange(channels):
         total_dy = 0.0
         total_dy_xmu = 0.0
+        total_xmu = 0.0
         for j in range(items_per_channel):
             total_dy += part_dy[c * items_per_channel + j]
             total_dy_xmu += part_dy_xmu[c * items_per_channel + j]
+            total_xmu += part_xmu[c * items_per_channel + j]
         sum_dy[c] = total_dy
         sum_dy_xmu[c] = total_dy_xmu
+        sum_xmu[c] = total_xmu
 
 
-def _gradient_sums_rc(dy, x, mean, rows_per_item, columns_per_item, sum_dy, sum_dy_xmu):
+def _gradient_sums_rc(
+    dy, x, mean, rows_per_item, columns_per_item, sum_dy, sum_dy_xmu, sum_xmu
+):  # fmt: skip
     rows, channels = x.shape
     row_blocks = (rows + rows_per_item - 1) // rows_per_item
     column_blocks = (channels + columns_per_item - 1) // columns_per_item
     part_dy = np.zeros((row_blocks, channels), dtype=np.float64)
     part_dy_xmu = np.zeros((row_blocks, channels), dtype=np.float64)
+    part_xmu = np.zeros((row_blocks, channels), dtype=np.float64)
     for item in prange(row_blocks * column_blocks):
         rb = item // column_blocks
         c0 = (item % column_blocks) * columns_per_item
@@ -204,39 +215,47 @@ def _gradient_sums_rc(dy, x, mean, rows_per_item, columns_per_item, sum_dy, sum_
         r0 = rb * rows_per_item
         totals_dy = part_dy[rb, c0:c1]
         totals_dy_xmu = part_dy_xmu[rb, c0:c1]
+        totals_xmu = part_xmu[rb, c0:c1]
         mu = mean[c0:c1]
         for r in range(r0, min(r0 + rows_per_item, rows)):
             g = dy[r, c0:c1]
             v = x[r, c0:c1]
             for j in range(c1 - c0):
                 gj = np.float64(g[j])
+                xmu = v[j] - mu[j]
                 totals_dy[j] += gj
-                totals_dy_xmu[j] += gj * (v[j] - mu[j])
+                totals_dy_xmu[j] += gj * xmu
+                totals_xmu[j] += xmu
     for c in prange(channels):
         total_dy = 0.0
         total_dy_xmu = 0.0
+        total_xmu = 0.0
         for rb in range(row_blocks):
             total_dy += part_dy[rb, c]
             total_dy_xmu += part_dy_xmu[rb, c]
+            total_xmu += part_xmu[rb, c]
         sum_dy[c] = total_dy
         sum_dy_xmu[c] = total_dy_xmu
+        sum_xmu[c] = total_xmu
 
 
-def _input_gradient_ncs(dy, x, dx, center, dy_scale, shift, xmu_scale):
-    # dx = ((dy - shift) - (x - center) * xmu_scale) * dy_scale
+def _input_gradient_ncs(dy, x, dx, center_hi, center_lo, dy_scale, shift, xmu_scale):
+    # dx = ((dy - shift) - ((x - center_hi) - center_lo) * xmu_scale) * dy_scale
     n, channels, s = x.shape
     for item in prange(n * channels):
         i = item // channels
         c = item % channels
-        mu, a, k1, k3 = center[c], dy_scale[c], shift[c], xmu_scale[c]
+        hi, lo, a, k1, k3 = center_hi[c], center_lo[c], dy_scale[c], shift[c], xmu_scale[c]
         g = dy[i, c]
         v = x[i, c]
         out = dx[i, c]
         for k in range(s):
-            out[k] = ((g[k] - k1) - (v[k] - mu) * k3) * a
+            out[k] = ((g[k] - k1) - ((v[k] - hi) - lo) * k3) * a
 
 
-def _input_gradient_rc(dy, x, dx, rows_per_item, center, dy_scale, shift, xmu_scale):
+def _input_gradient_rc(
+    dy, x, dx, rows_per_item, center_hi, center_lo, dy_scale, shift, xmu_scale
+):  # fmt: skip
     rows, channels = x.shape
     for block in prange((rows + rows_per_item - 1) // rows_per_item):
         r0 = block * rows_per_item
@@ -245,7 +264,8 @@ def _input_gradient_rc(dy, x, dx, rows_per_item, center, dy_scale, shift, xmu_sc
             v = x[r]
             out = dx[r]
             for c in range(channels):
-                out[c] = ((g[c] - shift[c]) - (v[c] - center[c]) * xmu_scale[c]) * dy_scale[c]
+                xmu = (v[c] - center_hi[c]) - center_lo[c]
+                out[c] = ((g[c] - shift[c]) - xmu * xmu_scale[c]) * dy_scale[c]
 
 
 @cpu_kernel()
@@ -279,33 +299,34 @@ def update_running_statistics(running_mean, running_var, mean, m2, count, moment
 
 @cpu_kernel()
 def gradient_constants(
-    sum_dy,
-    sum_dy_xmu,
-    weight,
-    invstd,
-    count,
-    training,
-    grad_weight,
-    grad_bias,
-    dy_scale,
-    shift,
-    xmu_scale,
-):
-    """Per-channel constants of dx = ((dy - shift) - (x - mean) * xmu_scale) * dy_scale.
+    sum_dy, sum_dy_xmu, sum_xmu, weight, invstd, count, training,
+    grad_weight, grad_bias, dy_scale, shift, xmu_scale, center_lo,
+):  # fmt: skip
+    """Per-channel constants of the input gradient.
+
+    dx = ((dy - shift) - ((x - saved_mean) - center_lo) * xmu_scale) * dy_scale.
 
     With g = weight * invstd and m = count: dbias = sum(dy),
     dweight = invstd * sum(dy * (x - mean)); in training
     dx = g * (dy - dbias/m - x_hat * dweight/m), in eval dx = g * dy.
+
+    The sums are taken about the saved mean, which the dtype has rounded; in
+    training the batch's exact mean is saved + sum(x - saved)/m, and the
+    sums and ``center_lo`` are corrected to it, so a float32 channel with
+    |mean| >> std keeps sum(dx) = 0 to rounding of the deviations.
     """
     for c in range(sum_dy.shape[0]):
         s = np.float64(invstd[c])
         w = np.float64(weight[c]) if weight.shape[0] > 0 else 1.0
+        delta = sum_xmu[c] / count if training else 0.0
+        centered = sum_dy_xmu[c] - delta * sum_dy[c]
         grad_bias[c] = sum_dy[c]
-        grad_weight[c] = sum_dy_xmu[c] * s
+        grad_weight[c] = centered * s
         dy_scale[c] = w * s
+        center_lo[c] = delta
         if training:
             shift[c] = sum_dy[c] / count
-            xmu_scale[c] = sum_dy_xmu[c] * s * s / count
+            xmu_scale[c] = centered * s * s / count
         else:
             shift[c] = 0.0
             xmu_scale[c] = 0.0
@@ -428,37 +449,47 @@ def backward(
         mean[c] = save_mean[c]
     sum_dy = np.empty(channels, dtype=np.float64)
     sum_dy_xmu = np.empty(channels, dtype=np.float64)
+    sum_xmu = np.empty(channels, dtype=np.float64)
     rows = x.shape[0]
     if channels_last:
         count = np.float64(rows)
         dy2 = dy.reshape((rows, channels))
         x2 = x.reshape((rows, channels))
         if parallel:
-            _sums_rc_parallel(dy2, x2, mean, rows_per_item, columns_per_item, sum_dy, sum_dy_xmu)
+            _sums_rc_parallel(
+                dy2, x2, mean, rows_per_item, columns_per_item, sum_dy, sum_dy_xmu, sum_xmu
+            )
         else:
-            _sums_rc_serial(dy2, x2, mean, rows_per_item, columns_per_item, sum_dy, sum_dy_xmu)
+            _sums_rc_serial(
+                dy2, x2, mean, rows_per_item, columns_per_item, sum_dy, sum_dy_xmu, sum_xmu
+            )
     else:
         count = np.float64(rows * x.shape[2])
         if parallel:
-            _sums_ncs_parallel(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu)
+            _sums_ncs_parallel(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu)
         else:
-            _sums_ncs_serial(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu)
+            _sums_ncs_serial(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu)
     dy_scale = np.empty(channels, dtype=x.dtype)
     shift = np.empty(channels, dtype=x.dtype)
     xmu_scale = np.empty(channels, dtype=x.dtype)
+    center_lo = np.empty(channels, dtype=x.dtype)
     gradient_constants(
-        sum_dy, sum_dy_xmu, weight, save_invstd, count, training,
-        grad_weight, grad_bias, dy_scale, shift, xmu_scale,
+        sum_dy, sum_dy_xmu, sum_xmu, weight, save_invstd, count, training,
+        grad_weight, grad_bias, dy_scale, shift, xmu_scale, center_lo,
     )  # fmt: skip
     if channels_last:
         dy2 = dy.reshape((rows, channels))
         x2 = x.reshape((rows, channels))
         dx2 = dx.reshape((rows, channels))
         if parallel:
-            _input_rc_parallel(dy2, x2, dx2, rows_per_item, save_mean, dy_scale, shift, xmu_scale)
+            _input_rc_parallel(
+                dy2, x2, dx2, rows_per_item, save_mean, center_lo, dy_scale, shift, xmu_scale
+            )
         else:
-            _input_rc_serial(dy2, x2, dx2, rows_per_item, save_mean, dy_scale, shift, xmu_scale)
+            _input_rc_serial(
+                dy2, x2, dx2, rows_per_item, save_mean, center_lo, dy_scale, shift, xmu_scale
+            )
     elif parallel:
-        _input_ncs_parallel(dy, x, dx, save_mean, dy_scale, shift, xmu_scale)
+        _input_ncs_parallel(dy, x, dx, save_mean, center_lo, dy_scale, shift, xmu_scale)
     else:
-        _input_ncs_serial(dy, x, dx, save_mean, dy_scale, shift, xmu_scale)
+        _input_ncs_serial(dy, x, dx, save_mean, center_lo, dy_scale, shift, xmu_scale)

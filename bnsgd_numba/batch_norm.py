@@ -137,10 +137,45 @@ def batch_norm_forward(
     E[x^2] - E[x]^2; they do not depend on the number of threads. Ioffe &
     Szegedy (2015), "Batch Normalization".
     """
+    return forward_with_status(
+        x,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        training=training,
+        momentum=momentum,
+        eps=eps,
+        channel_axis=channel_axis,
+        out=out,
+        on_nonfinite=on_nonfinite,
+        warn_stacklevel=3,
+    )[0]
+
+
+def forward_with_status(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    running_mean: Any,
+    running_var: Any,
+    *,
+    training: bool,
+    momentum: float,
+    eps: float,
+    channel_axis: int,
+    out: Any,
+    on_nonfinite: str,
+    warn_stacklevel: int,
+) -> tuple[BatchNormOutput, int]:
+    """:func:`batch_norm_forward`, also returning the number of non-finite channels.
+
+    The layers use it to know whether the running update was skipped.
+    """
     if any_device_array(x, weight, bias, running_mean, running_var, out):
         from bnsgd_numba import gpu_batch_norm
 
-        return gpu_batch_norm.batch_norm_forward(
+        return gpu_batch_norm.forward_with_status(
             x, weight, bias, running_mean, running_var, training=training, momentum=momentum,
             eps=eps, channel_axis=channel_axis, out=out, on_nonfinite=on_nonfinite,
         )  # fmt: skip
@@ -204,7 +239,7 @@ def batch_norm_forward(
                 f"{_nonfinite_channels(save_mean, save_invstd).tolist()}; "
                 "the running statistics were not updated",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=warn_stacklevel,
             )
     else:
         kernels.forward_eval(
@@ -213,7 +248,7 @@ def batch_norm_forward(
         )  # fmt: skip
     if y_view is None:
         np.copyto(y, _from_layout(y_kernel, x.shape, axis, layout))
-    return BatchNormOutput(y, save_mean, save_invstd)
+    return BatchNormOutput(y, save_mean, save_invstd), int(bad) if training else 0
 
 
 def batch_norm_backward(

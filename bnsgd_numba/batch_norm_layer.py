@@ -1,0 +1,252 @@
+"""The ``BatchNorm`` layer: parameters, running statistics, forward and backward."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Literal
+
+import numpy as np
+
+from bnsgd_numba.batch_norm import (
+    FLOAT_DTYPES,
+    _momentum,
+    _positive_eps,
+    batch_norm_backward,
+    forward_with_status,
+)
+
+STATE_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+class BatchNorm:
+    """Batch Normalization over the channel axis of inputs of any rank >= 2.
+
+    One class serves ``BatchNorm1d``/``2d``/``3d`` of PyTorch: the input may be
+    (N, C), (N, C, L), (N, C, H, W), (N, C, D, H, W), or channels-last with
+    ``channel_axis=-1``.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels C.
+    eps : float, default 1e-5
+        Added to the variance.
+    momentum : float or None, default 0.1
+        Weight of the NEW batch in the running averages (PyTorch's
+        convention, the seed document's ``(1 - a) * old + a * batch``; Keras'
+        ``momentum=0.99`` is ``momentum=0.01`` here). ``None``: a cumulative
+        average, factor ``1 / num_batches_tracked``.
+    affine : bool, default True
+        Learn a per-channel ``weight`` (init 1) and ``bias`` (init 0).
+    track_running_stats : bool, default True
+        Keep ``running_mean`` (init 0) and ``running_var`` (init 1) and use
+        them in eval mode; without them eval mode uses batch statistics.
+    channel_axis : int, default 1
+        The channel axis of the inputs.
+    dtype : float32 or float64
+        The dtype of the parameters and of the inputs this layer accepts.
+    on_nonfinite : {"raise", "skip"}, default "raise"
+        In training, a batch whose statistics are not finite never reaches
+        the running statistics: raise ``FloatingPointError`` naming the
+        channels (nothing written), or ``"skip"`` the update with a
+        ``RuntimeWarning``.
+
+    Attributes
+    ----------
+    weight, bias, grad_weight, grad_bias : ndarray of shape (C,) or None
+        Parameters and the gradients ``backward`` writes into (in place, so
+        they may be views into a :class:`~bnsgd_numba.ParameterArena`).
+    running_mean, running_var : ndarray of shape (C,) or None
+    num_batches_tracked : int
+    skipped_updates : int
+        Training batches whose running update was skipped (non-finite).
+
+    Notes
+    -----
+    ``backward(dy)`` uses the input of the last ``forward`` call (kept by
+    reference, as autograd keeps it: do not modify it in between) and
+    overwrites ``grad_weight``/``grad_bias`` (it does not accumulate).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        channel_axis: int = 1,
+        dtype: Any = np.float32,
+        on_nonfinite: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        try:
+            num_features = operator.index(num_features)
+        except TypeError:
+            raise TypeError(f"num_features must be an integer, got {num_features!r}") from None
+        if num_features < 1:
+            raise ValueError(f"num_features must be positive, got {num_features}")
+        dtype = np.dtype(dtype)
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+        self.num_features = num_features
+        self.eps = _positive_eps(eps)
+        self.momentum = None if momentum is None else _momentum(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.channel_axis = int(channel_axis)
+        self.dtype = dtype
+        self.on_nonfinite = on_nonfinite
+        self.weight = np.ones(num_features, dtype) if affine else None
+        self.bias = np.zeros(num_features, dtype) if affine else None
+        self.grad_weight = np.zeros(num_features, dtype) if affine else None
+        self.grad_bias = np.zeros(num_features, dtype) if affine else None
+        self.running_mean = np.zeros(num_features, dtype) if track_running_stats else None
+        self.running_var = np.ones(num_features, dtype) if track_running_stats else None
+        self.num_batches_tracked = 0
+        self.skipped_updates = 0
+        self._saved: tuple[Any, np.ndarray, np.ndarray, bool] | None = None
+
+    def forward(self, x: Any, training: bool = True, *, out: Any = None) -> Any:
+        """Normalize ``x``; in training also update the running statistics.
+
+        Parameters
+        ----------
+        x : array
+            Input with ``num_features`` channels on ``channel_axis``.
+        training : bool
+            Batch statistics (and a running update) or running statistics.
+        out : ndarray, optional
+            Where to write the output.
+
+        Returns
+        -------
+        ndarray
+            The normalized, scaled and shifted input.
+        """
+        use_batch_stats = bool(training) or not self.track_running_stats
+        tracking = bool(training) and self.track_running_stats
+        factor = self.momentum
+        if tracking and factor is None:
+            factor = 1.0 / (self.num_batches_tracked + 1)
+        result, bad = forward_with_status(
+            x,
+            self.weight,
+            self.bias,
+            self.running_mean if (tracking or not use_batch_stats) else None,
+            self.running_var if (tracking or not use_batch_stats) else None,
+            training=use_batch_stats,
+            momentum=0.0 if factor is None else factor,
+            eps=self.eps,
+            channel_axis=self.channel_axis,
+            out=out,
+            on_nonfinite=self.on_nonfinite,
+            warn_stacklevel=3,
+        )
+        if tracking:
+            if bad:
+                self.skipped_updates += 1
+            else:
+                self.num_batches_tracked += 1
+        self._saved = (x, result.save_mean, result.save_invstd, use_batch_stats)
+        return result.y
+
+    __call__ = forward
+
+    def backward(self, dy: Any, *, out: Any = None) -> Any:
+        """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
+
+        Parameters
+        ----------
+        dy : array
+            Gradient of the loss with respect to the last output.
+        out : ndarray, optional
+            Where to write dx.
+
+        Returns
+        -------
+        ndarray
+            Gradient of the loss with respect to the last input.
+        """
+        if self._saved is None:
+            raise RuntimeError("backward() called before forward()")
+        x, save_mean, save_invstd, used_batch_stats = self._saved
+        dx, dweight, dbias = batch_norm_backward(
+            dy,
+            x,
+            self.weight,
+            save_mean,
+            save_invstd,
+            training=used_batch_stats,
+            channel_axis=self.channel_axis,
+            out=out,
+        )
+        if self.affine:
+            self.grad_weight[...] = dweight
+            self.grad_bias[...] = dbias
+        return dx
+
+    def parameters(self) -> list[np.ndarray]:
+        """Return ``[weight, bias]`` (empty without ``affine``)."""
+        return [self.weight, self.bias] if self.affine else []
+
+    def gradients(self) -> list[np.ndarray]:
+        """Return ``[grad_weight, grad_bias]``, aligned with :meth:`parameters`."""
+        return [self.grad_weight, self.grad_bias] if self.affine else []
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Return copies of the parameters and running statistics (PyTorch's keys)."""
+        state = {}
+        for key in STATE_KEYS[:4]:
+            value = getattr(self, key)
+            if value is not None:
+                state[key] = np.array(value, copy=True)
+        if self.track_running_stats:
+            state["num_batches_tracked"] = np.array(self.num_batches_tracked, dtype=np.int64)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy ``state`` into the layer, in place; check all of it first.
+
+        Raises
+        ------
+        KeyError
+            When a key is missing or unexpected.
+        ValueError, TypeError
+            When an entry has the wrong shape or dtype. Nothing is modified.
+        """
+        expected = set(self.state_dict())
+        missing = sorted(expected - set(state))
+        unexpected = sorted(set(state) - expected)
+        if missing or unexpected:
+            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        arrays = {}
+        for key in expected - {"num_batches_tracked"}:
+            value = np.asarray(state[key])
+            if value.shape != (self.num_features,):
+                raise ValueError(
+                    f"state_dict[{key!r}]: expected shape ({self.num_features},), got {value.shape}"
+                )
+            if value.dtype != self.dtype:
+                raise TypeError(
+                    f"state_dict[{key!r}]: expected dtype {self.dtype}, got {value.dtype}"
+                )
+            arrays[key] = value
+        tracked = None
+        if "num_batches_tracked" in expected:
+            tracked = np.asarray(state["num_batches_tracked"])
+            if tracked.shape != () or tracked.dtype.kind not in "iu" or tracked < 0:
+                raise ValueError("state_dict['num_batches_tracked'] must be a non-negative integer")
+        for key, value in arrays.items():
+            np.copyto(getattr(self, key), value)
+        if tracked is not None:
+            self.num_batches_tracked = int(tracked)
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
+            f"channel_axis={self.channel_axis}, dtype={self.dtype.name})"
+        )
