@@ -246,7 +246,7 @@ class _Registry:
                 info.error = None
         for kind, hook_name in KINDS.items():
             hook = getattr(pm.hook, hook_name)
-            for impl in reversed(hook.get_hookimpls()):  # registration order
+            for impl in hook.get_hookimpls():  # in registration order
                 self._call_impl(kind, impl, tables[kind])
         for kind, name in self._conflicts:
             tables[kind].pop(name, None)

@@ -39,8 +39,8 @@ class CosineAnnealingLR(Scheduler):
     """
 
     def __init__(self, *, base_lr: float, T_max: int, eta_min: float = 0.0) -> None:  # noqa: N803
-        if T_max <= 0:
-            raise ValueError(f"T_max must be > 0, got {T_max!r}")
+        if isinstance(T_max, bool) or not isinstance(T_max, (int, float)) or T_max <= 0:
+            raise ValueError(f"T_max must be a number > 0, got {T_max!r}")
         self.T_max = T_max
         self.eta_min = float(eta_min)
         super().__init__(base_lr=base_lr)

@@ -1,0 +1,139 @@
+"""``bnsgd-numba schedule plot NAME``: draw a learning-rate schedule over steps."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from typing import Any
+
+MATPLOTLIB_HINT = "pip install 'bnsgd-numba[demo]' (or: pip install matplotlib)"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``schedule`` subcommand and its ``plot`` action."""
+    parser = subparsers.add_parser("schedule", help="inspect learning-rate schedules")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    plot = actions.add_parser(
+        "plot",
+        help="draw the learning rate of a registered scheduler over steps",
+        description=(
+            "Draw a registered scheduler's learning rate (and momentum, if it cycles "
+            "momentum) over steps. Metric-driven schedules (reduce_on_plateau) are fed a "
+            "synthetic loss curve. Needs matplotlib (the 'demo' extra)."
+        ),
+    )
+    plot.add_argument("name", help="registered scheduler name, e.g. cosine")
+    plot.add_argument(
+        "--param",
+        "-p",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a scheduler parameter; VALUE is a Python literal (30, 0.5, [30, 80]) or a string",
+    )
+    plot.add_argument("--base-lr", type=float, default=None, help="base learning rate (0.1)")
+    plot.add_argument("--steps", type=int, default=300, help="number of steps (300)")
+    plot.add_argument("-o", "--output", default="lr.png", help="image file to write (lr.png)")
+    plot.set_defaults(handler=run_plot)
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings; values are Python literals, else strings.
+
+    Parameters
+    ----------
+    pairs : list of str
+        The ``--param`` arguments.
+
+    Returns
+    -------
+    dict
+        Keyword arguments for the scheduler.
+    """
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--param expects KEY=VALUE, got {pair!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        params[key.strip()] = value
+    return params
+
+
+def schedule_values(
+    name: str, params: dict[str, Any], base_lr: float | None, steps: int
+) -> tuple[list[float], list[float] | None]:
+    """Return the learning rates (and momenta, or None) of ``steps`` steps.
+
+    Parameters
+    ----------
+    name : str
+        Registered scheduler name.
+    params : dict
+        Its parameters.
+    base_lr : float or None
+        Base learning rate; 0.1 unless the schedule derives it.
+    steps : int
+        Number of steps.
+
+    Returns
+    -------
+    tuple
+        ``steps + 1`` rates (step 0 included) and momenta or None.
+    """
+    import inspect
+
+    from bnsgd_numba.registry import create_scheduler, scheduler_registration
+    from bnsgd_numba.testing.cases import default_metrics
+
+    if base_lr is None:
+        signature = inspect.signature(scheduler_registration(name).factory)
+        declared = signature.parameters.get("base_lr")
+        if declared is None or declared.default is inspect.Parameter.empty:
+            base_lr = 0.1
+    kwargs = {} if base_lr is None else {"base_lr": base_lr}
+    sched = create_scheduler(name, **kwargs, **params)
+    if sched.max_step is not None:
+        steps = min(steps, sched.max_step)
+    metrics = default_metrics(max(steps, 1))
+    rates, momenta = [sched.lr], [sched.momentum]
+    for t in range(steps):
+        rates.append(sched.step(metrics[t] if sched.requires_metric else None))
+        momenta.append(sched.momentum)
+    return rates, (None if momenta[0] is None else [float(m) for m in momenta])
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Write the plot; return 0, or 2 with a message on bad arguments, 1 without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        print(f"error: 'schedule plot' needs matplotlib: {MATPLOTLIB_HINT}", file=sys.stderr)
+        return 1
+    if args.steps < 1:
+        print("error: --steps must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        params = parse_params(args.param)
+        rates, momenta = schedule_values(args.name, params, args.base_lr, args.steps)
+    except (TypeError, ValueError, LookupError) as exc:
+        print(f"error: schedule {args.name!r}: {exc}", file=sys.stderr)
+        return 2
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(range(len(rates)), rates, color="tab:blue", label="learning rate")
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    ax.set_title(f"{args.name}({shown})" if shown else args.name, fontsize=9)
+    if momenta is not None:
+        twin = ax.twinx()
+        twin.plot(range(len(momenta)), momenta, color="tab:orange", label="momentum")
+        twin.set_ylabel("momentum")
+    fig.savefig(args.output)
+    print(f"wrote {args.output} ({len(rates) - 1} steps)")
+    return 0

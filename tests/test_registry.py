@@ -1,0 +1,272 @@
+"""The plugin registry: built-ins, run-time plugins, entry points and their failures."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import bnsgd_numba
+from bnsgd_numba import hookimpl, hookspecs, registry
+from bnsgd_numba.schedulers.decay import ExponentialLR
+
+BUILTIN_SCHEDULERS = {
+    "constant", "linear", "step", "multistep", "exponential", "polynomial", "cosine",
+    "cosine_warm_restarts", "cyclic", "one_cycle", "lambda", "multiplicative", "sequential",
+    "chained", "reduce_on_plateau", "warmup_cosine", "piecewise_constant",
+}  # fmt: skip
+
+
+@pytest.fixture
+def entry_points(monkeypatch):
+    """Replace the installed entry points by a list the test fills; reload around the test."""
+    eps: list[importlib.metadata.EntryPoint] = []
+    monkeypatch.setattr(registry, "_entry_points", lambda: eps)
+    monkeypatch.delenv(registry.BLOCK_ENV_VAR, raising=False)
+    registry._REGISTRY.reset()
+    yield eps
+    registry._REGISTRY.reset()
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    """A directory on sys.path where a test writes plugin modules."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def write(module: str, source: str) -> importlib.metadata.EntryPoint:
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+        return importlib.metadata.EntryPoint(module, module, registry.ENTRY_POINT_GROUP)
+
+    yield write
+    for module in [m for m in sys.modules if m.startswith("fake_plugin")]:
+        del sys.modules[module]
+
+
+GOOD = """
+from bnsgd_numba import hookimpl
+from bnsgd_numba.schedulers.decay import ExponentialLR
+
+@hookimpl
+def bnsgd_register_schedulers(register):
+    register("{name}", ExponentialLR, examples=[{{"gamma": 0.9}}])
+"""
+
+
+def _info(name: str) -> registry.PluginInfo:
+    (info,) = [p for p in bnsgd_numba.list_plugins() if p.name == name]
+    return info
+
+
+def test_every_builtin_comes_from_a_builtin_plugin_module(entry_points):
+    assert set(bnsgd_numba.available_schedulers()) == BUILTIN_SCHEDULERS
+    assert bnsgd_numba.available_normalizations() == ["batch_norm"]
+    by_plugin = {p.name: p for p in bnsgd_numba.list_plugins()}
+    assert set(by_plugin) == set(registry.BUILTIN_PLUGINS)
+    registered = set()
+    for info in by_plugin.values():
+        assert info.origin == "built-in" and info.error is None
+        registered.update(info.registered.get("scheduler", []))
+    assert registered == BUILTIN_SCHEDULERS
+    # through pluggy's hooks, no back door: the plugin manager holds the modules
+    assert {name for name, _ in bnsgd_numba.plugin_manager().list_name_plugin()} == set(by_plugin)
+
+
+def test_unknown_name_lists_the_available_ones(entry_points):
+    with pytest.raises(registry.UnknownNameError, match="Did you mean 'cosine'") as err:
+        bnsgd_numba.create_scheduler("cosin", base_lr=0.1, T_max=10)
+    for name in BUILTIN_SCHEDULERS:
+        assert name in str(err.value)
+    with pytest.raises(ValueError, match="unknown normalization 'layer_norm'.*batch_norm"):
+        bnsgd_numba.create_normalization("layer_norm", 3)
+
+
+def test_plugin_registered_at_run_time_and_unregistered(entry_points):
+    class Plugin:
+        @hookimpl
+        def bnsgd_register_schedulers(self, register):
+            register("fast_exponential", ExponentialLR)
+
+    plugin = Plugin()
+    assert bnsgd_numba.register_plugin(plugin, name="mine") == "mine"
+    sched = bnsgd_numba.create_scheduler("fast_exponential", base_lr=1.0, gamma=0.5)
+    assert sched.step() == 0.5
+    assert _info("mine").origin == "register_plugin"
+    assert _info("mine").registered == {"scheduler": ["fast_exponential"]}
+    bnsgd_numba.unregister_plugin(plugin)
+    assert "fast_exponential" not in bnsgd_numba.available_schedulers()
+    with pytest.raises(registry.PluginError, match="not registered"):
+        bnsgd_numba.unregister_plugin(plugin)
+
+
+def test_duplicate_name_at_run_time_names_both_plugins_and_changes_nothing(entry_points):
+    class Clash:
+        @hookimpl
+        def bnsgd_register_schedulers(self, register):
+            register("extra", ExponentialLR)
+            register("cosine", ExponentialLR)
+
+    with pytest.raises(registry.DuplicateNameError) as err:
+        bnsgd_numba.register_plugin(Clash(), name="clash")
+    assert "'clash'" in str(err.value) and "bnsgd_numba.schedulers.cosine" in str(err.value)
+    assert "extra" not in bnsgd_numba.available_schedulers()
+    assert bnsgd_numba.create_scheduler("cosine", base_lr=1.0, T_max=4).lr_at(4) == 0.0
+
+
+def test_duplicate_between_installed_plugins_is_an_error_naming_both(entry_points, plugin_dir):
+    entry_points.append(plugin_dir("fake_plugin_a", GOOD.format(name="warp")))
+    entry_points.append(plugin_dir("fake_plugin_b", GOOD.format(name="warp")))
+    with pytest.raises(registry.DuplicateNameError, match="'fake_plugin_a' and 'fake_plugin_b'"):
+        bnsgd_numba.create_scheduler("warp", base_lr=0.1, gamma=0.9)
+    assert "warp" not in bnsgd_numba.available_schedulers()
+    assert registry.name_conflicts() == {("scheduler", "warp"): ["fake_plugin_a", "fake_plugin_b"]}
+    assert bnsgd_numba.create_scheduler("step", base_lr=1.0, step_size=1).step() == 0.1
+
+
+def test_block_env_var_resolves_a_conflict(entry_points, plugin_dir, monkeypatch):
+    entry_points.append(plugin_dir("fake_plugin_a", GOOD.format(name="warp")))
+    entry_points.append(plugin_dir("fake_plugin_b", GOOD.format(name="warp")))
+    monkeypatch.setenv(registry.BLOCK_ENV_VAR, " fake_plugin_a ,")
+    registry._REGISTRY.reset()
+    assert bnsgd_numba.registry.scheduler_registration("warp").plugin == "fake_plugin_b"
+    assert _info("fake_plugin_a").blocked and not _info("fake_plugin_a").registered
+    assert "fake_plugin_a" not in sys.modules  # a blocked plugin is not even imported
+
+
+def test_blocking_a_builtin_plugin(entry_points, monkeypatch):
+    monkeypatch.setenv(registry.BLOCK_ENV_VAR, "bnsgd_numba.schedulers.cosine")
+    registry._REGISTRY.reset()
+    assert "cosine" not in bnsgd_numba.available_schedulers()
+    assert "step" in bnsgd_numba.available_schedulers()
+    assert (
+        bnsgd_numba.register_plugin(importlib.import_module("bnsgd_numba.schedulers.cosine"))
+        is None
+    )
+
+
+def test_plugin_that_fails_to_import_is_reported_and_contained(entry_points, plugin_dir):
+    entry_points.append(plugin_dir("fake_plugin_broken", "import not_a_module_anywhere\n"))
+    entry_points.append(plugin_dir("fake_plugin_ok", GOOD.format(name="fine")))
+    assert "fine" in bnsgd_numba.available_schedulers()
+    assert BUILTIN_SCHEDULERS <= set(bnsgd_numba.available_schedulers())
+    info = _info("fake_plugin_broken")
+    assert "failed to import" in info.error and "not_a_module_anywhere" in info.error
+
+
+def test_plugin_whose_hook_raises_is_reported_and_its_names_dropped(entry_points, plugin_dir):
+    source = """
+    from bnsgd_numba import hookimpl
+    from bnsgd_numba.schedulers.decay import ExponentialLR
+
+    @hookimpl
+    def bnsgd_register_schedulers(register):
+        register("half_done", ExponentialLR)
+        raise RuntimeError("disk on fire")
+    """
+    entry_points.append(plugin_dir("fake_plugin_raises", source))
+    assert "half_done" not in bnsgd_numba.available_schedulers()
+    assert "RuntimeError: disk on fire" in _info("fake_plugin_raises").error
+    assert "cosine" in bnsgd_numba.available_schedulers()
+
+
+def test_bad_registration_is_reported(entry_points, plugin_dir):
+    source = """
+    from bnsgd_numba import hookimpl
+
+    @hookimpl
+    def bnsgd_register_schedulers(register):
+        register("not callable", 42)
+    """
+    entry_points.append(plugin_dir("fake_plugin_bad_entry", source))
+    assert "name must be" in _info("fake_plugin_bad_entry").error
+
+
+@pytest.mark.parametrize("marked", [True, False], ids=["marked", "unmarked"])
+def test_misspelled_hook_is_rejected_by_check_pending(entry_points, plugin_dir, marked):
+    source = f"""
+    from bnsgd_numba import hookimpl
+
+    {"@hookimpl" if marked else ""}
+    def bnsgd_register_scheduler(register):
+        pass
+    """
+    entry_points.append(plugin_dir("fake_plugin_typo", source))
+    assert "unknown hook 'bnsgd_register_scheduler'" in _info("fake_plugin_typo").error
+    assert "fake_plugin_typo" not in dict(bnsgd_numba.plugin_manager().list_name_plugin())
+    assert "cosine" in bnsgd_numba.available_schedulers()
+
+    class Typo:
+        @hookimpl
+        def bnsgd_register_normalisations(self, register):
+            pass
+
+    with pytest.raises(registry.PluginError, match="unknown hook 'bnsgd_register_normalisations'"):
+        bnsgd_numba.register_plugin(Typo(), name="typo")
+
+
+def test_hook_with_a_wrong_argument_name_is_reported(entry_points, plugin_dir):
+    source = """
+    from bnsgd_numba import hookimpl
+
+    @hookimpl
+    def bnsgd_register_schedulers(reg):
+        pass
+    """
+    entry_points.append(plugin_dir("fake_plugin_argname", source))
+    assert "invalid hook" in _info("fake_plugin_argname").error
+
+
+def test_entry_points_are_loaded_lazily_and_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(registry, "_entry_points", lambda: calls.append(1) or [])
+    registry._REGISTRY.reset()
+    assert calls == []
+    bnsgd_numba.available_schedulers()
+    bnsgd_numba.create_scheduler("step", base_lr=0.1, step_size=3)
+    bnsgd_numba.list_plugins()
+    assert calls == [1]
+    registry._REGISTRY.reset()
+
+
+def test_import_is_lazy_and_schedulers_need_no_numba():
+    code = (
+        "import sys, bnsgd_numba\n"
+        "assert 'pluggy' not in sys.modules and 'numba' not in sys.modules\n"
+        "bnsgd_numba.create_scheduler('cosine', base_lr=0.1, T_max=5).step()\n"
+        "assert 'pluggy' in sys.modules and 'numba' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_normalization_created_through_the_registry():
+    layer = bnsgd_numba.create_normalization("batch_norm", 4, eps=1e-3)
+    assert isinstance(layer, bnsgd_numba.BatchNorm)
+    assert layer.num_features == 4 and layer.eps == 1e-3
+
+
+def test_every_hook_is_documented_and_tested():
+    doc = (Path(__file__).parents[1] / "docs" / "writing-a-plugin.md").read_text()
+    tests = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    hooks = [
+        n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("bnsgd_")
+    ]
+    assert set(hooks) == set(registry.KINDS.values())
+    for name in hooks:
+        assert getattr(hookspecs, name).__doc__, name
+        assert name in doc, f"{name} is not in docs/writing-a-plugin.md"
+        assert tests.count(name) >= 2, f"{name} is not exercised by a test"
+
+
+def test_normalization_plugin_at_run_time(entry_points):
+    class Norm:
+        @hookimpl
+        def bnsgd_register_normalizations(self, register):
+            register("identity_norm", lambda num_features, **kw: ("identity", num_features))
+
+    bnsgd_numba.register_plugin(Norm(), name="norm")
+    assert bnsgd_numba.create_normalization("identity_norm", 5) == ("identity", 5)
+    assert bnsgd_numba.registry.normalization_registration("identity_norm").plugin == "norm"
