@@ -1,0 +1,1 @@
+"""Worked examples that use the library's kernels end to end."""
