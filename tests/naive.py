@@ -25,7 +25,7 @@ def batch_norm_statistics(x, axis=1):
     """Per-channel mean and biased variance, two passes in float64."""
     rows = channels_first(x, axis)
     mean = np.array([row.sum() / row.size for row in rows])
-    var = np.array([((row - mu) ** 2).sum() / row.size for row, mu in zip(rows, mean)])
+    var = np.array([((row - mu) ** 2).sum() / row.size for row, mu in zip(rows, mean, strict=True)])
     return mean, var
 
 

@@ -1,0 +1,8 @@
+"""BatchNorm benchmark (issue: foundation). Same as ``bnsgd-numba bench``."""
+
+import sys
+
+from bnsgd_numba.bench.batch_norm import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
