@@ -352,6 +352,27 @@ CASES = [
         ),
     ),
     (
+        "chained-cosine-exponential",
+        "chained",
+        0.1,
+        {"schedulers": [("cosine", {"T_max": 500}), ("exponential", {"gamma": 0.99})]},
+        lambda o: L.ChainedScheduler([L.CosineAnnealingLR(o, T_max=500), L.ExponentialLR(o, 0.99)]),
+    ),
+    (
+        "chained-multiplicative-polynomial",
+        "chained",
+        0.1,
+        {
+            "schedulers": [
+                ("multiplicative", {"lr_lambda": _wobble}),
+                ("polynomial", {"total_iters": 400, "power": 2.0}),
+            ]
+        },
+        lambda o: L.ChainedScheduler(
+            [L.MultiplicativeLR(o, _wobble), L.PolynomialLR(o, total_iters=400, power=2.0)]
+        ),
+    ),
+    (
         "chained-linear-step-multistep",
         "chained",
         0.1,
