@@ -100,6 +100,12 @@ def test_schedule_values_follow_the_scheduler(isolated):
         "one_cycle", {"max_lr": 1.0, "total_steps": 10}, None, 50
     )
     assert len(rates) == 11 and rates[0] == pytest.approx(0.04) and momenta[0] == 0.95
+    # without --base-lr: 0.1, unless the schedule derives it or names it otherwise
+    assert schedule_cli.schedule_values("cosine", {"T_max": 4}, None, 4)[0][0] == 0.1
+    warmup = {"init_value": 0.0, "warmup_steps": 2, "decay_steps": 4}
+    assert schedule_cli.schedule_values("warmup_cosine", warmup, None, 2)[0] == [0.0, 0.05, 0.1]
+    warmup["peak_value"] = 1.0
+    assert schedule_cli.schedule_values("warmup_cosine", warmup, None, 2)[0] == [0.0, 0.5, 1.0]
 
 
 def test_schedule_plot_writes_a_png(isolated, tmp_path, capsys):

@@ -7,6 +7,7 @@ import ast
 import sys
 from typing import Any
 
+DEFAULT_BASE_LR = 0.1
 MATPLOTLIB_HINT = "pip install 'bnsgd-numba[demo]' (or: pip install matplotlib)"
 
 
@@ -76,7 +77,8 @@ def schedule_values(
     params : dict
         Its parameters.
     base_lr : float or None
-        Base learning rate; 0.1 unless the schedule derives it.
+        Base learning rate; None: let the schedule derive it (``one_cycle``)
+        or take it from ``params`` (``peak_value``), else 0.1.
     steps : int
         Number of steps.
 
@@ -85,18 +87,16 @@ def schedule_values(
     tuple
         ``steps + 1`` rates (step 0 included) and momenta or None.
     """
-    import inspect
-
-    from bnsgd_numba.registry import create_scheduler, scheduler_registration
+    from bnsgd_numba.registry import create_scheduler
     from bnsgd_numba.testing.cases import default_metrics
 
-    if base_lr is None:
-        signature = inspect.signature(scheduler_registration(name).factory)
-        declared = signature.parameters.get("base_lr")
-        if declared is None or declared.default is inspect.Parameter.empty:
-            base_lr = 0.1
-    kwargs = {} if base_lr is None else {"base_lr": base_lr}
-    sched = create_scheduler(name, **kwargs, **params)
+    if base_lr is not None:
+        sched = create_scheduler(name, base_lr=base_lr, **params)
+    else:
+        try:  # schedules that derive their rate (one_cycle) or take it by another name
+            sched = create_scheduler(name, **params)
+        except TypeError:
+            sched = create_scheduler(name, base_lr=DEFAULT_BASE_LR, **params)
     if sched.max_step is not None:
         steps = min(steps, sched.max_step)
     metrics = default_metrics(max(steps, 1))
