@@ -244,15 +244,27 @@ class _Registry:
             if info.error is None or info.error.startswith("registration failed"):
                 info.registered = {}
                 info.error = None
+        # a plugin whose hook raises is left out entirely, both kinds
+        calls: list[tuple[str, str, list[Registration]]] = []
+        failed: set[str] = set()
         for kind, hook_name in KINDS.items():
-            hook = getattr(pm.hook, hook_name)
-            for impl in hook.get_hookimpls():  # in registration order
-                self._call_impl(kind, impl, tables[kind])
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():  # registration order
+                if impl.hookwrapper or impl.wrapper:
+                    continue
+                staged = self._call_impl(kind, impl)
+                if staged is None:
+                    failed.add(impl.plugin_name)
+                else:
+                    calls.append((kind, impl.plugin_name, staged))
+        for kind, plugin_name, staged in calls:
+            if plugin_name not in failed:
+                self._add(tables[kind], plugin_name, staged)
         for kind, name in self._conflicts:
             tables[kind].pop(name, None)
         return tables
 
-    def _call_impl(self, kind: str, impl: Any, table: dict[str, Registration]) -> None:
+    def _call_impl(self, kind: str, impl: Any) -> list[Registration] | None:
+        """Call one hook implementation; return its registrations, or None if it raised."""
         plugin_name = impl.plugin_name
         info = self._plugins.setdefault(plugin_name, PluginInfo(plugin_name, "register_plugin"))
         staged: list[Registration] = []
@@ -270,16 +282,22 @@ class _Registry:
             impl.function(**{arg: register for arg in impl.argnames})
         except Exception as exc:
             info.error = f"registration failed in {impl.function.__name__}: {_describe(exc)}"
-            return
+            return None
+        return staged
+
+    def _add(
+        self, table: dict[str, Registration], plugin_name: str, staged: list[Registration]
+    ) -> None:
+        info = self._plugins[plugin_name]
         for registration in staged:
-            key = (kind, registration.name)
+            key = (registration.kind, registration.name)
             if key in self._conflicts:
                 self._conflicts[key].append(plugin_name)
             elif registration.name in table:
                 self._conflicts[key] = [table[registration.name].plugin, plugin_name]
             else:
                 table[registration.name] = registration
-            info.registered.setdefault(kind, []).append(registration.name)
+            info.registered.setdefault(registration.kind, []).append(registration.name)
 
     def conflicts(self) -> dict[tuple[str, str], list[str]]:
         self.tables()

@@ -283,3 +283,23 @@ def test_normalization_hook_failure_keeps_batch_norm(entry_points, plugin_dir):
     entry_points.append(plugin_dir("fake_plugin_norm", source))
     assert bnsgd_numba.available_normalizations() == ["batch_norm"]
     assert "factory must be callable" in _info("fake_plugin_norm").error
+
+
+def test_a_plugin_failing_in_one_hook_is_left_out_of_both(entry_points, plugin_dir):
+    source = """
+    from bnsgd_numba import hookimpl
+    from bnsgd_numba.schedulers.decay import ExponentialLR
+
+    @hookimpl
+    def bnsgd_register_schedulers(register):
+        register("orphan", ExponentialLR)
+
+    @hookimpl
+    def bnsgd_register_normalizations(register):
+        raise ImportError("optional dependency missing")
+    """
+    entry_points.append(plugin_dir("fake_plugin_half", source))
+    assert "orphan" not in bnsgd_numba.available_schedulers()
+    info = _info("fake_plugin_half")
+    assert "ImportError: optional dependency missing" in info.error
+    assert info.registered == {}
