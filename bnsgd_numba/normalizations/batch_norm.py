@@ -29,4 +29,14 @@ def batch_norm(*args: Any, **kwargs: Any) -> Any:
 @hookimpl
 def bnsgd_register_normalizations(register: Register) -> None:
     """Register ``batch_norm``; it promises zero mean and unit variance in training."""
-    register("batch_norm", batch_norm, standardizes=True)
+    register(
+        "batch_norm",
+        batch_norm,
+        standardizes=True,
+        examples=[
+            {},
+            {"affine": False},
+            {"momentum": None, "eps": 1e-3},
+            {"track_running_stats": False},
+        ],
+    )
