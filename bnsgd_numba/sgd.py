@@ -3,6 +3,15 @@
 The kernels live in :mod:`bnsgd_numba._sgd_cpu`; this module validates input
 (everything is checked before anything is written), turns arrays into flat
 views, and dispatches CUDA arrays to ``bnsgd_numba.gpu_sgd``.
+
+The GPU module is imported only when a CUDA array is passed, and is expected
+to provide ``sgd_step(param, grad, momentum_buffer, **hyperparameters)`` (the
+signature of :func:`sgd_step`), ``sgd_optimizer_step(optimizer, grads, *,
+skip_if_nonfinite) -> bool`` (called by ``SGD.step`` when the optimizer's
+parameters are CUDA arrays), ``clip_grad_norm(grads, max_norm, norm_type,
+error_if_nonfinite)`` and ``clip_grad_value(grads, clip_value)``. Until it
+exists, a CUDA array raises an ImportError saying CUDA support is not
+available.
 """
 
 from __future__ import annotations
