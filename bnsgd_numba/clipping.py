@@ -20,7 +20,9 @@ _EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ adds it to the total norm
 
 
 def _is_device_input(grads: Any) -> bool:
-    if isinstance(grads, (np.ndarray, ParameterArena)):
+    if isinstance(grads, ParameterArena):
+        return is_device_array(grads.flat_grads)
+    if isinstance(grads, np.ndarray):
         return False
     if is_device_array(grads):
         return True

@@ -115,6 +115,7 @@ class SGD:
                 raise ValueError("params: the ParameterArena holds no tensors")
             self.arena = params
             self.params = list(params.params)
+            self._device = is_device_array(params.flat_params)
         else:
             if isinstance(params, np.ndarray) or is_device_array(params):
                 raise TypeError(

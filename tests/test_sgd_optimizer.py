@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
+import types
 
 import numba
 import numpy as np
@@ -518,13 +519,39 @@ class _FakeDeviceArray:
     dtype = np.dtype(np.float32)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("bnsgd_numba.gpu_sgd") is not None,
-    reason="the GPU backend exists; its own tests cover dispatch",
-)
-def test_device_parameters_without_cuda_support_give_a_clear_error():
+def test_device_parameters_without_cuda_support_give_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bnsgd_numba.gpu_sgd", None)
     optimizer = bn.SGD([_FakeDeviceArray()], lr=0.1)
-    with pytest.raises(ImportError, match="CUDA support is not available"):
+    with pytest.raises(ImportError, match="SGD.step: got a CUDA array, but CUDA support is not"):
         optimizer.step([_FakeDeviceArray()])
+    with pytest.raises(ImportError, match="clip_grad_norm: got a CUDA array"):
+        bn.clip_grad_norm([_FakeDeviceArray()], 1.0)
     with pytest.raises(TypeError, match=r"params\[1\]: a host array among CUDA arrays"):
         bn.SGD([_FakeDeviceArray(), np.zeros(3, np.float32)], lr=0.1)
+
+
+def test_device_lists_and_arenas_are_handed_to_the_gpu_module(monkeypatch):
+    calls = []
+    fake = types.ModuleType("bnsgd_numba.gpu_sgd")
+    fake.sgd_optimizer_step = lambda optimizer, grads, *, skip_if_nonfinite: (
+        calls.append(("step", optimizer, grads, skip_if_nonfinite)) or False
+    )
+    fake.clip_grad_norm = lambda *args: calls.append(("norm", *args)) or 2.5
+    fake.clip_grad_value = lambda *args: calls.append(("value", *args))
+    monkeypatch.setitem(sys.modules, "bnsgd_numba.gpu_sgd", fake)
+
+    listed = bn.SGD([_FakeDeviceArray()], lr=0.1, momentum=0.9)
+    grads = [_FakeDeviceArray()]
+    assert listed.step(grads, skip_if_nonfinite=True) is False
+    assert calls.pop() == ("step", listed, grads, True)
+
+    arena = bn.ParameterArena([(3,)])
+    arena.flat_params, arena.flat_grads = _FakeDeviceArray(), _FakeDeviceArray()
+    fused = bn.SGD(arena, lr=0.1)
+    assert fused.step() is False
+    assert calls.pop() == ("step", fused, None, False)
+
+    assert bn.clip_grad_norm(arena, 1.0) == 2.5
+    assert calls.pop() == ("norm", arena, 1.0, 2.0, False)
+    bn.clip_grad_value(grads, 0.5)
+    assert calls.pop() == ("value", grads, 0.5)

@@ -7,7 +7,8 @@ handful of operations per element.
 
 from __future__ import annotations
 
-import importlib.util
+import sys
+import types
 
 import numba
 import numpy as np
@@ -371,10 +372,20 @@ class _FakeDeviceArray:
     __cuda_array_interface__ = {"shape": (3,), "typestr": "<f4", "data": (0, False), "version": 3}
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("bnsgd_numba.gpu_sgd") is not None,
-    reason="the GPU backend exists; its own tests cover dispatch",
-)
-def test_device_array_without_cuda_support_gives_a_clear_error():
-    with pytest.raises(ImportError, match="CUDA support is not available"):
+def test_device_array_without_cuda_support_gives_a_clear_error(monkeypatch):
+    # None in sys.modules makes the import fail, as when numba-cuda is absent.
+    monkeypatch.setitem(sys.modules, "bnsgd_numba.gpu_sgd", None)
+    with pytest.raises(ImportError, match="sgd_step: got a CUDA array, but CUDA support is not"):
         bn.sgd_step(_FakeDeviceArray(), _FakeDeviceArray(), lr=0.1)
+
+
+def test_device_arrays_are_handed_to_the_gpu_module(monkeypatch):
+    calls = []
+    fake = types.ModuleType("bnsgd_numba.gpu_sgd")
+    fake.sgd_step = lambda *args, **kwargs: calls.append((args, kwargs)) or "device buffer"
+    monkeypatch.setitem(sys.modules, "bnsgd_numba.gpu_sgd", fake)
+    param, grad = _FakeDeviceArray(), _FakeDeviceArray()
+    assert bn.sgd_step(param, grad, lr=0.1, momentum=0.9, nesterov=True) == "device buffer"
+    ((args, kwargs),) = calls
+    assert args == (param, grad, None)
+    assert kwargs["lr"] == 0.1 and kwargs["momentum"] == 0.9 and kwargs["nesterov"] is True
