@@ -37,7 +37,7 @@ _LAZY_NAMES = {
     "plugin_manager": "registry",
     "Scheduler": "schedulers.base",
     # CUDA
-    "cuda_available": "cuda_backend",
+    "cuda_available": "_cuda_backend",
 }
 
 __all__ = sorted(_LAZY_NAMES) + ["__version__"]

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import os
 
+# The GPU tests (tests/gpu) run in the CUDA simulator unless
+# BNSGD_NUMBA_REAL_GPU=1. numba reads NUMBA_ENABLE_CUDASIM once, when it is
+# first imported, so this must run before anything imports numba.
+if os.environ.get("BNSGD_NUMBA_REAL_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
