@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bnsgd_numba._arrays import is_device_array
 from bnsgd_numba.batch_norm import (
     FLOAT_DTYPES,
     _momentum,
@@ -16,6 +17,7 @@ from bnsgd_numba.batch_norm import (
 )
 
 STATE_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+_ARRAY_KEYS = ("weight", "bias", "grad_weight", "grad_bias", "running_mean", "running_var")
 
 
 class BatchNorm:
@@ -66,6 +68,13 @@ class BatchNorm:
     ``backward(dy)`` uses the input of the last ``forward`` call (kept by
     reference, as autograd keeps it: do not modify it in between) and
     overwrites ``grad_weight``/``grad_bias`` (it does not accumulate).
+
+    The layer is created on the host. :meth:`to_device` moves its parameters,
+    gradients and running statistics to the GPU (numba device arrays, updated
+    in place there) so that it takes CUDA arrays; :meth:`to_host` moves them
+    back. Inputs must be on the same side as the layer. ``state_dict``
+    always returns host copies, and ``load_state_dict`` takes host arrays on
+    either side.
     """
 
     def __init__(
@@ -108,6 +117,7 @@ class BatchNorm:
         self.num_batches_tracked = 0
         self.skipped_updates = 0
         self._saved: tuple[Any, np.ndarray, np.ndarray, bool] | None = None
+        self._on_device = False
 
     def forward(self, x: Any, training: bool = True, *, out: Any = None) -> Any:
         """Normalize ``x``; in training also update the running statistics.
@@ -126,6 +136,13 @@ class BatchNorm:
         ndarray
             The normalized, scaled and shifted input.
         """
+        if is_device_array(x) != self.on_device:
+            where = "the GPU" if self.on_device else "the host"
+            move = "to_host()" if self.on_device else "to_device()"
+            raise TypeError(
+                f"BatchNorm: the layer's arrays are on {where} but x is not; move x, or "
+                f"call the layer's {move}"
+            )
         use_batch_stats = bool(training) or not self.track_running_stats
         tracking = bool(training) and self.track_running_stats
         factor = self.momentum
@@ -184,9 +201,49 @@ class BatchNorm:
             out=out,
         )
         if self.affine:
-            self.grad_weight[...] = dweight
-            self.grad_bias[...] = dbias
+            if self.on_device:
+                self.grad_weight.copy_to_device(dweight)
+                self.grad_bias.copy_to_device(dbias)
+            else:
+                self.grad_weight[...] = dweight
+                self.grad_bias[...] = dbias
         return dx
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the layer's arrays are CUDA device arrays (see :meth:`to_device`)."""
+        return self._on_device
+
+    def to_device(self) -> BatchNorm:
+        """Move parameters, gradients and running statistics to the GPU; return self.
+
+        Raises
+        ------
+        CudaUnavailableError
+            When CUDA kernels cannot run here (no GPU, no simulator).
+        """
+        from bnsgd_numba import _cuda_backend as backend
+
+        backend.require_cuda("BatchNorm.to_device")
+        if not self._on_device:
+            for key in _ARRAY_KEYS:
+                value = getattr(self, key)
+                if value is not None:
+                    setattr(self, key, backend.to_device(value))
+            self._on_device = True
+            self._saved = None
+        return self
+
+    def to_host(self) -> BatchNorm:
+        """Move the layer's arrays back to the host (NumPy arrays); return self."""
+        if self._on_device:
+            for key in _ARRAY_KEYS:
+                value = getattr(self, key)
+                if value is not None:
+                    setattr(self, key, value.copy_to_host())
+            self._on_device = False
+            self._saved = None
+        return self
 
     def parameters(self) -> list[np.ndarray]:
         """Return ``[weight, bias]`` (empty without ``affine``)."""
@@ -202,7 +259,7 @@ class BatchNorm:
         for key in STATE_KEYS[:4]:
             value = getattr(self, key)
             if value is not None:
-                state[key] = np.array(value, copy=True)
+                state[key] = value.copy_to_host() if self.on_device else np.array(value, copy=True)
         if self.track_running_stats:
             state["num_batches_tracked"] = np.array(self.num_batches_tracked, dtype=np.int64)
         return state
@@ -240,7 +297,10 @@ class BatchNorm:
             if tracked.shape != () or tracked.dtype.kind not in "iu" or tracked < 0:
                 raise ValueError("state_dict['num_batches_tracked'] must be a non-negative integer")
         for key, value in arrays.items():
-            np.copyto(getattr(self, key), value)
+            if self.on_device:
+                getattr(self, key).copy_to_device(np.ascontiguousarray(value))
+            else:
+                np.copyto(getattr(self, key), value)
         if tracked is not None:
             self.num_batches_tracked = int(tracked)
 

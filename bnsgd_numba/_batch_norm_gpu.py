@@ -1,0 +1,489 @@
+"""CUDA BatchNorm kernels (``@cuda.jit``) on the two canonical layouts.
+
+The layouts are those of :mod:`bnsgd_numba._batch_norm_cpu`: ``ncs``, a
+C-contiguous ``(N, C, S)`` view, and ``rc``, a ``(R, C)`` view whose channel
+varies fastest in memory. :mod:`bnsgd_numba.gpu_batch_norm` validates the
+input and launches these kernels in order.
+
+Reductions (forward statistics and the backward sums) have two stages:
+
+1. ``moments_*``/``gradient_sums_*``: each block reduces a fixed span of one
+   channel (``ncs``: grid ``(C, B)``, one block per channel span; ``rc``: a
+   2-D tiling, ``blockDim = (32, TY)``, 32 channels wide and a span of rows
+   high). Each thread runs Welford's update (or plain sums) in float64 over
+   its strided elements; the threads' partials are merged with Chan's
+   formula through warp shuffles (``ncs``) or a shared-memory tree over the
+   rows of the tile (``rc``), then across warps through shared memory. One
+   partial per (channel, span) is written, never accumulated with atomics.
+2. ``finish_*``: one block per channel merges its partials, again per thread
+   in a fixed order and then through the same block merge, and computes the
+   per-channel constants.
+
+Every merge happens in an order fixed by the shape and the launch
+configuration, so results are bitwise identical from run to run (no float
+atomics anywhere). Every thread of a block takes part in every block merge:
+control flow around shuffles and barriers is uniform over the block.
+
+The elementwise kernels compute, in the data's dtype,
+``y = ((x - shift_hi) - shift_lo) * scale + offset`` (``shift_hi + shift_lo``
+carries the float64 mean, so a constant channel gives exactly ``offset`` and
+|mean| >> std keeps its accuracy) and
+``dx = ((dy - shift) - ((x - saved_mean) - center_lo) * xmu_scale) * dy_scale``,
+exactly as the CPU kernels do.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import float64, int32
+
+from bnsgd_numba._cuda_backend import (
+    MAX_THREADS_PER_BLOCK,
+    WARP_SIZE,
+    cuda,
+    gpu_device_function,
+    gpu_kernel,
+    shfl_down3,
+)
+
+MAX_WARPS = MAX_THREADS_PER_BLOCK // WARP_SIZE
+TILE_CHANNELS = WARP_SIZE
+"""Channels per block of the channels-last (``rc``) tiling: one warp wide."""
+
+
+# --- merges -----------------------------------------------------------------
+
+
+@gpu_device_function
+def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    # Chan, Golub & LeVeque (1979): combine (count, mean, M2) of two parts.
+    if n_b == 0.0:
+        return n_a, mean_a, m2_a
+    if n_a == 0.0:
+        return n_b, mean_b, m2_b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    m2 = m2_a + m2_b + delta * delta * (n_a * (n_b / n))
+    return n, mean, m2
+
+
+@gpu_device_function
+def _warp_merge(n, mean, m2):
+    # Tree over the warp's lanes (offsets 16, 8, 4, 2, 1); lane 0 gets the result.
+    offset = WARP_SIZE // 2
+    while offset > 0:
+        n_b, mean_b, m2_b = shfl_down3(n, mean, m2, offset)
+        n, mean, m2 = _chan(n, mean, m2, n_b, mean_b, m2_b)
+        offset //= 2
+    return n, mean, m2
+
+
+@gpu_device_function
+def _block_merge(tid, threads, n, mean, m2):
+    # Every thread of the block calls this; thread 0 gets the block's merge.
+    warp_n = cuda.shared.array(MAX_WARPS, float64)
+    warp_mean = cuda.shared.array(MAX_WARPS, float64)
+    warp_m2 = cuda.shared.array(MAX_WARPS, float64)
+    n, mean, m2 = _warp_merge(n, mean, m2)
+    lane = tid % WARP_SIZE
+    if lane == 0:
+        warp = tid // WARP_SIZE
+        warp_n[warp] = n
+        warp_mean[warp] = mean
+        warp_m2[warp] = m2
+    cuda.syncthreads()
+    if lane < threads // WARP_SIZE:
+        n = warp_n[lane]
+        mean = warp_mean[lane]
+        m2 = warp_m2[lane]
+    else:
+        n = 0.0
+        mean = 0.0
+        m2 = 0.0
+    n, mean, m2 = _warp_merge(n, mean, m2)
+    cuda.syncthreads()
+    return n, mean, m2
+
+
+@gpu_device_function
+def _warp_sum3(a, b, c):
+    offset = WARP_SIZE // 2
+    while offset > 0:
+        a_b, b_b, c_b = shfl_down3(a, b, c, offset)
+        a += a_b
+        b += b_b
+        c += c_b
+        offset //= 2
+    return a, b, c
+
+
+@gpu_device_function
+def _block_sum3(tid, threads, a, b, c):
+    # Every thread of the block calls this; thread 0 gets the block's sums.
+    warp_a = cuda.shared.array(MAX_WARPS, float64)
+    warp_b = cuda.shared.array(MAX_WARPS, float64)
+    warp_c = cuda.shared.array(MAX_WARPS, float64)
+    a, b, c = _warp_sum3(a, b, c)
+    lane = tid % WARP_SIZE
+    if lane == 0:
+        warp = tid // WARP_SIZE
+        warp_a[warp] = a
+        warp_b[warp] = b
+        warp_c[warp] = c
+    cuda.syncthreads()
+    if lane < threads // WARP_SIZE:
+        a = warp_a[lane]
+        b = warp_b[lane]
+        c = warp_c[lane]
+    else:
+        a = 0.0
+        b = 0.0
+        c = 0.0
+    a, b, c = _warp_sum3(a, b, c)
+    cuda.syncthreads()
+    return a, b, c
+
+
+# --- forward statistics -----------------------------------------------------
+
+
+@gpu_kernel
+def moments_ncs(x, span, part_n, part_mean, part_m2):
+    """Welford partials of x (N, C, S): block (c, b) reduces elements [b*span, ...) of c."""
+    c = cuda.blockIdx.x
+    b = cuda.blockIdx.y
+    tid = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    s_size = x.shape[2]
+    m = x.shape[0] * s_size
+    start = b * span
+    stop = min(start + span, m)
+    n = 0.0
+    mean = 0.0
+    m2 = 0.0
+    j = start + tid
+    row = j // s_size
+    col = j - row * s_size
+    step_row = threads // s_size
+    step_col = threads - step_row * s_size
+    while j < stop:
+        v = float64(x[row, c, col])
+        n += 1.0
+        d = v - mean
+        mean += d / n
+        m2 += d * (v - mean)
+        j += threads
+        row += step_row
+        col += step_col
+        if col >= s_size:
+            col -= s_size
+            row += 1
+    n, mean, m2 = _block_merge(tid, threads, n, mean, m2)
+    if tid == 0:
+        part_n[c, b] = n
+        part_mean[c, b] = mean
+        part_m2[c, b] = m2
+
+
+@gpu_kernel
+def moments_rc(x, span, part_n, part_mean, part_m2):
+    """Welford partials of x (R, C): a (32 channels) x (span rows) tile per block.
+
+    ``blockDim = (32, TY)`` with TY a power of two; thread (tx, ty) reduces
+    rows ty, ty + TY, ... of its span for channel 32 * blockIdx.x + tx.
+    """
+    tile_n = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
+    tile_mean = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
+    tile_m2 = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    rows_step = cuda.blockDim.y
+    c = cuda.blockIdx.x * TILE_CHANNELS + tx
+    b = cuda.blockIdx.y
+    rows = x.shape[0]
+    channels = x.shape[1]
+    start = b * span
+    stop = min(start + span, rows)
+    n = 0.0
+    mean = 0.0
+    m2 = 0.0
+    if c < channels:
+        for r in range(start + ty, stop, rows_step):
+            v = float64(x[r, c])
+            n += 1.0
+            d = v - mean
+            mean += d / n
+            m2 += d * (v - mean)
+    k = ty * TILE_CHANNELS + tx
+    tile_n[k] = n
+    tile_mean[k] = mean
+    tile_m2[k] = m2
+    cuda.syncthreads()
+    half = rows_step // 2
+    while half > 0:
+        if ty < half:
+            other = k + half * TILE_CHANNELS
+            n, mean, m2 = _chan(
+                n, mean, m2, tile_n[other], tile_mean[other], tile_m2[other]
+            )  # fmt: skip
+            tile_n[k] = n
+            tile_mean[k] = mean
+            tile_m2[k] = m2
+        cuda.syncthreads()
+        half //= 2
+    if ty == 0 and c < channels:
+        part_n[c, b] = n
+        part_mean[c, b] = mean
+        part_m2[c, b] = m2
+
+
+@gpu_kernel
+def finish_moments(
+    part_n, part_mean, part_m2, eps, weight, bias, has_weight, has_bias,
+    mean64, m2_64, save_mean, save_invstd, shift_hi, shift_lo, scale, offset, bad,
+):  # fmt: skip
+    """Block c merges channel c's partials; writes its statistics and constants."""
+    c = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    n = 0.0
+    mean = 0.0
+    m2 = 0.0
+    for j in range(tid, part_n.shape[1], threads):
+        n, mean, m2 = _chan(n, mean, m2, part_n[c, j], part_mean[c, j], part_m2[c, j])
+    n, mean, m2 = _block_merge(tid, threads, n, mean, m2)
+    if tid == 0:
+        variance = m2 / n
+        invstd = 1.0 / math.sqrt(variance + eps)
+        mean64[c] = mean
+        m2_64[c] = m2
+        save_mean[c] = mean
+        save_invstd[c] = invstd
+        shift_hi[c] = mean
+        shift_lo[c] = mean - float64(shift_hi[c])
+        w = float64(weight[c]) if has_weight else 1.0
+        scale[c] = w * invstd
+        offset[c] = bias[c] if has_bias else 0.0
+        bad[c] = 0 if (math.isfinite(mean) and math.isfinite(variance)) else 1
+
+
+@gpu_kernel
+def finish_running(
+    bad, count, momentum, tracked, stop_on_nonfinite, mean64, m2_64,
+    running_mean, running_var, status,
+):  # fmt: skip
+    """One block: count non-finite channels into status; update running statistics.
+
+    ``status[0]``: non-finite channels; ``status[1]``: 1 when the output is
+    to be written. The running update happens only when every channel is
+    finite.
+    """
+    counts = cuda.shared.array(MAX_THREADS_PER_BLOCK, int32)
+    total = cuda.shared.array(1, int32)
+    tid = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    channels = bad.shape[0]
+    mine = 0
+    for c in range(tid, channels, threads):
+        mine += bad[c]
+    counts[tid] = mine
+    cuda.syncthreads()
+    if tid == 0:
+        found = 0
+        for t in range(threads):
+            found += counts[t]
+        total[0] = found
+        status[0] = found
+        status[1] = 0 if (found > 0 and stop_on_nonfinite) else 1
+    cuda.syncthreads()
+    if tracked and total[0] == 0:
+        keep = 1.0 - momentum
+        for c in range(tid, channels, threads):
+            unbiased = m2_64[c] / (count - 1.0)
+            running_mean[c] = keep * float64(running_mean[c]) + momentum * mean64[c]
+            running_var[c] = keep * float64(running_var[c]) + momentum * unbiased
+
+
+@gpu_kernel
+def eval_constants(
+    running_mean, running_var, eps, weight, bias, has_weight, has_bias,
+    save_mean, save_invstd, shift_hi, shift_lo, scale, offset,
+):  # fmt: skip
+    """Per-channel constants of eval mode, from the running statistics."""
+    c = cuda.grid(1)
+    if c < running_mean.shape[0]:
+        mean = float64(running_mean[c])
+        invstd = 1.0 / math.sqrt(float64(running_var[c]) + eps)
+        save_mean[c] = running_mean[c]
+        save_invstd[c] = invstd
+        shift_hi[c] = mean
+        shift_lo[c] = mean - float64(shift_hi[c])
+        w = float64(weight[c]) if has_weight else 1.0
+        scale[c] = w * invstd
+        offset[c] = bias[c] if has_bias else 0.0
+
+
+# --- elementwise ------------------------------------------------------------
+
+
+@gpu_kernel
+def normalize(x, y, inner, channels, shift_hi, shift_lo, scale, offset, status):
+    """y = ((x - shift_hi) - shift_lo) * scale + offset over flat views (skipped if status[1] == 0).
+
+    Element i is in channel (i // inner) % channels: ``inner`` is S for
+    ``ncs`` and 1 for ``rc``.
+    """
+    if status[1] == 0:
+        return
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    size = x.shape[0]
+    while i < size:
+        c = (i // inner) % channels
+        y[i] = ((x[i] - shift_hi[c]) - shift_lo[c]) * scale[c] + offset[c]
+        i += stride
+
+
+@gpu_kernel
+def input_gradient(dy, x, dx, inner, channels, center_hi, center_lo, dy_scale, shift, xmu_scale):
+    """dx = ((dy - shift) - ((x - center_hi) - center_lo) * xmu_scale) * dy_scale, flat views."""
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    size = x.shape[0]
+    while i < size:
+        c = (i // inner) % channels
+        xmu = (x[i] - center_hi[c]) - center_lo[c]
+        dx[i] = ((dy[i] - shift[c]) - xmu * xmu_scale[c]) * dy_scale[c]
+        i += stride
+
+
+# --- backward sums ----------------------------------------------------------
+
+
+@gpu_kernel
+def gradient_sums_ncs(dy, x, center, span, part):
+    """Partials of sum(dy), sum(dy * (x - center)), sum(x - center), float64.
+
+    ``part`` is (3, C, B); block (c, b) reduces elements [b*span, ...) of c.
+    """
+    c = cuda.blockIdx.x
+    b = cuda.blockIdx.y
+    tid = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    s_size = x.shape[2]
+    m = x.shape[0] * s_size
+    mu = float64(center[c])
+    start = b * span
+    stop = min(start + span, m)
+    total_dy = 0.0
+    total_dy_xmu = 0.0
+    total_xmu = 0.0
+    j = start + tid
+    row = j // s_size
+    col = j - row * s_size
+    step_row = threads // s_size
+    step_col = threads - step_row * s_size
+    while j < stop:
+        g = float64(dy[row, c, col])
+        xmu = float64(x[row, c, col]) - mu
+        total_dy += g
+        total_dy_xmu += g * xmu
+        total_xmu += xmu
+        j += threads
+        row += step_row
+        col += step_col
+        if col >= s_size:
+            col -= s_size
+            row += 1
+    total_dy, total_dy_xmu, total_xmu = _block_sum3(tid, threads, total_dy, total_dy_xmu, total_xmu)
+    if tid == 0:
+        part[0, c, b] = total_dy
+        part[1, c, b] = total_dy_xmu
+        part[2, c, b] = total_xmu
+
+
+@gpu_kernel
+def gradient_sums_rc(dy, x, center, span, part):
+    """As :func:`gradient_sums_ncs` for (R, C) views, tiled as :func:`moments_rc`."""
+    tile_a = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
+    tile_b = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
+    tile_c = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    rows_step = cuda.blockDim.y
+    c = cuda.blockIdx.x * TILE_CHANNELS + tx
+    b = cuda.blockIdx.y
+    rows = x.shape[0]
+    channels = x.shape[1]
+    start = b * span
+    stop = min(start + span, rows)
+    total_dy = 0.0
+    total_dy_xmu = 0.0
+    total_xmu = 0.0
+    if c < channels:
+        mu = float64(center[c])
+        for r in range(start + ty, stop, rows_step):
+            g = float64(dy[r, c])
+            xmu = float64(x[r, c]) - mu
+            total_dy += g
+            total_dy_xmu += g * xmu
+            total_xmu += xmu
+    k = ty * TILE_CHANNELS + tx
+    tile_a[k] = total_dy
+    tile_b[k] = total_dy_xmu
+    tile_c[k] = total_xmu
+    cuda.syncthreads()
+    half = rows_step // 2
+    while half > 0:
+        if ty < half:
+            other = k + half * TILE_CHANNELS
+            tile_a[k] += tile_a[other]
+            tile_b[k] += tile_b[other]
+            tile_c[k] += tile_c[other]
+        cuda.syncthreads()
+        half //= 2
+    if ty == 0 and c < channels:
+        part[0, c, b] = tile_a[k]
+        part[1, c, b] = tile_b[k]
+        part[2, c, b] = tile_c[k]
+
+
+@gpu_kernel
+def finish_gradient_sums(
+    part, count, training, weight, has_weight, invstd,
+    grad_weight, grad_bias, dy_scale, shift, xmu_scale, center_lo,
+):  # fmt: skip
+    """Block c adds channel c's partials and writes its gradient constants.
+
+    As the CPU's ``gradient_constants``: the sums are about the saved mean;
+    in training the batch's exact mean is saved + sum(x - saved)/m, and the
+    sums and ``center_lo`` are corrected to it.
+    """
+    c = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    sum_dy = 0.0
+    sum_dy_xmu = 0.0
+    sum_xmu = 0.0
+    for j in range(tid, part.shape[2], threads):
+        sum_dy += part[0, c, j]
+        sum_dy_xmu += part[1, c, j]
+        sum_xmu += part[2, c, j]
+    sum_dy, sum_dy_xmu, sum_xmu = _block_sum3(tid, threads, sum_dy, sum_dy_xmu, sum_xmu)
+    if tid == 0:
+        s = float64(invstd[c])
+        w = float64(weight[c]) if has_weight else 1.0
+        delta = sum_xmu / count if training else 0.0
+        centered = sum_dy_xmu - delta * sum_dy
+        grad_bias[c] = sum_dy
+        grad_weight[c] = centered * s
+        dy_scale[c] = w * s
+        center_lo[c] = delta
+        if training:
+            shift[c] = sum_dy / count
+            xmu_scale[c] = centered * s * s / count
+        else:
+            shift[c] = 0.0
+            xmu_scale[c] = 0.0

@@ -1,0 +1,465 @@
+"""BatchNorm on CUDA arrays: the host drivers of :mod:`bnsgd_numba._batch_norm_gpu`.
+
+:func:`bnsgd_numba.batch_norm_forward` and :func:`~bnsgd_numba.batch_norm_backward`
+hand their arguments here when any of them is a CUDA array (a numba device
+array, or anything with ``__cuda_array_interface__``: CuPy arrays, PyTorch
+CUDA tensors, read in place without copying). The functions check every
+argument with the CPU path's rules before any kernel runs, size the grids,
+launch the kernels and return numba device arrays on the same device.
+
+Layouts: a C-contiguous input is read as ``(N, C, S)`` (or ``(R, C)`` when
+the channel axis is last); a dense channels-last input (an NCHW-shaped array
+whose memory is NHWC, as PyTorch's ``channels_last`` tensors) as ``(R, C)``.
+Other strided device arrays are rejected (the CPU path copies them; here the
+caller decides where a copy goes). Outputs are written in the input's layout;
+``out``, ``dy`` and ``x`` must share it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+from bnsgd_numba import _cuda_backend as backend
+from bnsgd_numba import config
+from bnsgd_numba._arrays import is_device_array
+from bnsgd_numba._layouts import NCS, RC, normalize_channel_axis
+from bnsgd_numba.batch_norm import (
+    _NONFINITE_POLICIES,
+    FLOAT_DTYPES,
+    BatchNormGrads,
+    BatchNormOutput,
+    NonFiniteStatisticsError,
+    _flag,
+    _momentum,
+    _nonfinite_channels,
+    _positive_eps,
+)
+
+ITEMS_PER_THREAD = 16
+"""Elements each thread reduces per span of a channel-first reduction.
+
+Together with ``config.GPU_THREADS_PER_BLOCK`` it fixes the number of blocks
+per channel, so the reduction order depends on the shape and these two
+settings only (tests lower it to get several blocks per channel).
+"""
+RC_ROWS_PER_THREAD = 32
+"""Rows each thread reduces per span of a channels-last reduction."""
+MAX_SPANS = 65535
+"""Most blocks per channel (the grid's y limit)."""
+ELEMENTWISE_BLOCKS_PER_THREADS = 4096
+"""Most blocks of an elementwise (grid-stride) kernel."""
+
+
+class _Launch:
+    """Launch shapes of one BatchNorm call, a function of the view's shape only."""
+
+    def __init__(self, layout: str, shape: tuple[int, ...]) -> None:
+        threads = _threads_per_block()
+        self.threads = threads
+        self.channels = shape[1]
+        if layout == NCS:
+            n, channels, s = shape
+            m = n * s
+            self.count = m
+            spans = min(MAX_SPANS, max(1, -(-m // (threads * ITEMS_PER_THREAD))))
+            self.span = -(-m // spans) if m else 1
+            self.spans = max(1, -(-m // self.span)) if m else 1
+            self.reduce_grid = (channels, self.spans)
+            self.reduce_block = threads
+            self.inner = s
+        else:
+            rows, channels = shape
+            self.count = rows
+            tile_rows = threads // backend.WARP_SIZE
+            spans = min(MAX_SPANS, max(1, -(-rows // (tile_rows * RC_ROWS_PER_THREAD))))
+            self.span = -(-rows // spans) if rows else 1
+            self.spans = max(1, -(-rows // self.span)) if rows else 1
+            self.reduce_grid = (-(-channels // backend.WARP_SIZE), self.spans)
+            self.reduce_block = (backend.WARP_SIZE, tile_rows)
+            self.inner = 1
+        size = math.prod(shape)
+        self.elementwise_grid = max(1, min(ELEMENTWISE_BLOCKS_PER_THREADS, -(-size // threads)))
+
+
+def _threads_per_block() -> int:
+    threads = int(config.GPU_THREADS_PER_BLOCK)
+    if (
+        threads < backend.WARP_SIZE
+        or threads > backend.MAX_THREADS_PER_BLOCK
+        or threads & (threads - 1)
+    ):
+        raise ValueError(
+            "config.GPU_THREADS_PER_BLOCK must be a power of two in "
+            f"[{backend.WARP_SIZE}, {backend.MAX_THREADS_PER_BLOCK}], got {threads}"
+        )
+    return threads
+
+
+def _check_all_device(caller: str, arrays: dict[str, Any]) -> None:
+    host = [
+        name for name, value in arrays.items() if value is not None and not is_device_array(value)
+    ]
+    if host:
+        device = [
+            name for name, value in arrays.items() if value is not None and is_device_array(value)
+        ]
+        raise TypeError(
+            f"{caller}: {', '.join(device)} {'is a CUDA array' if len(device) == 1 else 'are CUDA arrays'} "
+            f"but {', '.join(host)} {'is' if len(host) == 1 else 'are'} not: host and device arrays "
+            "cannot be mixed in one call (move them all to the device, or all to the host)"
+        )
+    backend.require_cuda(caller)
+
+
+def _float_device(value: Any, name: str) -> Any:
+    array = backend.as_device_array(value)
+    dtype = np.dtype(array.dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: dtype must be float32 or float64, got {dtype}")
+    if len(array.shape) < 2:
+        raise ValueError(f"{name}: expected an array of rank >= 2, got shape {tuple(array.shape)}")
+    return array
+
+
+def _device_vector(
+    value: Any,
+    name: str,
+    dtype: np.dtype,
+    channels: int,
+    *,
+    writable: bool = False,
+    required: bool = False,
+) -> Any:
+    if value is None:
+        if required:
+            raise ValueError(f"{name} is required")
+        return None
+    if writable and backend.readonly(value):
+        raise ValueError(f"{name} is read-only, but it is updated in place when training")
+    array = backend.as_device_array(value)
+    if tuple(array.shape) != (channels,):
+        raise ValueError(
+            f"{name}: expected shape ({channels},), one value per channel, got {tuple(array.shape)}"
+        )
+    if np.dtype(array.dtype) != dtype:
+        raise TypeError(f"{name}: dtype {np.dtype(array.dtype)} does not match x ({dtype})")
+    return array
+
+
+def _channels_last_strides(shape: tuple[int, ...], axis: int, itemsize: int) -> tuple[int, ...]:
+    # Strides of a dense array of ``shape`` whose channel axis varies fastest.
+    order = [d for d in range(len(shape)) if d != axis] + [axis]
+    strides = [0] * len(shape)
+    step = itemsize
+    for d in reversed(order):
+        strides[d] = step
+        step *= shape[d]
+    return tuple(strides)
+
+
+def _same_strides(a: tuple[int, ...], b: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    return all(size <= 1 or sa == sb for sa, sb, size in zip(a, b, shape, strict=True))
+
+
+def _layout(array: Any, axis: int, name: str) -> str:
+    shape = tuple(array.shape)
+    if array.is_c_contiguous():
+        return RC if axis == len(shape) - 1 else NCS
+    expected = _channels_last_strides(shape, axis, np.dtype(array.dtype).itemsize)
+    if _same_strides(backend.array_strides(array), expected, shape):
+        return RC
+    raise ValueError(
+        f"{name}: a CUDA array must be C-contiguous or dense channels-last, got strides "
+        f"{backend.array_strides(array)} for shape {shape} (copy it into one of those layouts)"
+    )
+
+
+def _views(array: Any, axis: int, layout: str) -> tuple[Any, Any]:
+    """Return (kernel view, flat view) of a device array in ``layout``."""
+    shape = tuple(array.shape)
+    channels = shape[axis]
+    size = math.prod(shape)
+    itemsize = np.dtype(array.dtype).itemsize
+    if layout == NCS:
+        view = array.reshape(math.prod(shape[:axis]), channels, math.prod(shape[axis + 1 :]))
+        return view, array.reshape(size)
+    rows = size // channels if channels else 0
+    if array.is_c_contiguous():
+        return array.reshape(rows, channels), array.reshape(size)
+    view = backend.strided_view(array, (rows, channels), (channels * itemsize, itemsize))
+    return view, backend.strided_view(array, (size,), (itemsize,))
+
+
+def _empty_like_layout(x: Any, axis: int, layout: str) -> Any:
+    shape = tuple(x.shape)
+    if x.is_c_contiguous():
+        return backend.device_empty(shape, x.dtype)
+    flat = backend.device_empty(math.prod(shape), x.dtype)
+    strides = _channels_last_strides(shape, axis, np.dtype(x.dtype).itemsize)
+    return backend.strided_view(flat, shape, strides)
+
+
+def _check_out(out: Any, x: Any, name: str, others: tuple[Any, ...]) -> Any:
+    if backend.readonly(out):
+        raise ValueError(f"{name} is read-only")
+    out = backend.as_device_array(out)
+    if tuple(out.shape) != tuple(x.shape):
+        raise ValueError(f"{name}: shape {tuple(out.shape)} does not match x {tuple(x.shape)}")
+    if np.dtype(out.dtype) != np.dtype(x.dtype):
+        raise TypeError(
+            f"{name}: dtype {np.dtype(out.dtype)} does not match x ({np.dtype(x.dtype)})"
+        )
+    if not _same_strides(backend.array_strides(out), backend.array_strides(x), tuple(x.shape)):
+        raise ValueError(f"{name}: must have the memory layout (strides) of x")
+    if backend.overlaps(out, x):
+        raise ValueError(f"{name} overlaps the input x; pass a separate array")
+    for other in others:
+        if other is not None and backend.overlaps(out, other):
+            raise ValueError(f"{name} overlaps another argument; pass a separate array")
+    return out
+
+
+_DUMMIES: dict[np.dtype, Any] = {}
+
+
+def _dummy(dtype: np.dtype) -> Any:
+    # A one-element stand-in for an absent weight, bias or running statistic.
+    array = _DUMMIES.get(dtype)
+    if array is None:
+        array = backend.to_device(np.zeros(1, dtype=dtype))
+        _DUMMIES[dtype] = array
+    return array
+
+
+def forward_with_status(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    running_mean: Any,
+    running_var: Any,
+    *,
+    training: bool,
+    momentum: float,
+    eps: float,
+    channel_axis: int,
+    out: Any,
+    on_nonfinite: str,
+    warn_stacklevel: int = 4,
+) -> tuple[BatchNormOutput, int]:
+    """:func:`bnsgd_numba.batch_norm_forward` on CUDA arrays, with the non-finite count.
+
+    Parameters
+    ----------
+    x, weight, bias, running_mean, running_var, out
+        As :func:`bnsgd_numba.batch_norm_forward`; every array given must be
+        a CUDA array (numba device array or ``__cuda_array_interface__``).
+    training, momentum, eps, channel_axis, on_nonfinite
+        As :func:`bnsgd_numba.batch_norm_forward`.
+    warn_stacklevel : int
+        ``stacklevel`` of the RuntimeWarning of ``on_nonfinite="skip"``.
+
+    Returns
+    -------
+    tuple of (BatchNormOutput, int)
+        The output as numba device arrays, and the number of channels whose
+        batch statistics are not finite (counted in training with running
+        statistics only, which reads one integer back from the device and
+        so waits for the kernels; 0 otherwise).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad input, or host and device arrays mixed, before anything is written.
+    CudaUnavailableError
+        CUDA arrays were passed but CUDA kernels cannot run here.
+    NonFiniteStatisticsError
+        As on the CPU (only ``save_mean``/``save_invstd`` were computed).
+    """
+    arrays = {
+        "x": x, "weight": weight, "bias": bias, "running_mean": running_mean,
+        "running_var": running_var, "out": out,
+    }  # fmt: skip
+    _check_all_device("batch_norm_forward", arrays)
+    x = _float_device(x, "x")
+    shape = tuple(x.shape)
+    axis = normalize_channel_axis(channel_axis, len(shape))
+    channels = shape[axis]
+    if channels == 0:
+        raise ValueError(f"x: the channel axis {axis} of shape {shape} is empty")
+    dtype = np.dtype(x.dtype)
+    per_channel = math.prod(shape) // channels
+    training = _flag(training, "training")
+    eps = _positive_eps(eps)
+    momentum = _momentum(momentum)
+    if on_nonfinite not in _NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+    weight = _device_vector(weight, "weight", dtype, channels)
+    bias = _device_vector(bias, "bias", dtype, channels)
+    running_mean = _device_vector(running_mean, "running_mean", dtype, channels, writable=training)
+    running_var = _device_vector(running_var, "running_var", dtype, channels, writable=training)
+    if (running_mean is None) != (running_var is None):
+        missing = "running_var" if running_var is None else "running_mean"
+        raise ValueError(f"{missing} is None but the other running statistic is given")
+    if training and per_channel <= 1:
+        raise ValueError(
+            f"x: expected more than 1 value per channel when training, got input of shape {shape}"
+        )
+    if not training and running_mean is None:
+        raise ValueError("running_mean and running_var are required when training=False")
+    layout = _layout(x, axis, "x")
+    if out is not None:
+        out = _check_out(out, x, "out", (running_mean, running_var, weight, bias))
+
+    from bnsgd_numba import _batch_norm_gpu as kernels
+
+    x_view, x_flat = _views(x, axis, layout)
+    launch = _Launch(layout, tuple(x_view.shape))
+    y = out if out is not None else _empty_like_layout(x, axis, layout)
+    _, y_flat = _views(y, axis, layout)
+    save_mean = backend.device_empty(channels, dtype)
+    save_invstd = backend.device_empty(channels, dtype)
+    shift_hi, shift_lo, scale, offset = (backend.device_empty(channels, dtype) for _ in range(4))
+    dummy = _dummy(dtype)
+    has_weight, has_bias = weight is not None, bias is not None
+    weight = dummy if weight is None else weight
+    bias = dummy if bias is None else bias
+    threads = launch.threads
+
+    if not training:
+        kernels.eval_constants[-(-channels // threads), threads](
+            running_mean, running_var, eps, weight, bias, has_weight, has_bias,
+            save_mean, save_invstd, shift_hi, shift_lo, scale, offset,
+        )  # fmt: skip
+        status = backend.to_device(np.array([0, 1], dtype=np.int32))
+        kernels.normalize[launch.elementwise_grid, threads](
+            x_flat, y_flat, launch.inner, channels, shift_hi, shift_lo, scale, offset, status
+        )
+        return BatchNormOutput(y, save_mean, save_invstd), 0
+
+    part_n, part_mean, part_m2 = (
+        backend.device_empty((channels, launch.spans), np.float64) for _ in range(3)
+    )
+    moments = kernels.moments_ncs if layout == NCS else kernels.moments_rc
+    moments[launch.reduce_grid, launch.reduce_block](
+        x_view, launch.span, part_n, part_mean, part_m2
+    )
+    mean64 = backend.device_empty(channels, np.float64)
+    m2_64 = backend.device_empty(channels, np.float64)
+    bad = backend.device_empty(channels, np.int32)
+    kernels.finish_moments[channels, threads](
+        part_n, part_mean, part_m2, eps, weight, bias, has_weight, has_bias,
+        mean64, m2_64, save_mean, save_invstd, shift_hi, shift_lo, scale, offset, bad,
+    )  # fmt: skip
+    tracked = running_mean is not None
+    status = backend.device_empty(2, np.int32)
+    kernels.finish_running[1, threads](
+        bad, float(launch.count), momentum, tracked, tracked and on_nonfinite == "raise",
+        mean64, m2_64, running_mean if tracked else dummy, running_var if tracked else dummy,
+        status,
+    )  # fmt: skip
+    kernels.normalize[launch.elementwise_grid, threads](
+        x_flat, y_flat, launch.inner, channels, shift_hi, shift_lo, scale, offset, status
+    )
+    n_bad = 0
+    if tracked:
+        n_bad = int(status.copy_to_host()[0])
+        if n_bad:
+            channels_bad = _nonfinite_channels(save_mean.copy_to_host(), save_invstd.copy_to_host())
+            if on_nonfinite == "raise":
+                raise NonFiniteStatisticsError(channels_bad)
+            warnings.warn(
+                f"batch statistics are not finite in {n_bad} channel(s) "
+                f"{channels_bad.tolist()}; the running statistics were not updated",
+                RuntimeWarning,
+                stacklevel=warn_stacklevel,
+            )
+    return BatchNormOutput(y, save_mean, save_invstd), n_bad
+
+
+def batch_norm_backward(
+    dy: Any,
+    x: Any,
+    weight: Any,
+    save_mean: Any,
+    save_invstd: Any,
+    *,
+    training: bool = True,
+    channel_axis: int = 1,
+    out: Any = None,
+) -> BatchNormGrads:
+    """:func:`bnsgd_numba.batch_norm_backward` on CUDA arrays.
+
+    Parameters
+    ----------
+    dy, x, weight, save_mean, save_invstd, training, channel_axis, out
+        As :func:`bnsgd_numba.batch_norm_backward`; every array given must be
+        a CUDA array, and ``dy`` (and ``out``) in the memory layout of ``x``.
+
+    Returns
+    -------
+    BatchNormGrads
+        ``(dx, dweight, dbias)`` as numba device arrays in the dtype of ``x``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad input, or host and device arrays mixed, before anything is written.
+    CudaUnavailableError
+        CUDA arrays were passed but CUDA kernels cannot run here.
+    """
+    arrays = {
+        "dy": dy, "x": x, "weight": weight, "save_mean": save_mean,
+        "save_invstd": save_invstd, "out": out,
+    }  # fmt: skip
+    _check_all_device("batch_norm_backward", arrays)
+    x = _float_device(x, "x")
+    dy = _float_device(dy, "dy")
+    shape = tuple(x.shape)
+    if tuple(dy.shape) != shape:
+        raise ValueError(f"dy: shape {tuple(dy.shape)} does not match x {shape}")
+    dtype = np.dtype(x.dtype)
+    if np.dtype(dy.dtype) != dtype:
+        raise TypeError(f"dy: dtype {np.dtype(dy.dtype)} does not match x {dtype}")
+    axis = normalize_channel_axis(channel_axis, len(shape))
+    channels = shape[axis]
+    training = _flag(training, "training")
+    weight = _device_vector(weight, "weight", dtype, channels)
+    save_mean = _device_vector(save_mean, "save_mean", dtype, channels, required=True)
+    save_invstd = _device_vector(save_invstd, "save_invstd", dtype, channels, required=True)
+    layout = _layout(x, axis, "x")
+    if not _same_strides(backend.array_strides(dy), backend.array_strides(x), shape):
+        raise ValueError("dy: must have the memory layout (strides) of x")
+    if out is not None:
+        out = _check_out(out, x, "out", (dy, weight, save_mean, save_invstd))
+
+    from bnsgd_numba import _batch_norm_gpu as kernels
+
+    x_view, x_flat = _views(x, axis, layout)
+    dy_view, dy_flat = _views(dy, axis, layout)
+    dx = out if out is not None else _empty_like_layout(x, axis, layout)
+    _, dx_flat = _views(dx, axis, layout)
+    launch = _Launch(layout, tuple(x_view.shape))
+    threads = launch.threads
+    dweight = backend.device_empty(channels, dtype)
+    dbias = backend.device_empty(channels, dtype)
+    dy_scale, shift, xmu_scale, center_lo = (
+        backend.device_empty(channels, dtype) for _ in range(4)
+    )
+    part = backend.device_empty((3, channels, launch.spans), np.float64)
+    sums = kernels.gradient_sums_ncs if layout == NCS else kernels.gradient_sums_rc
+    if channels:
+        sums[launch.reduce_grid, launch.reduce_block](dy_view, x_view, save_mean, launch.span, part)
+        has_weight = weight is not None
+        kernels.finish_gradient_sums[channels, threads](
+            part, float(launch.count), training, _dummy(dtype) if weight is None else weight,
+            has_weight, save_invstd, dweight, dbias, dy_scale, shift, xmu_scale, center_lo,
+        )  # fmt: skip
+        kernels.input_gradient[launch.elementwise_grid, threads](
+            dy_flat, x_flat, dx_flat, launch.inner, channels, save_mean, center_lo,
+            dy_scale, shift, xmu_scale,
+        )  # fmt: skip
+    return BatchNormGrads(dx, dweight, dbias)
