@@ -38,6 +38,7 @@ _LAZY_NAMES = {
     "Scheduler": "schedulers.base",
     # CUDA
     "cuda_available": "_cuda_backend",
+    "DeviceParameterArena": "gpu_sgd",
 }
 
 __all__ = sorted(_LAZY_NAMES) + ["__version__"]
