@@ -57,6 +57,39 @@ def channel_constants(mean, invstd, weight, bias, shift_hi, shift_lo, scale, off
 
 
 @cpu_kernel()
+def _shifted_sum(row, shift, scratch):
+    # sum(row - shift) in float64; the differences go through memory so that
+    # the reassociating sum cannot fold the shift back in.
+    for k in range(row.shape[0]):
+        scratch[k] = row[k] - shift
+    return _sum(scratch)
+
+
+@cpu_kernel(reduction=True)
+def _sum(values):
+    total = 0.0
+    for k in range(values.shape[0]):
+        total += values[k]
+    return total
+
+
+@cpu_kernel(reduction=True)
+def _sum_of_squares(values):
+    total = 0.0
+    for k in range(values.shape[0]):
+        total += values[k] * values[k]
+    return total
+
+
+@cpu_kernel(reduction=True)
+def _sum_of_products(a, b):
+    total = 0.0
+    for k in range(a.shape[0]):
+        total += np.float64(a[k]) * b[k]
+    return total
+
+
+@cpu_kernel()
 def _item_span(item, items_per_channel, rows_per_item, rows):
     channel = item // items_per_channel
     start = (item % items_per_channel) * rows_per_item
@@ -73,19 +106,21 @@ def _moments_ncs(x, rows_per_item, mean, m2):
     part_count = np.empty(items, dtype=np.float64)
     for item in prange(items):
         c, start, stop = _item_span(item, items_per_channel, rows_per_item, n)
+        # sums shifted by the item's first value: exact for a constant channel
+        # (x - shift == 0), whatever the dtype and the number of values
+        shift = np.float64(x[start, c, 0])
+        scratch = np.empty(s, dtype=np.float64)
         total = 0.0
         for i in range(start, stop):
-            row = x[i, c]
-            for k in range(s):
-                total += row[k]
+            total += _shifted_sum(x[i, c], shift, scratch)
         count = np.float64((stop - start) * s)
-        item_mean = total / count
+        item_mean = shift + total / count
         squares = 0.0
         for i in range(start, stop):
             row = x[i, c]
             for k in range(s):
-                d = row[k] - item_mean
-                squares += d * d
+                scratch[k] = row[k] - item_mean
+            squares += _sum_of_squares(scratch)
         part_mean[item] = item_mean
         part_m2[item] = squares
         part_count[item] = count
@@ -114,13 +149,17 @@ def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
         r0 = rb * rows_per_item
         r1 = min(r0 + rows_per_item, rows)
         sums = part_mean[rb, c0:c1]
+        shift = x[r0, c0:c1]  # shifted sums, as in _moments_ncs
+        scratch = np.empty(c1 - c0, dtype=np.float64)
         for r in range(r0, r1):
             row = x[r, c0:c1]
             for j in range(c1 - c0):
-                sums[j] += row[j]
+                scratch[j] = row[j] - np.float64(shift[j])
+            for j in range(c1 - c0):
+                sums[j] += scratch[j]
         inverse_count = 1.0 / (r1 - r0)
         for j in range(c1 - c0):
-            sums[j] *= inverse_count
+            sums[j] = shift[j] + sums[j] * inverse_count
         squares = part_m2[rb, c0:c1]
         for r in range(r0, r1):
             row = x[r, c0:c1]
@@ -174,15 +213,15 @@ def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
         total_dy = 0.0
         total_dy_xmu = 0.0
         total_xmu = 0.0
+        xmu = np.empty(s, dtype=np.float64)
         for i in range(start, stop):
             g = dy[i, c]
             v = x[i, c]
             for k in range(s):
-                gk = np.float64(g[k])
-                xmu = v[k] - mu
-                total_dy += gk
-                total_dy_xmu += gk * xmu
-                total_xmu += xmu
+                xmu[k] = v[k] - mu
+            total_dy += _sum(g)
+            total_dy_xmu += _sum_of_products(g, xmu)
+            total_xmu += _sum(xmu)
         part_dy[item] = total_dy
         part_dy_xmu[item] = total_dy_xmu
         part_xmu[item] = total_xmu

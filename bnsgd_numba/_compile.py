@@ -17,13 +17,19 @@ import numba
 from bnsgd_numba import config
 
 
-def cpu_kernel(*, parallel: bool = False) -> Callable[[Callable[..., Any]], Any]:
+def cpu_kernel(
+    *, parallel: bool = False, reduction: bool = False
+) -> Callable[[Callable[..., Any]], Any]:
     """Decorate a function as a cached ``numba.njit`` kernel.
 
     Parameters
     ----------
     parallel : bool
         Compile ``prange`` loops for the thread pool.
+    reduction : bool
+        A row-sum helper whose terms are loaded from memory: compiled with
+        ``config.REDUCTION_FASTMATH`` (reassociation, so the sum vectorizes)
+        instead of ``config.FASTMATH``.
 
     Returns
     -------
@@ -32,7 +38,8 @@ def cpu_kernel(*, parallel: bool = False) -> Callable[[Callable[..., Any]], Any]
     """
 
     def decorate(function: Callable[..., Any]) -> Any:
-        options = {"parallel": parallel, "fastmath": set(config.FASTMATH), "nogil": True}
+        flags = config.REDUCTION_FASTMATH if reduction else config.FASTMATH
+        options = {"parallel": parallel, "fastmath": set(flags), "nogil": True}
         try:
             return numba.njit(cache=True, **options)(function)
         except RuntimeError:

@@ -3,17 +3,21 @@
 Kernels read these values when they are compiled or launched; change them
 before the first call (or call :func:`reset` to go back to the defaults).
 
-``FASTMATH`` is the only fastmath flag set any kernel uses. It allows
-reassociation (so reductions vectorize) and contraction into FMA, but never
-``nnan``/``ninf``: those would let LLVM delete the finiteness checks that keep
-a NaN batch out of the running statistics. ``tools/check_fastmath.py`` checks
-that no kernel hard-codes its own flags.
+``FASTMATH`` and ``REDUCTION_FASTMATH`` are the only fastmath flag sets any
+kernel uses (``tests/test_package.py`` checks that no kernel hard-codes its
+own). Neither has ``nnan``/``ninf``: those would let LLVM delete the
+finiteness checks that keep a NaN batch out of the running statistics.
+``reassoc`` is confined to the small loops that sum values already stored in
+memory: elsewhere it lets LLVM rewrite a + (b - a) * (n / n) as
+a + ((b - a) * n) / n, or acc + (x - s) as (acc + x) - s, and exact results
+(a constant channel normalizing to exactly ``bias``) stop being exact.
 """
 
 from __future__ import annotations
 
 _DEFAULTS = {
-    "FASTMATH": frozenset({"reassoc", "contract"}),
+    "FASTMATH": frozenset({"contract"}),
+    "REDUCTION_FASTMATH": frozenset({"reassoc", "contract"}),
     "CPU_ITEM_ELEMENTS": 16384,
     "CPU_RC_COLUMNS": 512,
     "CPU_SERIAL_BELOW": 32768,
@@ -21,7 +25,13 @@ _DEFAULTS = {
 }
 
 FASTMATH: frozenset[str] = _DEFAULTS["FASTMATH"]
-"""LLVM fastmath flags of every kernel (never ``nnan`` or ``ninf``)."""
+"""LLVM fastmath flags of every kernel: FMA contraction only."""
+
+REDUCTION_FASTMATH: frozenset[str] = _DEFAULTS["REDUCTION_FASTMATH"]
+"""Flags of the row-sum helpers (``cpu_kernel(reduction=True)``): ``reassoc``
+lets LLVM vectorize a sum; their terms are loaded from memory, so no algebra
+can move across them. The order stays fixed for a given build: results do not
+depend on the number of threads."""
 
 CPU_ITEM_ELEMENTS: int = _DEFAULTS["CPU_ITEM_ELEMENTS"]
 """Elements per work item of a CPU reduction.

@@ -23,7 +23,7 @@ SHAPES = [((16, 3), 1), ((4, 3, 5, 6), 1), ((4, 5, 6, 3), -1), ((64, 8, 40, 40),
 
 @pytest.mark.parametrize("shape,axis", SHAPES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("value", [0.0, 7.25, -1e4, 3.0e7])
+@pytest.mark.parametrize("value", [0.0, 7.25, -1e4, 3.0e7, 1.7974005664190091, 0.1, 1 / 3])
 def test_constant_channel_normalizes_to_exactly_bias(shape, axis, dtype, value):
     channels = shape[axis]
     x = np.full(shape, value, dtype)

@@ -74,7 +74,11 @@ def test_training_forward_and_backward_match_float64_reference(layout, dtype, af
     y_ref, mean_ref, invstd_ref = naive.batch_norm_forward(x, weight, bias, axis=axis)
     assert y.shape == x.shape and y.dtype == x.dtype
     assert np.max(np.abs(y - y_ref)) <= ulp_tolerance(dtype, np.max(np.abs(y_ref)))
-    np.testing.assert_allclose(save_mean, mean_ref, rtol=0, atol=ulp_tolerance(dtype, 4, 2))
+    # blocked float64 sums: a few eps of the mean magnitude of the terms
+    atol = 16 * np.finfo(np.float64).eps * np.abs(x).mean() + ulp_tolerance(dtype, 0, 1) * np.abs(
+        mean_ref
+    )
+    assert np.all(np.abs(save_mean - mean_ref) <= atol)
     np.testing.assert_allclose(save_invstd, invstd_ref, rtol=8 * np.finfo(dtype).eps)
 
     m = x.size // channels
@@ -82,7 +86,7 @@ def test_training_forward_and_backward_match_float64_reference(layout, dtype, af
     expected_mean = 0.9 * batches_mean + 0.1 * mean_ref
     expected_var = 0.9 * batches_var + 0.1 * var_ref * m / (m - 1)
     # tolerance relative to the terms of the sum: old and new may cancel
-    terms_mean = 0.9 * np.abs(batches_mean) + 0.1 * np.abs(mean_ref)
+    terms_mean = 0.9 * np.abs(batches_mean) + 0.1 * (np.abs(mean_ref) + atol / np.finfo(dtype).eps / 4)
     assert np.all(np.abs(running_mean - expected_mean) <= 4 * np.finfo(dtype).eps * terms_mean)
     np.testing.assert_allclose(running_var, expected_var, rtol=4 * np.finfo(dtype).eps)
 
