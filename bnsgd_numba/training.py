@@ -1,0 +1,237 @@
+"""Training the seed document's network: BN -> Dense+ReLU -> BN -> Dense -> softmax.
+
+:func:`train` builds the network from the library's layers, trains it with
+:class:`~bnsgd_numba.SGD` (momentum) over a :class:`~bnsgd_numba.ParameterArena`
+and a scheduler from the registry, and reports per-epoch figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bnsgd_numba.data import Dataset
+from bnsgd_numba.nn import Dense, ReLU, Sequential, softmax_cross_entropy
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of a training run (the command line's defaults)."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    hidden: int = 64
+    scheduler: str = "warmup_cosine"
+    scheduler_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    batch_norm: bool = True
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.batch_size < 2 and self.batch_norm:
+            raise ValueError("batch_size must be at least 2 with BatchNorm")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch measured."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    """Mean learning rate of the epoch's steps."""
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train`."""
+
+    config: TrainConfig
+    epochs: list[EpochRecord]
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+    model: Sequential = field(repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict."""
+        return {
+            "test_accuracy": self.test_accuracy,
+            "test_loss": self.test_loss,
+            "seconds": self.seconds,
+            "epochs": [asdict(record) for record in self.epochs],
+            "config": asdict(self.config),
+        }
+
+
+def build_network(
+    num_features: int, num_classes: int, config: TrainConfig, rng: np.random.Generator
+) -> Sequential:
+    """The seed's network; without BatchNorm when ``config.batch_norm`` is off.
+
+    The dense layers draw their initial weights from ``rng`` in the same
+    order either way, so the two networks start from the same weights.
+    """
+    from bnsgd_numba.batch_norm_layer import BatchNorm
+
+    dtype = np.dtype(config.dtype)
+    first = Dense(num_features, config.hidden, dtype=dtype, rng=rng)
+    second = Dense(config.hidden, num_classes, dtype=dtype, rng=rng)
+    layers: list[Any] = []
+    if config.batch_norm:
+        layers.append(BatchNorm(num_features, dtype=dtype))
+    layers += [first, ReLU()]
+    if config.batch_norm:
+        layers.append(BatchNorm(config.hidden, dtype=dtype))
+    layers.append(second)
+    return Sequential(layers, dtype=dtype)
+
+
+def make_scheduler(config: TrainConfig, steps_per_epoch: int) -> Any:
+    """Create the configured scheduler, filling in lengths it needs from the run.
+
+    Defaults given when the user did not: ``warmup_cosine`` warms up over the
+    first epoch from 0 and decays to 0 at the last step; ``cosine``'s
+    ``T_max`` and ``one_cycle``'s ``total_steps`` are the run's steps,
+    ``one_cycle``'s ``max_lr`` is ``lr``.
+    """
+    from bnsgd_numba.registry import create_scheduler
+
+    total = config.epochs * steps_per_epoch
+    params = dict(config.scheduler_params)
+    name = config.scheduler
+    if name == "warmup_cosine":
+        params.setdefault("init_value", 0.0)
+        params.setdefault("warmup_steps", min(steps_per_epoch, total - 1))
+        params.setdefault("decay_steps", total)
+    elif name == "cosine":
+        params.setdefault("T_max", total)
+    elif name == "one_cycle":
+        params.setdefault("max_lr", config.lr)
+        params.setdefault("total_steps", total)
+    return create_scheduler(name, base_lr=config.lr, **params)
+
+
+def batch_order_rng(seed: int) -> np.random.Generator:
+    """The generator whose permutations give each epoch's batch order."""
+    return np.random.default_rng([seed, 1])
+
+
+def evaluate(model: Sequential, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Loss and accuracy of ``model`` in eval mode."""
+    logits = model.forward(x, training=False)
+    loss, _ = softmax_cross_entropy(logits, y)
+    return loss, float(np.mean(np.argmax(logits, axis=1) == y))
+
+
+def train(
+    data: Dataset,
+    config: TrainConfig,
+    *,
+    on_batch: Callable[[int, int, int, float, float], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    device: str = "cpu",
+) -> TrainResult:
+    """Train the seed's network on ``data``.
+
+    Parameters
+    ----------
+    data : Dataset
+    config : TrainConfig
+    on_batch : callable, optional
+        Called after every step with (epoch, batch, batches, mean loss so
+        far, accuracy so far) — the progress bar.
+    on_epoch : callable, optional
+        Called with each epoch's :class:`EpochRecord`.
+    on_step : callable, optional
+        Called after every optimizer step with (step, that batch's loss).
+    device : {"cpu", "cuda"}
+        Where the network runs.
+
+    Returns
+    -------
+    TrainResult
+
+    Notes
+    -----
+    One seed fixes everything random (initial weights, batch order), so a
+    run is reproducible bitwise on the CPU. A scheduler that needs a metric
+    (``reduce_on_plateau``) steps once per epoch on the validation loss; the
+    others step after every optimizer step. A last batch of one example is
+    dropped (BatchNorm needs two).
+    """
+    from bnsgd_numba.sgd_optimizer import SGD
+
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        from bnsgd_numba.gpu_training import train_on_gpu
+
+        return train_on_gpu(data, config, on_batch=on_batch, on_epoch=on_epoch, on_step=on_step)
+    start = time.perf_counter()
+    dtype = np.dtype(config.dtype)
+    x_train, x_val, x_test = (a.astype(dtype) for a in (data.x_train, data.x_val, data.x_test))
+    model = build_network(
+        data.num_features, data.num_classes, config, np.random.default_rng(config.seed)
+    )
+    order_rng = batch_order_rng(config.seed)
+    n = len(x_train)
+    batches = n // config.batch_size + (1 if n % config.batch_size >= 2 else 0)
+    optimizer = SGD(
+        model.arena, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    scheduler = make_scheduler(config, batches)
+    scheduler.bind(optimizer)
+    records = []
+    for epoch in range(1, config.epochs + 1):
+        order = order_rng.permutation(n)
+        total_loss = 0.0
+        correct = 0
+        seen = 0
+        lr_sum = 0.0
+        for b in range(batches):
+            index = order[b * config.batch_size : (b + 1) * config.batch_size]
+            logits = model.forward(x_train[index], training=True)
+            loss, grad = softmax_cross_entropy(logits, data.y_train[index])
+            model.backward(grad)
+            lr_sum += optimizer.lr
+            optimizer.step()
+            if on_step is not None:
+                on_step(optimizer.steps, loss)
+            if not scheduler.requires_metric:
+                scheduler.step()
+            total_loss += loss * len(index)
+            correct += int(np.sum(np.argmax(logits, axis=1) == data.y_train[index]))
+            seen += len(index)
+            if on_batch is not None:
+                on_batch(epoch, b + 1, batches, total_loss / seen, correct / seen)
+        val_loss, val_accuracy = evaluate(model, x_val, data.y_val)
+        if scheduler.requires_metric:
+            scheduler.step(val_loss)
+        record = EpochRecord(
+            epoch, total_loss / seen, correct / seen, val_loss, val_accuracy, lr_sum / batches
+        )
+        records.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    test_loss, test_accuracy = evaluate(model, x_test, data.y_test)
+    return TrainResult(
+        config, records, test_loss, test_accuracy, time.perf_counter() - start, model
+    )

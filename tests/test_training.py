@@ -1,0 +1,154 @@
+"""The main job: training the seed's network on the embedded digits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bnsgd_numba.data import load_digits, load_npz
+from bnsgd_numba.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def test_digits_split_is_fixed_and_disjoint(digits):
+    again = load_digits()
+    np.testing.assert_array_equal(digits.x_test, again.x_test)
+    sizes = len(digits.x_train), len(digits.x_val), len(digits.x_test)
+    assert sum(sizes) == 1797 and min(sizes) > 200
+    assert (
+        digits.x_train.dtype == np.float32
+        and 0 <= digits.x_train.min() <= digits.x_train.max() <= 1
+    )
+
+
+def test_default_training_reaches_96_percent_on_digits(digits):
+    result = train(digits, TrainConfig())
+    assert result.test_accuracy >= 0.96
+    assert len(result.epochs) == 20
+    assert result.epochs[-1].train_loss < result.epochs[0].train_loss
+
+
+def test_same_seed_gives_the_same_numbers_bitwise(digits):
+    config = TrainConfig(epochs=2, seed=7)
+    first, second = train(digits, config), train(digits, config)
+    assert first.summary()["epochs"] == second.summary()["epochs"]
+    for a, b in zip(first.model.state(), second.model.state(), strict=True):
+        assert a.tobytes() == b.tobytes()
+    other = train(digits, TrainConfig(epochs=2, seed=8))
+    assert other.epochs[-1].train_loss != first.epochs[-1].train_loss
+
+
+def test_batch_norm_network_learns_faster_from_the_same_start(digits):
+    # the seed's claim, on the first epoch of the same weights and batches
+    with_bn = train(digits, TrainConfig(epochs=1, scheduler="constant"))
+    without = train(digits, TrainConfig(epochs=1, scheduler="constant", batch_norm=False))
+    assert with_bn.epochs[0].val_loss < without.epochs[0].val_loss
+
+
+def test_reduce_on_plateau_is_driven_by_the_validation_loss(digits):
+    config = TrainConfig(
+        epochs=6,
+        scheduler="reduce_on_plateau",
+        # an improvement must halve the loss: the validation loss plateaus at once
+        scheduler_params={"patience": 0, "factor": 0.5, "threshold": 0.5},
+    )
+    result = train(digits, config)
+    rates = [record.lr for record in result.epochs]
+    assert rates[0] == pytest.approx(0.1) and min(rates) < 0.09  # a plateau halved it
+    assert all(b <= a for a, b in zip(rates, rates[1:], strict=False))
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "bnsgd_numba", "train", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=300,
+    )  # fmt: skip
+
+
+def test_command_line_writes_json_and_plot(tmp_path):
+    summary, picture = tmp_path / "run.json", tmp_path / "curves.png"
+    result = run_cli(
+        "--epochs", "2", "--compare-no-bn", "--json", str(summary), "--plot", str(picture)
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(summary.read_text())
+    assert {"test_accuracy", "seconds", "epochs", "no_bn"} <= set(data)
+    assert set(data["epochs"][0]) == {
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+    }
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "with BN" in result.stdout and "without BN" in result.stdout
+    assert "epoch   2/2" in result.stderr  # progress, one line per epoch off a terminal
+
+
+def test_unknown_scheduler_lists_the_available_ones():
+    result = run_cli("--scheduler", "cosine_annealing_typo", "--epochs", "1")
+    assert result.returncode == 2
+    assert "warmup_cosine" in result.stderr and "reduce_on_plateau" in result.stderr
+
+
+def write_npz(path, **overrides):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (40, 28, 28)).astype(np.uint8),
+        "y_train": rng.integers(0, 10, 40),
+        "x_test": rng.integers(0, 256, (10, 28, 28)).astype(np.uint8),
+        "y_test": rng.integers(0, 10, 10),
+    }
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def test_mnist_style_file_trains_the_784_input_network(tmp_path):
+    path = write_npz(tmp_path / "mnist.npz")
+    data = load_npz(path)
+    assert data.num_features == 784 and data.x_train.max() <= 1.0
+    assert len(data.x_train) + len(data.x_val) == 40
+    result = train(data, TrainConfig(epochs=1, batch_size=8))
+    assert 0.0 <= result.test_accuracy <= 1.0
+
+
+x_nan = np.zeros((10, 28, 28))
+x_nan[3, 1, 2] = np.nan
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"y_test": None}, r"missing array\(s\) \['y_test'\]"),
+        ({"y_train": np.zeros(39, np.int64)}, "x_train has 40 examples but y_train has 39 labels"),
+        ({"y_test": np.full(10, 10)}, r"y_test labels must be in \[0, 10\)"),
+        ({"y_train": np.full(40, -1)}, r"y_train labels must be in \[0, 10\)"),
+        ({"y_train": np.full(40, 0.5)}, "y_train labels must be integers"),
+        ({"x_test": x_nan}, "x_test has NaN or infinite pixels in 1 example"),
+    ],
+)
+def test_bad_data_file_is_rejected_before_training(tmp_path, overrides, message):
+    path = write_npz(tmp_path / "bad.npz", **overrides)
+    with pytest.raises(ValueError, match=message):
+        load_npz(path)
+    result = run_cli("--data", str(path), "--epochs", "1")
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "epoch" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(epochs=0), dict(batch_size=1), dict(hidden=-3), dict(dtype="float16")]
+)
+def test_bad_configuration_is_rejected(kwargs):
+    with pytest.raises(ValueError):
+        TrainConfig(**kwargs)
