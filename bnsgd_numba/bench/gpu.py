@@ -1,0 +1,331 @@
+"""GPU benchmark: our CUDA kernels against PyTorch on the same GPU and a copy probe.
+
+Measured side by side in one process on one GPU: BatchNorm forward-train
+(with running statistics, as a layer in training) and backward in float32,
+NCHW and channels-last, against ``torch.nn.functional.batch_norm`` and
+``torch.ops.aten.native_batch_norm_backward`` (cuDNN when PyTorch uses it);
+the SGD step over a :class:`~bnsgd_numba.gpu_sgd.DeviceParameterArena`
+against ``torch.optim.SGD(fused=True)`` over the same tensors; and a
+device-to-device copy probe. Each time is the best of several rounds of
+back-to-back calls closed by a device synchronization, so launch and Python
+overheads count on both sides. GB/s counts the traffic an operation cannot
+avoid; "% of probe" compares it with the copy's bandwidth.
+
+Run ``python -m bnsgd_numba.bench.gpu --output benchmarks/RESULTS-gpu.md`` on a
+machine with a GPU (``benchmarks/gpu_check.sh`` runs the GPU tests first).
+``--smoke`` runs tiny cases, also in the CUDA simulator, to check the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import math
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Bytes moved per element of x, in multiples of the array's size:
+# forward-train reads x twice and writes y; backward reads dy and x twice and
+# writes dx. An SGD step with momentum reads param, grad and buffer and writes
+# param and buffer.
+TRAFFIC = {"forward-train": 3, "backward": 5, "sgd-step": 5}
+BN_CASES = (
+    ("(256,64,56,56) NCHW", (256, 64, 56, 56), False),
+    ("(256,64,56,56) channels-last", (256, 64, 56, 56), True),
+)
+SMOKE_BN_CASES = (
+    ("(4,3,5,6) NCHW", (4, 3, 5, 6), False),
+    ("(4,3,5,6) channels-last", (4, 3, 5, 6), True),
+)
+# ResNet-50's parameter tensors, roughly: many small ones and a few large.
+SGD_SHAPES = (
+    [(64, 3, 7, 7)]
+    + [(256, 64, 1, 1), (64, 64, 3, 3), (64,), (256,)] * 12
+    + [
+        (512, 256, 1, 1),
+        (512, 128, 3, 3),
+        (1024, 512, 1, 1),
+        (1024, 256, 3, 3),
+        (2048, 1024, 1, 1),
+        (2048, 512, 3, 3),
+        (512, 2048, 1, 1),
+        (1000, 2048),
+        (1000,),
+    ]
+    * 2
+)
+SMOKE_SGD_SHAPES = [(3, 4), (5,), (2, 2, 2)]
+
+
+@dataclass
+class Row:
+    """One measurement."""
+
+    case: str
+    operation: str
+    ours_ms: float
+    torch_ms: float | None
+    gb_per_s: float
+    percent_of_probe: float
+
+    @property
+    def speedup(self) -> float | None:
+        return None if self.torch_ms is None else self.torch_ms / self.ours_ms
+
+
+def best_seconds(
+    function: Callable[[], Any], synchronize: Callable[[], None], *, repeat: int, calls: int
+) -> float:
+    """Best over ``repeat`` rounds of the mean time of ``calls`` back-to-back calls."""
+    function()
+    synchronize()
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(calls):
+            function()
+        synchronize()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def _torch_cuda() -> Any:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def _sync_all(torch: Any) -> Callable[[], None]:
+    from bnsgd_numba import _cuda_backend as backend
+
+    def synchronize() -> None:
+        backend.synchronize()
+        if torch is not None:
+            torch.cuda.synchronize()
+
+    return synchronize
+
+
+def copy_probe(nbytes: int, synchronize: Callable[[], None], repeat: int, calls: int) -> float:
+    """Device-to-device copy bandwidth in bytes/s (one read and one write per byte)."""
+    from bnsgd_numba import _cuda_backend as backend
+
+    count = nbytes // 4
+    source = backend.device_empty(count, np.float32)
+    target = backend.device_empty(count, np.float32)
+    seconds = best_seconds(
+        lambda: target.copy_to_device(source), synchronize, repeat=repeat, calls=calls
+    )
+    return 2 * count * 4 / seconds
+
+
+def _bn_case(name, shape, channels_last, torch, synchronize, probe, repeat, calls) -> list[Row]:
+    import bnsgd_numba as bn
+    from bnsgd_numba import _cuda_backend as backend
+
+    rng = np.random.default_rng(0)
+    channels = shape[1]
+    if channels_last:
+        moved = (shape[0], *shape[2:], shape[1])
+        axes = (0, len(shape) - 1, *range(1, len(shape) - 1))
+        x_host = np.moveaxis(rng.standard_normal(moved, dtype=np.float32), -1, 1)
+        dy_host = np.moveaxis(rng.standard_normal(moved, dtype=np.float32), -1, 1)
+        x = backend.permuted(backend.to_device(np.moveaxis(x_host, 1, -1)), axes)
+        dy = backend.permuted(backend.to_device(np.moveaxis(dy_host, 1, -1)), axes)
+    else:
+        x_host = rng.standard_normal(shape, dtype=np.float32)
+        dy_host = rng.standard_normal(shape, dtype=np.float32)
+        x, dy = backend.to_device(x_host), backend.to_device(dy_host)
+    weight = backend.to_device(np.ones(channels, np.float32))
+    bias = backend.to_device(np.zeros(channels, np.float32))
+    running_mean = backend.to_device(np.zeros(channels, np.float32))
+    running_var = backend.to_device(np.ones(channels, np.float32))
+    saved = bn.batch_norm_forward(x, weight, bias, training=True)
+    ours = {
+        "forward-train": lambda: bn.batch_norm_forward(
+            x, weight, bias, running_mean, running_var, training=True
+        ),
+        "backward": lambda: bn.batch_norm_backward(
+            dy, x, weight, saved.save_mean, saved.save_invstd
+        ),
+    }
+    theirs: dict[str, Callable[[], Any]] = {}
+    if torch is not None:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        xt = torch.from_numpy(np.ascontiguousarray(x_host)).cuda().to(memory_format=fmt)
+        dyt = torch.from_numpy(np.ascontiguousarray(dy_host)).cuda().to(memory_format=fmt)
+        wt = torch.ones(channels, device="cuda")
+        bt = torch.zeros(channels, device="cuda")
+        rmt = torch.zeros(channels, device="cuda")
+        rvt = torch.ones(channels, device="cuda")
+        _, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
+            xt, wt, bt, rmt, rvt, True, 0.1, 1e-5
+        )
+        theirs = {
+            "forward-train": lambda: torch.nn.functional.batch_norm(xt, rmt, rvt, wt, bt, True),
+            "backward": lambda: torch.ops.aten.native_batch_norm_backward(
+                dyt, xt, wt, rmt, rvt, save_mean, save_invstd, True, 1e-5, [True, True, True]
+            ),
+        }
+    rows = []
+    nbytes = math.prod(shape) * 4
+    for operation, function in ours.items():
+        seconds = best_seconds(function, synchronize, repeat=repeat, calls=calls)
+        torch_s = None
+        if operation in theirs:
+            torch_s = best_seconds(theirs[operation], synchronize, repeat=repeat, calls=calls)
+        rate = TRAFFIC[operation] * nbytes / seconds
+        rows.append(
+            Row(
+                name,
+                operation,
+                seconds * 1e3,
+                None if torch_s is None else torch_s * 1e3,
+                rate / 1e9,
+                100 * rate / probe,
+            )  # fmt: skip
+        )
+    return rows
+
+
+def _sgd_case(shapes, torch, synchronize, probe, repeat, calls) -> Row:
+    import bnsgd_numba as bn
+    from bnsgd_numba.gpu_sgd import DeviceParameterArena
+
+    rng = np.random.default_rng(1)
+    arrays = [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
+    arena = DeviceParameterArena.from_arrays(arrays)
+    arena.flat_grads.copy_to_device(rng.standard_normal(arena.size, dtype=np.float32))
+    optimizer = bn.SGD(arena, lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    seconds = best_seconds(optimizer.step, synchronize, repeat=repeat, calls=calls)
+    torch_s = None
+    if torch is not None:
+        params = [torch.from_numpy(a).cuda().requires_grad_() for a in arrays]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        fused = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4, fused=True)
+        torch_s = best_seconds(fused.step, synchronize, repeat=repeat, calls=calls)
+    rate = TRAFFIC["sgd-step"] * arena.size * 4 / seconds
+    name = f"{len(shapes)} tensors, {arena.size / 1e6:.1f}M float32, momentum"
+    return Row(
+        name, "sgd-step (arena)", seconds * 1e3, None if torch_s is None else torch_s * 1e3,
+        rate / 1e9, 100 * rate / probe,
+    )  # fmt: skip
+
+
+def _versions(torch: Any) -> list[str]:
+    from bnsgd_numba import _cuda_backend as backend
+
+    lines = [f"- device: {backend.device_name()}"]
+    try:
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+        if smi.returncode == 0:
+            lines.append(f"- nvidia-smi: {smi.stdout.strip()}")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if not backend.SIMULATOR:
+        try:
+            from numba.cuda.cudadrv.driver import driver
+
+            lines.append(f"- CUDA driver API version: {driver.get_version()}")
+        except Exception as exc:  # a report line, never a failure
+            lines.append(f"- CUDA driver API version: unknown ({exc})")
+    for package in ("numba", "numba-cuda", "numpy", "torch"):
+        try:
+            lines.append(f"- {package}: {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            lines.append(f"- {package}: not installed")
+    if torch is not None:
+        lines.append(f"- torch CUDA: {torch.version.cuda}, cuDNN: {torch.backends.cudnn.version()}")
+    lines.append(f"- Python {platform.python_version()} on {platform.platform()}")
+    return lines
+
+
+def format_report(rows: list[Row], probe: float, versions: list[str], notes: list[str]) -> str:
+    """Markdown report: versions, the copy probe, one table row per measurement."""
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    lines = [
+        "# GPU benchmark",
+        "",
+        f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} by "
+        "`benchmarks/gpu_check.sh` (`python -m bnsgd_numba.bench.gpu`).",
+        "",
+        *versions,
+        f"- device-to-device copy probe: {probe / 1e9:.0f} GB/s (read + write)",
+        "",
+        "| case | operation | ours ms | torch ms | speed-up vs torch | GB/s | % of probe |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.case} | {r.operation} | {r.ours_ms:.3f} | {fmt(r.torch_ms, '.3f')} | "
+            f"{fmt(r.speedup, '.2f')} | {r.gb_per_s:.0f} | {r.percent_of_probe:.0f} |"
+        )
+    lines += [
+        "",
+        "Targets (issue 5, on an H100): forward-train and backward at least as fast as "
+        "PyTorch, the SGD arena step at least as fast as torch fused, and at least 70% of "
+        "the copy probe's bandwidth.",
+        "",
+        *notes,
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def run(*, smoke: bool, repeat: int, calls: int) -> tuple[list[Row], float, Any]:
+    """Run every measurement; return (rows, probe bytes/s, torch or None)."""
+    from bnsgd_numba import _cuda_backend as backend
+
+    backend.require_cuda("bnsgd_numba.bench.gpu")
+    torch = None if backend.SIMULATOR else _torch_cuda()
+    synchronize = _sync_all(torch)
+    probe = copy_probe(2**16 if smoke else 1 << 30, synchronize, repeat, calls)
+    rows: list[Row] = []
+    for name, shape, channels_last in SMOKE_BN_CASES if smoke else BN_CASES:
+        rows += _bn_case(name, shape, channels_last, torch, synchronize, probe, repeat, calls)
+    rows.append(
+        _sgd_case(
+            SMOKE_SGD_SHAPES if smoke else SGD_SHAPES, torch, synchronize, probe, repeat, calls
+        )
+    )
+    return rows, probe, torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m bnsgd_numba.bench.gpu [--output FILE] [--smoke]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", help="write the Markdown report here")
+    parser.add_argument("--smoke", action="store_true", help="tiny cases (simulator OK)")
+    parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument("--calls", type=int, default=None)
+    parser.add_argument("--note", action="append", default=[], help="a line for the report")
+    args = parser.parse_args(argv)
+    repeat = args.repeat or (1 if args.smoke else 7)
+    calls = args.calls or (1 if args.smoke else 20)
+    rows, probe, torch = run(smoke=args.smoke, repeat=repeat, calls=calls)
+    report = format_report(rows, probe, _versions(torch), args.note)
+    print(report)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
