@@ -267,6 +267,15 @@ def device_name() -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
+def driver_version() -> str:
+    """The CUDA driver's version as numba sees it ("simulator" under the simulator)."""
+    if SIMULATOR:
+        return "simulator"
+    from numba.cuda.cudadrv.driver import driver
+
+    return ".".join(str(part) for part in driver.get_version())
+
+
 def simulator_requested() -> bool:
     """Whether NUMBA_ENABLE_CUDASIM is set in the environment."""
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")

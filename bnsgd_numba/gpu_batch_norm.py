@@ -248,7 +248,7 @@ def forward_with_status(
     channel_axis: int,
     out: Any,
     on_nonfinite: str,
-    warn_stacklevel: int = 4,
+    warn_stacklevel: int = 3,
 ) -> tuple[BatchNormOutput, int]:
     """:func:`bnsgd_numba.batch_norm_forward` on CUDA arrays, with the non-finite count.
 
@@ -260,7 +260,8 @@ def forward_with_status(
     training, momentum, eps, channel_axis, on_nonfinite
         As :func:`bnsgd_numba.batch_norm_forward`.
     warn_stacklevel : int
-        ``stacklevel`` of the RuntimeWarning of ``on_nonfinite="skip"``.
+        ``stacklevel`` the CPU path would give the RuntimeWarning of
+        ``on_nonfinite="skip"``; one more is added for this function's frame.
 
     Returns
     -------
@@ -375,7 +376,7 @@ def forward_with_status(
                 f"batch statistics are not finite in {n_bad} channel(s) "
                 f"{channels_bad.tolist()}; the running statistics were not updated",
                 RuntimeWarning,
-                stacklevel=warn_stacklevel,
+                stacklevel=warn_stacklevel + 1,
             )
     return BatchNormOutput(y, save_mean, save_invstd), n_bad
 

@@ -238,9 +238,7 @@ def _versions(torch: Any) -> list[str]:
         pass
     if not backend.SIMULATOR:
         try:
-            from numba.cuda.cudadrv.driver import driver
-
-            lines.append(f"- CUDA driver API version: {driver.get_version()}")
+            lines.append(f"- CUDA driver API version: {backend.driver_version()}")
         except Exception as exc:  # a report line, never a failure
             lines.append(f"- CUDA driver API version: unknown ({exc})")
     for package in ("numba", "numba-cuda", "numpy", "torch"):

@@ -246,11 +246,12 @@ def test_nonfinite_batch_never_reaches_the_running_statistics(policy):
         assert info.value.channels.tolist() == [1]
         np.testing.assert_array_equal(to_host(out), np.full(x.shape, 9, np.float32))
     else:
-        with pytest.warns(RuntimeWarning, match="not finite"):
+        with pytest.warns(RuntimeWarning, match="not finite") as record:
             result = bn.batch_norm_forward(
                 to_device(x), None, None, d_rm, d_rv, training=True, out=out,
                 on_nonfinite="skip",
             )  # fmt: skip
+        assert record[0].filename == __file__  # the warning points at the caller
         y = to_host(result.y)
         assert np.isnan(y[:, 1]).all() and np.isfinite(y[:, 0]).all()
     np.testing.assert_array_equal(to_host(d_rm), np.zeros(3, np.float32))
