@@ -56,15 +56,6 @@ def channel_constants(mean, invstd, weight, bias, shift_hi, shift_lo, scale, off
         offset[c] = bias[c] if bias.shape[0] > 0 else 0.0
 
 
-@cpu_kernel()
-def _shifted_sum(row, shift, scratch):
-    # sum(row - shift) in float64; the differences go through memory so that
-    # the reassociating sum cannot fold the shift back in.
-    for k in range(row.shape[0]):
-        scratch[k] = row[k] - shift
-    return _sum(scratch)
-
-
 @cpu_kernel(reduction=True)
 def _sum(values):
     total = 0.0
@@ -74,11 +65,13 @@ def _sum(values):
 
 
 @cpu_kernel(reduction=True)
-def _sum_of_squares(values):
+def _sum_and_sum_of_squares(values):
     total = 0.0
+    squares = 0.0
     for k in range(values.shape[0]):
-        total += values[k] * values[k]
-    return total
+        total += values[k]
+        squares += values[k] * values[k]
+    return total, squares
 
 
 @cpu_kernel(reduction=True)
@@ -106,21 +99,28 @@ def _moments_ncs(x, rows_per_item, mean, m2):
     part_count = np.empty(items, dtype=np.float64)
     for item in prange(items):
         c, start, stop = _item_span(item, items_per_channel, rows_per_item, n)
-        # sums shifted by the item's first value: exact for a constant channel
-        # (x - shift == 0), whatever the dtype and the number of values
-        shift = np.float64(x[start, c, 0])
+        # Corrected two-pass (Chan, Golub & LeVeque 1983): a rough mean from a
+        # plain sum, then the deviations d = x - rough, stored before they are
+        # summed, give mean = rough + sum(d)/n and M2 = sum(d^2) - sum(d)^2/n.
+        # A constant channel comes out exact: d is the same exact difference
+        # everywhere, so rough + sum(d)/n is x itself and M2 is 0.
         scratch = np.empty(s, dtype=np.float64)
         total = 0.0
         for i in range(start, stop):
-            total += _shifted_sum(x[i, c], shift, scratch)
+            total += _sum(x[i, c])
         count = np.float64((stop - start) * s)
-        item_mean = shift + total / count
+        rough = total / count
+        deviation = 0.0
         squares = 0.0
         for i in range(start, stop):
             row = x[i, c]
             for k in range(s):
-                scratch[k] = row[k] - item_mean
-            squares += _sum_of_squares(scratch)
+                scratch[k] = row[k] - rough
+            row_sum, row_squares = _sum_and_sum_of_squares(scratch)
+            deviation += row_sum
+            squares += row_squares
+        item_mean = rough + deviation / count
+        squares = max(squares - deviation * deviation / count, 0.0)
         part_mean[item] = item_mean
         part_m2[item] = squares
         part_count[item] = count

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from bnsgd_numba.bench.timing import best_seconds, copy_bandwidth
+from bnsgd_numba.bench.timing import copy_bandwidth, interleaved_best_seconds
 
 DEFAULT_CASES = (
     ("(a) 25M params / 100 tensors", 25_000_000, 100),
@@ -71,16 +71,6 @@ def _torch_steps(values, grads) -> dict[str, object] | None:
     return steps
 
 
-def _interleaved_best(functions: dict[str, object], repeat: int) -> dict[str, float]:
-    # Rounds of every contender one after another, best round each: on a
-    # shared machine a burst of other work then hits all of them alike.
-    best = {name: float("inf") for name in functions}
-    for _ in range(repeat):
-        for name, function in functions.items():
-            best[name] = min(best[name], best_seconds(function, repeat=1))
-    return best
-
-
 def measure(name: str, parameters: int, tensors: int, *, probe: float, repeat: int = 7) -> Row:
     """Time one case: ours (arena and list) and PyTorch (foreach and fused)."""
     import bnsgd_numba as bn
@@ -99,7 +89,7 @@ def measure(name: str, parameters: int, tensors: int, *, probe: float, repeat: i
         "list": lambda: listed.step(grads),
     }
     functions.update(_torch_steps(values, grads) or {})
-    seconds = _interleaved_best(functions, repeat)
+    seconds = interleaved_best_seconds(functions, repeat)
     arena_s, list_s = seconds["arena"], seconds["list"]
     foreach_s, fused_s = seconds.get("foreach"), seconds.get("fused")
     rate = ACCESSES_PER_ELEMENT * 4 * parameters / arena_s

@@ -33,6 +33,32 @@ def best_seconds(function: Callable[[], Any], *, repeat: int = 7, min_time: floa
     return best
 
 
+def interleaved_best_seconds(functions: dict[str, Any], repeat: int = 7) -> dict[str, float]:
+    """Best time of each function, measured in interleaved rounds.
+
+    One round of every contender after the other, ``repeat`` times, the best
+    round of each kept: on a shared machine a burst of other work then hits
+    all of them alike, and the ratios stay meaningful.
+    """
+    best = {name: float("inf") for name in functions}
+    for _ in range(repeat):
+        for name, function in functions.items():
+            best[name] = min(best[name], best_seconds(function, repeat=1))
+    return best
+
+
+def copier(source: np.ndarray) -> Any:
+    """Return a function that copies ``source`` with the parallel probe kernel.
+
+    The same-size copy is the roofline of an operation on ``source``: the
+    data comes from wherever it lives (memory or a large cache), as the
+    operation's does.
+    """
+    flat = np.ascontiguousarray(source).reshape(-1)
+    target = np.empty_like(flat)
+    return lambda: _parallel_copy(flat, target)
+
+
 @cpu_kernel(parallel=True)
 def _parallel_copy(source, target):
     # Fixed 64 Ki-element blocks spread over the threads: the same shape of

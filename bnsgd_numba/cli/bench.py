@@ -1,26 +1,37 @@
-"""``bnsgd-numba bench``: the kernel benchmarks on their default shapes."""
+"""``bnsgd-numba bench``: every kernel benchmark on its default shapes, in one run."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: Any) -> None:
     """Add the ``bench`` subcommand."""
     parser = subparsers.add_parser(
         "bench",
         help="benchmark the kernels against PyTorch, NumPy and the memory bandwidth",
-        description="Measure BatchNorm against PyTorch (when installed), NumPy and a "
-        "parallel memory-copy probe, side by side in one run.",
+        description="Measure BatchNorm, the SGD step (and the normalization variants when "
+        "installed) against PyTorch (when installed), NumPy and a parallel memory-copy "
+        "probe, side by side in one run; print one report with the targets.",
     )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
+    parser.add_argument(
+        "--plot", metavar="PATH.png", help="draw time against size (1e3..1e8 elements), log-log"
+    )
+    parser.add_argument(
+        "--results", metavar="PATH.md", help="write the report, e.g. benchmarks/RESULTS.md"
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmarks and print their tables."""
-    from bnsgd_numba.bench import batch_norm
+    """Run the benchmarks and print the report."""
+    from bnsgd_numba.bench import report
 
-    argv = (["--quick"] if args.quick else []) + (["--json", args.json] if args.json else [])
-    return batch_norm.main(argv)
+    argv = ["--quick"] if args.quick else []
+    for option in ("json", "plot", "results"):
+        if getattr(args, option):
+            argv += [f"--{option}", getattr(args, option)]
+    return report.main(argv)
