@@ -329,34 +329,60 @@ def eval_constants(
 
 
 @gpu_kernel
-def normalize(x, y, inner, channels, shift_hi, shift_lo, scale, offset, status):
+def normalize(x, y, inner, channels, step_s, step_c, shift_hi, shift_lo, scale, offset, status):
     """y = ((x - shift_hi) - shift_lo) * scale + offset over flat views (skipped if status[1] == 0).
 
     Element i is in channel (i // inner) % channels: ``inner`` is S for
-    ``ncs`` and 1 for ``rc``.
+    ``ncs`` and 1 for ``rc``. The channel is divided out once per thread and
+    then advanced by the grid stride, ``step_s = stride % inner`` and
+    ``step_c = (stride // inner) % channels`` (64-bit division per element
+    would cost more than the arithmetic).
     """
     if status[1] == 0:
         return
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     size = x.shape[0]
+    q = i // inner
+    s = i - q * inner
+    c = q % channels
     while i < size:
-        c = (i // inner) % channels
         y[i] = ((x[i] - shift_hi[c]) - shift_lo[c]) * scale[c] + offset[c]
         i += stride
+        s += step_s
+        c += step_c
+        if s >= inner:
+            s -= inner
+            c += 1
+        if c >= channels:
+            c -= channels
 
 
 @gpu_kernel
-def input_gradient(dy, x, dx, inner, channels, center_hi, center_lo, dy_scale, shift, xmu_scale):
-    """dx = ((dy - shift) - ((x - center_hi) - center_lo) * xmu_scale) * dy_scale, flat views."""
+def input_gradient(
+    dy, x, dx, inner, channels, step_s, step_c, center_hi, center_lo, dy_scale, shift, xmu_scale
+):  # fmt: skip
+    """dx = ((dy - shift) - ((x - center_hi) - center_lo) * xmu_scale) * dy_scale, flat views.
+
+    Channels as in :func:`normalize`.
+    """
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     size = x.shape[0]
+    q = i // inner
+    s = i - q * inner
+    c = q % channels
     while i < size:
-        c = (i // inner) % channels
         xmu = (x[i] - center_hi[c]) - center_lo[c]
         dx[i] = ((dy[i] - shift[c]) - xmu * xmu_scale[c]) * dy_scale[c]
         i += stride
+        s += step_s
+        c += step_c
+        if s >= inner:
+            s -= inner
+            c += 1
+        if c >= channels:
+            c -= channels
 
 
 # --- backward sums ----------------------------------------------------------

@@ -18,6 +18,7 @@ caller decides where a copy goes). Outputs are written in the input's layout;
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from typing import Any
 
@@ -53,6 +54,8 @@ MAX_SPANS = 65535
 ELEMENTWISE_BLOCKS_PER_THREADS = 4096
 """Most blocks of an elementwise (grid-stride) kernel."""
 
+_WORKSPACE = threading.local()
+
 
 class _Launch:
     """Launch shapes of one BatchNorm call, a function of the view's shape only."""
@@ -83,6 +86,9 @@ class _Launch:
             self.inner = 1
         size = math.prod(shape)
         self.elementwise_grid = max(1, min(ELEMENTWISE_BLOCKS_PER_THREADS, -(-size // threads)))
+        stride = self.elementwise_grid * threads
+        self.step_s = stride % self.inner
+        self.step_c = (stride // self.inner) % self.channels if self.channels else 0
 
 
 def _threads_per_block() -> int:
@@ -235,6 +241,32 @@ def _dummy(dtype: np.dtype) -> Any:
     return array
 
 
+def _scratch(name: str, shape: Any, dtype: Any) -> Any:
+    """A device array for this thread's intermediate results, reused from call to call.
+
+    Kernels run in order on one stream, so a later call's writes come after
+    this call's reads. Per thread, so two host threads never share one.
+    """
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    size = max(1, math.prod(shape))
+    cache = getattr(_WORKSPACE, "arrays", None)
+    if cache is None:
+        cache = _WORKSPACE.arrays = {}
+    key = (name, np.dtype(dtype))
+    flat = cache.get(key)
+    if flat is None or flat.shape[0] < size:
+        flat = backend.device_empty(size, dtype)
+        cache[key] = flat
+    return flat[: math.prod(shape)].reshape(shape)
+
+
+def _constant_status() -> Any:
+    status = getattr(_WORKSPACE, "write_status", None)
+    if status is None:
+        status = _WORKSPACE.write_status = backend.to_device(np.array([0, 1], dtype=np.int32))
+    return status
+
+
 def forward_with_status(
     x: Any,
     weight: Any,
@@ -321,9 +353,10 @@ def forward_with_status(
     launch = _Launch(layout, tuple(x_view.shape))
     y = out if out is not None else _empty_like_layout(x, axis, layout)
     _, y_flat = _views(y, axis, layout)
-    save_mean = backend.device_empty(channels, dtype)
-    save_invstd = backend.device_empty(channels, dtype)
-    shift_hi, shift_lo, scale, offset = (backend.device_empty(channels, dtype) for _ in range(4))
+    saved = backend.device_empty(2 * channels, dtype)
+    save_mean, save_invstd = saved[:channels], saved[channels:]
+    constants = _scratch("constants", (4, channels), dtype)
+    shift_hi, shift_lo, scale, offset = (constants[k] for k in range(4))
     dummy = _dummy(dtype)
     has_weight, has_bias = weight is not None, bias is not None
     weight = dummy if weight is None else weight
@@ -335,36 +368,36 @@ def forward_with_status(
             running_mean, running_var, eps, weight, bias, has_weight, has_bias,
             save_mean, save_invstd, shift_hi, shift_lo, scale, offset,
         )  # fmt: skip
-        status = backend.to_device(np.array([0, 1], dtype=np.int32))
         kernels.normalize[launch.elementwise_grid, threads](
-            x_flat, y_flat, launch.inner, channels, shift_hi, shift_lo, scale, offset, status
-        )
+            x_flat, y_flat, launch.inner, channels, launch.step_s, launch.step_c,
+            shift_hi, shift_lo, scale, offset, _constant_status(),
+        )  # fmt: skip
         return BatchNormOutput(y, save_mean, save_invstd), 0
 
-    part_n, part_mean, part_m2 = (
-        backend.device_empty((channels, launch.spans), np.float64) for _ in range(3)
-    )
+    parts = _scratch("moments", (3, channels, launch.spans), np.float64)
+    part_n, part_mean, part_m2 = parts[0], parts[1], parts[2]
     moments = kernels.moments_ncs if layout == NCS else kernels.moments_rc
     moments[launch.reduce_grid, launch.reduce_block](
         x_view, launch.span, part_n, part_mean, part_m2
     )
-    mean64 = backend.device_empty(channels, np.float64)
-    m2_64 = backend.device_empty(channels, np.float64)
-    bad = backend.device_empty(channels, np.int32)
+    stats = _scratch("statistics", (2, channels), np.float64)
+    mean64, m2_64 = stats[0], stats[1]
+    bad = _scratch("nonfinite", channels, np.int32)
     kernels.finish_moments[channels, threads](
         part_n, part_mean, part_m2, eps, weight, bias, has_weight, has_bias,
         mean64, m2_64, save_mean, save_invstd, shift_hi, shift_lo, scale, offset, bad,
     )  # fmt: skip
     tracked = running_mean is not None
-    status = backend.device_empty(2, np.int32)
+    status = _scratch("status", 2, np.int32)
     kernels.finish_running[1, threads](
         bad, float(launch.count), momentum, tracked, tracked and on_nonfinite == "raise",
         mean64, m2_64, running_mean if tracked else dummy, running_var if tracked else dummy,
         status,
     )  # fmt: skip
     kernels.normalize[launch.elementwise_grid, threads](
-        x_flat, y_flat, launch.inner, channels, shift_hi, shift_lo, scale, offset, status
-    )
+        x_flat, y_flat, launch.inner, channels, launch.step_s, launch.step_c,
+        shift_hi, shift_lo, scale, offset, status,
+    )  # fmt: skip
     n_bad = 0
     if tracked:
         n_bad = int(status.copy_to_host()[0])
@@ -445,12 +478,11 @@ def batch_norm_backward(
     _, dx_flat = _views(dx, axis, layout)
     launch = _Launch(layout, tuple(x_view.shape))
     threads = launch.threads
-    dweight = backend.device_empty(channels, dtype)
-    dbias = backend.device_empty(channels, dtype)
-    dy_scale, shift, xmu_scale, center_lo = (
-        backend.device_empty(channels, dtype) for _ in range(4)
-    )
-    part = backend.device_empty((3, channels, launch.spans), np.float64)
+    grads = backend.device_empty(2 * channels, dtype)
+    dweight, dbias = grads[:channels], grads[channels:]
+    constants = _scratch("constants", (4, channels), dtype)
+    dy_scale, shift, xmu_scale, center_lo = (constants[k] for k in range(4))
+    part = _scratch("sums", (3, channels, launch.spans), np.float64)
     sums = kernels.gradient_sums_ncs if layout == NCS else kernels.gradient_sums_rc
     if channels:
         sums[launch.reduce_grid, launch.reduce_block](dy_view, x_view, save_mean, launch.span, part)
@@ -460,7 +492,7 @@ def batch_norm_backward(
             has_weight, save_invstd, dweight, dbias, dy_scale, shift, xmu_scale, center_lo,
         )  # fmt: skip
         kernels.input_gradient[launch.elementwise_grid, threads](
-            dy_flat, x_flat, dx_flat, launch.inner, channels, save_mean, center_lo,
-            dy_scale, shift, xmu_scale,
+            dy_flat, x_flat, dx_flat, launch.inner, channels, launch.step_s, launch.step_c,
+            save_mean, center_lo, dy_scale, shift, xmu_scale,
         )  # fmt: skip
     return BatchNormGrads(dx, dweight, dbias)

@@ -55,8 +55,8 @@ def _signatures(dt):
             False,
         ),  # noqa: E501
         (bn.eval_constants, (c(dt), c(dt), f64, c(dt), c(dt), b1, b1, *(c(dt),) * 6), False),
-        (bn.normalize, (a(dt), a(dt), i64, i64, *(c(dt),) * 4, c(i32)), False),
-        (bn.input_gradient, (a(dt), a(dt), a(dt), i64, i64, *(c(dt),) * 5), False),
+        (bn.normalize, (a(dt), a(dt), *(i64,) * 4, *(c(dt),) * 4, c(i32)), False),
+        (bn.input_gradient, (a(dt), a(dt), a(dt), *(i64,) * 4, *(c(dt),) * 5), False),
         (bn.gradient_sums_ncs, (c(dt, 3), c(dt, 3), c(dt), i64, c(f64, 3)), True),
         (bn.gradient_sums_rc, (a(dt, 2), a(dt, 2), c(dt), i64, c(f64, 3)), False),
         (bn.finish_gradient_sums, (c(f64, 3), f64, b1, c(dt), b1, c(dt), *(c(dt),) * 6), True),

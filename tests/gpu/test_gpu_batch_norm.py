@@ -129,15 +129,17 @@ def test_eval_forward_and_backward_match_cpu(layout):
 @pytest.mark.parametrize("layout", ["ncs", "rc"])
 def test_several_blocks_per_channel_and_several_warps(layout, monkeypatch):
     # Two-warp blocks and tiny spans: the cross-warp merge and the merge of
-    # several partials per channel both run.
+    # several partials per channel both run; one elementwise block strides.
     from bnsgd_numba import config
 
     monkeypatch.setattr(config, "GPU_THREADS_PER_BLOCK", 64)
     monkeypatch.setattr(gpu_batch_norm, "ITEMS_PER_THREAD", 1)
     monkeypatch.setattr(gpu_batch_norm, "RC_ROWS_PER_THREAD", 1)
-    shape, axis = ((3, 2, 50), 1) if layout == "ncs" else ((10, 3), 1)
+    monkeypatch.setattr(gpu_batch_norm, "ELEMENTWISE_BLOCKS_PER_THREADS", 1)
+    shape, axis = ((3, 2, 50), 1) if layout == "ncs" else ((40, 3), 1)
     launch = gpu_batch_norm._Launch(layout, shape)
     assert launch.spans >= 2
+    assert launch.step_c > 0  # elementwise threads walk across channels
     dtype = np.float64
     x, weight, bias, dy = make_inputs(shape, axis, dtype, seed=2)
     cpu = bn.batch_norm_forward(x, weight, bias, training=True, channel_axis=axis)
