@@ -223,6 +223,10 @@ def sgd_optimizer_step(optimizer: Any, grads: Any, *, skip_if_nonfinite: bool) -
         if skip_if_nonfinite and any_nonfinite([arena.flat_grads]):
             optimizer.skipped_steps += 1
             return False
+        if isinstance(optimizer._flat_momentum, np.ndarray):
+            # SGD.load_state_dict builds host buffers; move them to the device once.
+            optimizer._flat_momentum = backend.to_device(optimizer._flat_momentum)
+            optimizer.momentum_buffers = list(arena.views(optimizer._flat_momentum))
         mode = _mode(hyper.momentum, optimizer._flat_momentum is not None)
         if mode == 0:
             buffer = arena.flat_params[:1]
@@ -257,6 +261,9 @@ def sgd_optimizer_step(optimizer: Any, grads: Any, *, skip_if_nonfinite: bool) -
         return False
     for i, param, grad in work:
         buffer = optimizer.momentum_buffers[i]
+        if isinstance(buffer, np.ndarray):  # from SGD.load_state_dict
+            buffer = backend.to_device(buffer)
+            optimizer.momentum_buffers[i] = buffer
         mode = _mode(hyper.momentum, buffer is not None)
         param_flat = _flat(param)
         if mode == 0:

@@ -171,3 +171,34 @@ def test_clip_grad_norm_over_a_device_arena():
     total = bn.clip_grad_norm(device, 0.5)
     assert total == pytest.approx(bn.clip_grad_norm(host, 0.5), rel=1e-12)
     assert_step_close(to_host(device.flat_grads), host.flat_grads, host.flat_grads + 1, np.float32)
+
+
+@pytest.mark.parametrize("use_arena", [False, True])
+def test_device_optimizer_state_round_trip_continues_bitwise(use_arena):
+    rng = np.random.default_rng(4)
+    shapes = [(3, 4), (5,)]
+    arrays = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    grads = [rng.normal(size=s).astype(np.float32) for s in shapes]
+
+    def build():
+        if use_arena:
+            arena = DeviceParameterArena.from_arrays(arrays)
+            for view, grad in zip(arena.grads, grads, strict=True):
+                view.copy_to_device(grad)
+            return bn.SGD(arena, lr=LR, momentum=0.9), None
+        return bn.SGD([to_device(a) for a in arrays], lr=LR, momentum=0.9), [
+            to_device(g) for g in grads
+        ]
+
+    first, first_grads = build()
+    first.step(first_grads)
+    state = first.state_dict()
+    assert all(isinstance(b, np.ndarray) for b in state["momentum_buffers"])
+    second, second_grads = build()
+    for param, value in zip(second.params, first.params, strict=True):
+        param.copy_to_device(value)
+    second.load_state_dict(state)
+    first.step(first_grads)
+    second.step(second_grads)
+    for a, b in zip(first.params, second.params, strict=True):
+        np.testing.assert_array_equal(to_host(a), to_host(b))
