@@ -31,6 +31,7 @@ by construction, so ``reassoc`` is not wanted either.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -234,15 +235,38 @@ def array_strides(array: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in array.strides)
 
 
+def _byte_extent(array: Any) -> tuple[int, int]:
+    # [first byte, one past the last byte] of a strided view, from its own
+    # pointer and strides: the driver's address range would be the whole
+    # allocation, which PyTorch's caching allocator shares between tensors.
+    interface = array.__cuda_array_interface__
+    start = int(interface["data"][0] or 0)
+    shape = tuple(interface["shape"])
+    itemsize = np.dtype(interface["typestr"]).itemsize
+    if math.prod(shape) == 0:
+        return start, start
+    strides = interface.get("strides") or _c_strides(shape, itemsize)
+    low = sum(min(0, (n - 1) * st) for n, st in zip(shape, strides, strict=True))
+    high = sum(max(0, (n - 1) * st) for n, st in zip(shape, strides, strict=True))
+    return start + low, start + high + itemsize
+
+
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    strides = []
+    step = itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
 def overlaps(a: Any, b: Any) -> bool:
-    """Whether the memory extents of two device arrays overlap."""
+    """Whether the memory spans of two device arrays (views) overlap."""
     if SIMULATOR:
         return bool(np.may_share_memory(a._ary, b._ary))
-    from numba.cuda.cudadrv.driver import device_extents
-
-    a_start, a_end = device_extents(a)
-    b_start, b_end = device_extents(b)
-    return a_start < b_end and b_start < a_end and a_end > a_start and b_end > b_start
+    a_start, a_end = _byte_extent(a)
+    b_start, b_end = _byte_extent(b)
+    return a_start < b_end and b_start < a_end
 
 
 def readonly(obj: Any) -> bool:

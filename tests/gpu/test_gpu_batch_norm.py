@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,6 +261,23 @@ def test_nonfinite_batch_never_reaches_the_running_statistics(policy):
     np.testing.assert_array_equal(to_host(d_rv), np.ones(3, np.float32))
 
 
+def test_layer_and_input_on_different_sides_is_a_clear_error():
+    x = np.ones((4, 3, 5), np.float32)
+    with pytest.raises(TypeError, match="to_device"):
+        bn.BatchNorm(3)(to_device(x))
+    with pytest.raises(TypeError, match="to_host"):
+        bn.BatchNorm(3).to_device()(x)
+
+
+def test_out_overlapping_an_argument_is_rejected():
+    buffer = to_device(np.zeros(2 * 60, np.float32))
+    x, out = buffer[:60].reshape(4, 3, 5), buffer[60:].reshape(4, 3, 5)
+    result = bn.batch_norm_forward(x, training=True, out=out)  # adjacent views are fine
+    assert result.y is out
+    with pytest.raises(ValueError, match="overlaps the input"):
+        bn.batch_norm_forward(x, training=True, out=x)
+
+
 def test_host_and_device_arrays_mixed_is_a_clear_error():
     x = np.ones((4, 3, 5), np.float32)
     with pytest.raises(TypeError, match="cannot be mixed"):
@@ -289,8 +307,11 @@ def test_importing_the_backend_never_fails_without_a_gpu():
         "import bnsgd_numba as bn, bnsgd_numba.gpu_batch_norm, bnsgd_numba.gpu_sgd;"
         "print(bn.cuda_available())"
     )
-    env = {"NUMBA_ENABLE_CUDASIM": "0", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    root = Path(__file__).resolve().parents[2]
+    env = {"NUMBA_ENABLE_CUDASIM": "0", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("True", "False")
 
