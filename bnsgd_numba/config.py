@@ -2,6 +2,9 @@
 
 Kernels read these values when they are compiled or launched; change them
 before the first call (or call :func:`reset` to go back to the defaults).
+The fastmath flags are compiled into numba's on-disk cache, which does not
+notice a change of flags: clear the cache (the ``*.nbi``/``*.nbc`` files in
+``__pycache__`` or ``NUMBA_CACHE_DIR``) after changing them.
 
 ``FASTMATH`` and ``REDUCTION_FASTMATH`` are the only fastmath flag sets any
 kernel uses (``tests/test_package.py`` checks that no kernel hard-codes its
