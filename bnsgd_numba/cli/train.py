@@ -48,6 +48,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--json", metavar="PATH", help="write the summary as JSON")
     parser.add_argument("--plot", metavar="PATH.png", help="draw loss, accuracy and learning rate")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="split each batch across MPI ranks (mpiexec -n 4 bnsgd-numba train --distributed; "
+        "needs the mpi extra); rank 0 prints and writes the files",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -92,6 +98,10 @@ class ProgressBar:
 
 def run(args: argparse.Namespace) -> int:
     """Train, print the summary, write the JSON and the picture."""
+    if args.distributed:  # data-parallel over MPI: bnsgd_numba.distributed
+        from bnsgd_numba.distributed.cli import run_distributed
+
+        return run_distributed(args)
     from bnsgd_numba.data import load_digits, load_npz
     from bnsgd_numba.training import TrainConfig, train
 
@@ -103,9 +113,12 @@ def run(args: argparse.Namespace) -> int:
             scheduler_params=params, seed=args.seed, dtype=args.dtype,
         )  # fmt: skip
         if args.device == "cuda":
-            from bnsgd_numba._cuda_backend import require_cuda
+            from bnsgd_numba._cuda_backend import cuda_available, unavailable_reason
 
-            require_cuda("--device cuda")
+            if not cuda_available():
+                raise RuntimeError(
+                    f"--device cuda: CUDA kernels cannot run here: {unavailable_reason()}"
+                )
         data = load_npz(args.data) if args.data else load_digits()
         from bnsgd_numba.training import make_scheduler
 
