@@ -93,3 +93,14 @@ def test_ruff_is_clean():
         pytest.skip("ruff is not installed")
     result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_python_examples_run():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks
+    namespace: dict = {}
+    for block in blocks:
+        if "def test_" in block:  # the conformance-kit example is a test, not a script
+            continue
+        exec(compile(block, "README.md", "exec"), namespace)
