@@ -50,6 +50,7 @@ BUILTIN_PLUGINS = (
     "bnsgd_numba.schedulers.plateau",
     "bnsgd_numba.schedulers.composite",
     "bnsgd_numba.normalizations.batch_norm",
+    "bnsgd_numba.normalizations.sync_batch_norm",
 )
 #: The registrable kinds and the hook each comes from.
 KINDS = {

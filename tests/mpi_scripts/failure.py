@@ -1,0 +1,72 @@
+"""A failure on one rank, under ``mpiexec -n R``: every rank must end with a clear error.
+
+Modes (argv[1]):
+
+- ``bad_input``: the last rank gives SyncBatchNorm an input with the wrong
+  number of channels; every rank raises RankFailedError (also a ValueError).
+- ``train_step``: the last rank's labels are out of range, so its loss raises
+  an IndexError in the middle of a training step, while the other ranks are
+  already in SyncBatchNorm's collectives; every rank raises.
+- ``hang``: the last rank never joins the collective; the others abort the
+  job after the 2-second deadline.
+
+Rank 0 prints every rank's ``RANK <r> <ExceptionType> ...: <message>`` (the
+communicator is still usable after a RankFailedError: no collective is left
+pending), then the exception ends every rank.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from bnsgd_numba.distributed import RankFailedError, SyncBatchNorm
+
+comm = MPI.COMM_WORLD
+rank, ranks = comm.Get_rank(), comm.Get_size()
+last = rank == ranks - 1
+mode = sys.argv[1]
+
+
+def report(error: BaseException) -> None:
+    line = (
+        f"RANK {rank} {type(error).__name__} value_error={isinstance(error, ValueError)} "
+        f"index_error={isinstance(error, IndexError)}: {error}"
+    )
+    for each in comm.gather(line) or []:
+        print(each, flush=True)
+    comm.Barrier()  # every rank reported before any exits
+
+
+try:
+    if mode == "bad_input":
+        layer = SyncBatchNorm(4, dtype=np.float64, comm=comm, timeout=30)
+        x = np.ones((3, 5 if last else 4))
+        layer.forward(x, training=True)
+    elif mode == "train_step":
+        from bnsgd_numba.data import Dataset
+        from bnsgd_numba.distributed import train_distributed
+        from bnsgd_numba.training import TrainConfig
+
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(20, 4))
+        y = rng.integers(0, 3, 20)
+        if last:
+            y[:] = 99  # out of range for 3 classes
+        data = Dataset(x, y, x[:4], y[:4], x[:4], y[:4], num_classes=3, name="bad labels")
+        config = TrainConfig(epochs=1, batch_size=10, hidden=4, scheduler="cosine", dtype="float64")
+        train_distributed(data, config, comm=comm, timeout=30)
+    elif mode == "hang":
+        layer = SyncBatchNorm(2, dtype=np.float64, comm=comm, timeout=2)
+        if last:
+            time.sleep(60)
+        layer.forward(np.ones((3, 2)), training=True)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+except RankFailedError as error:
+    report(error)
+    raise
+print(f"RANK {rank} finished without an error", flush=True)
