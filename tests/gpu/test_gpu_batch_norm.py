@@ -371,3 +371,16 @@ def test_torch_cuda_tensors_are_read_in_place():
     )
     assert np.abs(to_host(out.y) - expected.cpu().numpy()).max() < 1e-5
     assert float(rm.abs().sum()) > 0  # updated in place, through the interface
+
+
+@pytest.mark.skipif(not backend.SIMULATOR, reason="benchmarks/gpu_check.sh runs it for real")
+def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path, monkeypatch):
+    from bnsgd_numba import config
+    from bnsgd_numba.bench import gpu
+
+    monkeypatch.setattr(config, "GPU_THREADS_PER_BLOCK", config.GPU_THREADS_PER_BLOCK)
+    report = tmp_path / "RESULTS-gpu.md"
+    assert gpu.main(["--smoke", "--output", str(report), "--note", "a note"]) == 0
+    text = report.read_text()
+    assert "| (2,3,2,3) channels-last | backward |" in text
+    assert "sgd-step (arena)" in text and "copy probe" in text and "a note" in text
