@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import bnsgd_numba as bn
 from bnsgd_numba import _cuda_backend as backend
@@ -384,3 +386,32 @@ def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path, monkeypatch):
     text = report.read_text()
     assert "| (2,3,2,3) channels-last | backward |" in text
     assert "sgd-step (arena)" in text and "copy probe" in text and "a note" in text
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    shape=st.tuples(st.integers(2, 5), st.integers(1, 4), st.integers(1, 4)),  # fmt: skip
+    channels_last=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+@example(shape=(2, 1, 1), channels_last=False, seed=0)  # two values per channel
+@example(shape=(5, 4, 1), channels_last=True, seed=1)
+def test_random_shapes_match_cpu(shape, channels_last, seed):
+    axis = -1 if channels_last else 1
+    if channels_last:
+        shape = (shape[0] * shape[2], shape[1])
+    x, weight, bias, dy = make_inputs(shape, axis, np.float64, seed=seed)
+    cpu = bn.batch_norm_forward(x, weight, bias, training=True, channel_axis=axis)
+    d_x = to_device(x)
+    gpu = bn.batch_norm_forward(
+        d_x, to_device(weight), to_device(bias), training=True, channel_axis=axis
+    )
+    assert_close(to_host(gpu.y), cpu.y, np.float64, ulps=64)
+    grads = bn.batch_norm_backward(
+        to_device(dy), d_x, to_device(weight), gpu.save_mean, gpu.save_invstd, channel_axis=axis
+    )
+    cpu_grads = bn.batch_norm_backward(
+        dy, x, weight, cpu.save_mean, cpu.save_invstd, channel_axis=axis
+    )
+    assert_close(to_host(grads.dx), cpu_grads.dx, np.float64, ulps=256)
+    assert_close(to_host(grads.dweight), cpu_grads.dweight, np.float64, ulps=256)
