@@ -51,6 +51,13 @@ BUILTIN_PLUGINS = (
     "bnsgd_numba.schedulers.composite",
     "bnsgd_numba.normalizations.batch_norm",
     "bnsgd_numba.normalizations.sync_batch_norm",
+    "bnsgd_numba.normalizations.layer_norm",
+    "bnsgd_numba.normalizations.group_norm",
+    "bnsgd_numba.normalizations.instance_norm",
+    "bnsgd_numba.normalizations.rms_norm",
+    "bnsgd_numba.normalizations.batch_renorm",
+    "bnsgd_numba.normalizations.ghost_batch_norm",
+    "bnsgd_numba.normalizations.frozen_batch_norm",
 )
 #: The registrable kinds and the hook each comes from.
 KINDS = {

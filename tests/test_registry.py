@@ -22,7 +22,7 @@ BUILTIN_SCHEDULERS = {
 }  # fmt: skip
 BUILTIN_NORMALIZATIONS = [
     "batch_norm", "batch_renorm", "frozen_batch_norm", "ghost_batch_norm", "group_norm",
-    "instance_norm", "layer_norm", "rms_norm",
+    "instance_norm", "layer_norm", "rms_norm", "sync_batch_norm",
 ]  # fmt: skip
 
 

@@ -8,7 +8,10 @@ one, for schedules that derive it, like ``one_cycle``).
 
 A normalization plugin registers ``standardizes=True`` when its training
 output has zero mean and unit variance per channel (before the affine
-transform), and optionally ``examples`` of constructor parameters.
+transform), and optionally ``examples`` of constructor parameters,
+``batch_statistics=False`` when its training statistics do not span the batch
+(LayerNorm, GroupNorm, a frozen BatchNorm: one sample is valid input), and
+``min_rank`` when it needs inputs of a higher rank than 2 (InstanceNorm: 3).
 """
 
 from __future__ import annotations
@@ -140,12 +143,19 @@ class NormalizationCase:
         Extra constructor parameters of this case.
     standardizes : bool
         Whether training output promises zero mean and unit variance.
+    batch_statistics : bool
+        Whether training normalizes with statistics over the batch, so that
+        one value per channel is bad input.
+    min_rank : int
+        The lowest input rank the layer accepts.
     """
 
     id: str
     factory: Callable[..., Any]
     params: Mapping[str, Any] = field(default_factory=dict)
     standardizes: bool = False
+    batch_statistics: bool = True
+    min_rank: int = 2
 
     def make(self, num_features: int, *, dtype: Any = np.float64, channel_axis: int = 1) -> Any:
         """Return a new layer for ``num_features`` channels."""
@@ -172,11 +182,19 @@ def normalization_cases(names: Iterable[str] | None = None) -> list[Normalizatio
         registration = normalization_registration(name)
         examples = list(registration.metadata.get("examples", ()))
         labelled = list(enumerate(examples)) if examples else [("default", {})]
-        standardizes = bool(registration.metadata.get("standardizes", False))
+        metadata = registration.metadata
+        standardizes = bool(metadata.get("standardizes", False))
+        batch_statistics = bool(metadata.get("batch_statistics", True))
+        min_rank = int(metadata.get("min_rank", 2))
         for label, example in labelled:
             cases.append(
                 NormalizationCase(
-                    f"{name}[{label}]", registration.factory, dict(example), standardizes
+                    f"{name}[{label}]",
+                    registration.factory,
+                    dict(example),
+                    standardizes,
+                    batch_statistics,
+                    min_rank,
                 )
             )
     return cases

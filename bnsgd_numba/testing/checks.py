@@ -280,6 +280,7 @@ def check_dtype_and_shape_preserved(case: NormalizationCase) -> None:
     """Output and dx keep the input's dtype and shape, for ranks 2-4 and channels-last."""
     rng = np.random.default_rng(3)
     layouts = [((6, 3), 1), ((4, 3, 5), 1), ((2, 3, 4, 5), 1), ((2, 4, 5, 3), -1)]
+    layouts = [(shape, axis) for shape, axis in layouts if len(shape) >= case.min_rank]
     for dtype in (np.float32, np.float64):
         for shape, axis in layouts:
             x = rng.standard_normal(shape).astype(dtype)
@@ -305,7 +306,11 @@ def _snapshot(layer: Any) -> dict[str, np.ndarray]:
 
 
 def check_rejects_bad_input(case: NormalizationCase) -> None:
-    """Bad input raises ValueError/TypeError with a message, and changes nothing."""
+    """Bad input raises ValueError/TypeError with a message, and changes nothing.
+
+    One value per channel is bad input for cases with ``batch_statistics``;
+    a rank below the case's ``min_rank`` is bad input too.
+    """
     rng = np.random.default_rng(5)
     layer = case.make(3, dtype=np.float64)
     good = rng.standard_normal((4, 3, 2))
@@ -314,10 +319,13 @@ def check_rejects_bad_input(case: NormalizationCase) -> None:
     bad_inputs = {
         "wrong channel count": rng.standard_normal((4, 2, 2)),
         "rank 1": rng.standard_normal(3),
-        "one value per channel in training": rng.standard_normal((1, 3)),
-        "integer dtype": np.ones((4, 3), dtype=np.int64),
-        "other float dtype": rng.standard_normal((4, 3)).astype(np.float32),
+        "integer dtype": np.ones((4, 3, 2), dtype=np.int64),
+        "other float dtype": rng.standard_normal((4, 3, 2)).astype(np.float32),
     }
+    if case.batch_statistics:
+        bad_inputs["one value per channel in training"] = rng.standard_normal((1, 3))
+    if case.min_rank > 2:
+        bad_inputs[f"rank below {case.min_rank}"] = rng.standard_normal((4, 3))
     before = _snapshot(layer)
     for what, bad in bad_inputs.items():
         try:

@@ -1,0 +1,219 @@
+"""What the normalization layers share: argument checks, parameters, state dicts."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import Any
+
+import numpy as np
+
+from bnsgd_numba.batch_norm import FLOAT_DTYPES, _momentum, _positive_eps
+
+NO_ARRAY = {dtype: np.empty(0, dtype=dtype) for dtype in FLOAT_DTYPES}
+
+__all__ = [
+    "NO_ARRAY",
+    "NormLayer",
+    "channel_axis_index",
+    "check_axis",
+    "check_dtype",
+    "check_momentum",
+    "check_nonfinite_policy",
+    "check_positive_eps",
+    "check_positive_int",
+    "check_real",
+    "float_input",
+    "matching_dy",
+]
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """Return ``value`` as an int >= 1, or raise TypeError/ValueError naming it."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be positive, got {number}")
+    return number
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """Return ``dtype`` as float32 or float64, or raise TypeError."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def check_positive_eps(eps: Any) -> float:
+    """Return ``eps`` as a finite float > 0, or raise ValueError."""
+    return _positive_eps(eps)
+
+
+def check_momentum(momentum: Any) -> float | None:
+    """Return ``momentum`` (None, or a float in [0, 1]), or raise ValueError."""
+    return None if momentum is None else _momentum(momentum)
+
+
+def check_nonfinite_policy(policy: Any) -> str:
+    """Return ``policy`` if it is ``"raise"`` or ``"skip"``, else raise ValueError."""
+    if policy not in ("raise", "skip"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {policy!r}")
+    return policy
+
+
+def check_real(value: Any, name: str, *, minimum: float) -> float:
+    """Return ``value`` as a finite float >= ``minimum``, or raise ValueError."""
+    if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def float_input(value: Any, name: str, dtype: np.dtype, min_rank: int = 2) -> np.ndarray:
+    """Return ``value`` as a NumPy array of ``dtype`` and rank >= ``min_rank``.
+
+    Raises
+    ------
+    TypeError
+        When the dtype is not ``dtype``.
+    ValueError
+        When the rank is too small.
+    """
+    array = np.asarray(value)
+    if array.dtype != dtype:
+        raise TypeError(f"{name}: dtype must be {dtype} (the layer's dtype), got {array.dtype}")
+    if array.ndim < min_rank:
+        raise ValueError(
+            f"{name}: expected an array of rank >= {min_rank}, got shape {array.shape}"
+        )
+    return array
+
+
+def matching_dy(dy: Any, x: np.ndarray) -> np.ndarray:
+    """Return ``dy`` as an array shaped and typed like the saved input ``x``."""
+    dy = np.asarray(dy)
+    if dy.dtype != x.dtype:
+        raise TypeError(f"dy: dtype {dy.dtype} does not match the forward input ({x.dtype})")
+    if dy.shape != x.shape:
+        raise ValueError(f"dy: shape {dy.shape} does not match the forward input {x.shape}")
+    return dy
+
+
+def check_axis(channel_axis: Any) -> int:
+    """Return ``channel_axis`` as an int other than 0 (axis 0 is the batch)."""
+    try:
+        axis = operator.index(channel_axis)
+    except TypeError:
+        raise TypeError(f"channel_axis must be an integer, got {channel_axis!r}") from None
+    if axis == 0:
+        raise ValueError("channel_axis must not be 0: axis 0 is the batch axis")
+    return axis
+
+
+def channel_axis_index(channel_axis: Any, ndim: int, *, allow_batch: bool = False) -> int:
+    """Return ``channel_axis`` in ``range(ndim)``; axis 0 is the batch unless allowed."""
+    from bnsgd_numba._layouts import normalize_channel_axis
+
+    axis = normalize_channel_axis(channel_axis, ndim)
+    if axis == 0 and not allow_batch:
+        raise ValueError("channel_axis must not be 0: axis 0 is the batch axis")
+    return axis
+
+
+class NormLayer:
+    """Base of the normalization layers: parameters, gradients and state dicts.
+
+    Subclasses set ``dtype``, the arrays named in ``PARAMETERS`` (with a
+    ``grad_`` twin each) and ``BUFFERS`` (None when absent), and
+    ``TRACKS_BATCHES`` when ``num_batches_tracked`` is part of the state.
+    """
+
+    PARAMETERS: tuple[str, ...] = ("weight", "bias")
+    BUFFERS: tuple[str, ...] = ()
+    dtype: np.dtype
+    num_batches_tracked: int = 0
+
+    def _tracks_batches(self) -> bool:
+        return False
+
+    def parameters(self) -> list[np.ndarray]:
+        """Return the trainable arrays (those present of ``PARAMETERS``)."""
+        return [getattr(self, n) for n in self.PARAMETERS if getattr(self, n, None) is not None]
+
+    def gradients(self) -> list[np.ndarray]:
+        """Return the gradient arrays, aligned with :meth:`parameters`."""
+        return [
+            getattr(self, f"grad_{n}")
+            for n in self.PARAMETERS
+            if getattr(self, n, None) is not None
+        ]
+
+    def _state_arrays(self) -> list[str]:
+        names = [*self.PARAMETERS, *self.BUFFERS]
+        return [n for n in names if getattr(self, n, None) is not None]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Return copies of the parameters and buffers (PyTorch's keys)."""
+        state = {name: np.array(getattr(self, name), copy=True) for name in self._state_arrays()}
+        if self._tracks_batches():
+            state["num_batches_tracked"] = np.array(self.num_batches_tracked, dtype=np.int64)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy ``state`` into the layer, in place; check all of it first.
+
+        Raises
+        ------
+        KeyError
+            When a key is missing or unexpected.
+        ValueError, TypeError
+            When an entry has the wrong shape or dtype. Nothing is modified.
+        """
+        expected = set(self.state_dict())
+        missing = sorted(expected - set(state))
+        unexpected = sorted(set(state) - expected)
+        if missing or unexpected:
+            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        arrays = {}
+        for key in self._state_arrays():
+            value = np.asarray(state[key])
+            target = getattr(self, key)
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"state_dict[{key!r}]: expected shape {target.shape}, got {value.shape}"
+                )
+            if value.dtype != self.dtype:
+                raise TypeError(
+                    f"state_dict[{key!r}]: expected dtype {self.dtype}, got {value.dtype}"
+                )
+            arrays[key] = value
+        tracked = None
+        if "num_batches_tracked" in expected:
+            tracked = np.asarray(state["num_batches_tracked"])
+            if tracked.shape != () or tracked.dtype.kind not in "iu" or tracked < 0:
+                raise ValueError("state_dict['num_batches_tracked'] must be a non-negative integer")
+        for key, value in arrays.items():
+            np.copyto(getattr(self, key), value)
+        if tracked is not None:
+            self.num_batches_tracked = int(tracked)
+
+    def _set_gradients(self, grad_weight: Any, grad_bias: Any) -> None:
+        if getattr(self, "weight", None) is not None and grad_weight is not None:
+            self.grad_weight[...] = np.reshape(grad_weight, self.grad_weight.shape)
+        if getattr(self, "bias", None) is not None and grad_bias is not None:
+            self.grad_bias[...] = np.reshape(grad_bias, self.grad_bias.shape)
+
+    def _saved_input(self) -> Any:
+        saved = getattr(self, "_saved", None)
+        if saved is None:
+            raise RuntimeError("backward() called before forward()")
+        return saved
+
+    def __call__(self, x: Any, training: bool = True) -> Any:
+        return self.forward(x, training)  # type: ignore[attr-defined]

@@ -1,0 +1,234 @@
+"""Built-in plugin ``batch_renorm``: :class:`BatchRenorm` (Ioffe 2017)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from bnsgd_numba.batch_norm import batch_norm_backward, forward_with_status
+from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.normalizations import _bn_support as support
+from bnsgd_numba.normalizations._base import NormLayer, check_real, matching_dy
+
+
+def _steps(value: Any, name: str) -> int:
+    import operator
+
+    try:
+        steps = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if steps < 0:
+        raise ValueError(f"{name} must be >= 0, got {steps}")
+    return steps
+
+
+class BatchRenorm(support.ChannelNorm, NormLayer):
+    """Batch Renormalization (Ioffe 2017), with the paper's warm-up of r_max and d_max.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels C.
+    eps : float, default 1e-5
+        Added to the variances.
+    momentum : float or None, default 0.1
+        Weight of the NEW batch in the running averages (PyTorch's
+        convention; tf.keras' ``renorm_momentum=0.99`` is ``momentum=0.01``).
+    affine : bool, default True
+        Learn a per-channel ``weight`` and ``bias``.
+    r_max : float >= 1, default 3.0
+        Final clip of r to ``[1/r_max, r_max]``.
+    d_max : float >= 0, default 5.0
+        Final clip of d to ``[-d_max, d_max]``.
+    warmup_steps : int, default 5000
+        Training batches with ``r_max = 1`` and ``d_max = 0`` (plain BatchNorm).
+    r_max_ramp_steps, d_max_ramp_steps : int, default 35000 and 20000
+        Batches over which the clips then grow linearly to ``r_max`` and
+        ``d_max`` (the paper reaches 3 at 40k and 5 at 25k steps); 0 jumps.
+    channel_axis, dtype, on_nonfinite
+        As :class:`bnsgd_numba.BatchNorm`.
+
+    Notes
+    -----
+    In training, with the batch's mean and sigma_B = sqrt(var_B + eps), and
+    sigma = sqrt(running_var + eps) from before this batch's update::
+
+        r = clip(sigma_B / sigma, 1/r_max, r_max)
+        d = clip((mean_B - running_mean) / sigma, -d_max, d_max)
+        y = weight * ((x - mean_B) / sigma_B * r + d) + bias
+
+    r and d are constants for the gradient (stop_gradient, as in the paper
+    and tf.keras' ``renorm=True``): dx is BatchNorm's with weight * r, and
+    ``grad_weight = r * sum(dy * x_hat) + d * sum(dy)``. The running
+    statistics are BatchNorm's (unbiased variance); eval uses them. The step
+    counting the warm-up is ``num_batches_tracked`` (part of the state).
+    With ``r_max=1, d_max=0`` the layer is BatchNorm, bit for bit.
+    """
+
+    BUFFERS = ("running_mean", "running_var")
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        *,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        warmup_steps: int = 5000,
+        r_max_ramp_steps: int = 35000,
+        d_max_ramp_steps: int = 20000,
+        channel_axis: int = 1,
+        dtype: Any = np.float32,
+        on_nonfinite: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        self.r_max = check_real(r_max, "r_max", minimum=1.0)
+        self.d_max = check_real(d_max, "d_max", minimum=0.0)
+        self.warmup_steps = _steps(warmup_steps, "warmup_steps")
+        self.r_max_ramp_steps = _steps(r_max_ramp_steps, "r_max_ramp_steps")
+        self.d_max_ramp_steps = _steps(d_max_ramp_steps, "d_max_ramp_steps")
+        self._init_channels(
+            num_features, eps, momentum, affine, True, channel_axis, dtype, on_nonfinite
+        )
+
+    def _tracks_batches(self) -> bool:
+        return True
+
+    def clipping_at(self, step: int) -> tuple[float, float]:
+        """Return ``(r_max, d_max)`` in force for the training batch after ``step`` batches."""
+        after = step - self.warmup_steps
+        if after < 0:
+            return 1.0, 0.0
+
+        def ramp(final: float, start: float, steps: int) -> float:
+            if steps == 0 or after >= steps:
+                return final
+            return start + (final - start) * (after / steps)
+
+        return ramp(self.r_max, 1.0, self.r_max_ramp_steps), ramp(
+            self.d_max, 0.0, self.d_max_ramp_steps
+        )
+
+    def forward(self, x: Any, training: bool = True) -> np.ndarray:
+        """Renormalize ``x`` (training) or normalize it with the running statistics.
+
+        Parameters
+        ----------
+        x : ndarray of the layer's dtype
+            ``num_features`` channels on ``channel_axis``.
+        training : bool
+            Batch statistics corrected by r and d, and a running update; or
+            running statistics.
+
+        Returns
+        -------
+        ndarray
+            Shaped like ``x``.
+        """
+        x, axis = self._checked_input(x)
+        if not training:
+            result, _ = forward_with_status(
+                x, self.weight, self.bias, self.running_mean, self.running_var,
+                training=False, momentum=0.0, eps=self.eps, channel_axis=axis,
+                out=None, on_nonfinite="raise", warn_stacklevel=3,
+            )  # fmt: skip
+            self._saved = (x, axis, result.save_mean, result.save_invstd, None, None)
+            return result.y
+        if support.per_channel_count(x.shape, axis) <= 1:
+            raise ValueError(
+                f"x: expected more than 1 value per channel when training, got shape {x.shape}"
+            )
+        layout = support.layout_of(x, axis)
+        x_view = support.view(x, axis, layout)
+        moments = support.Moments(x_view, layout, self.eps)
+        skip = False
+        if moments.bad:
+            skip = support.refuse_nonfinite(
+                moments.nonfinite_channels(), self.on_nonfinite, "batch"
+            )
+        r_max, d_max = self.clipping_at(self.num_batches_tracked)
+        sigma = np.sqrt(self.running_var.astype(np.float64) + self.eps)
+        sigma_batch = np.sqrt(moments.m2 / moments.count + self.eps)
+        with np.errstate(invalid="ignore"):
+            r = np.clip(sigma_batch / sigma, 1.0 / r_max, r_max)
+            d = np.clip((moments.mean - self.running_mean) / sigma, -d_max, d_max)
+        w = np.ones(self.num_features) if self.weight is None else self.weight.astype(np.float64)
+        b = np.zeros(self.num_features) if self.bias is None else self.bias.astype(np.float64)
+        shifted_bias = support.as_dtype(b + w * d, self.dtype)
+        y = support.empty_output(x, axis, layout)
+        support.normalize(
+            x_view, y, axis, layout, moments.mean, moments.invstd * r,
+            self._vector(self.weight), shifted_bias,
+        )  # fmt: skip
+        if skip:
+            self.skipped_updates += 1
+        else:
+            support.update_running(
+                self.running_mean, self.running_var, moments.mean, moments.m2, moments.count,
+                self._factor(),
+            )  # fmt: skip
+            self.num_batches_tracked += 1
+        self._saved = (
+            x, axis, moments.mean.astype(self.dtype), moments.invstd.astype(self.dtype), r, d
+        )  # fmt: skip
+        return y
+
+    def backward(self, dy: Any) -> np.ndarray:
+        """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
+
+        Parameters
+        ----------
+        dy : ndarray
+            Gradient of the loss with respect to the last output.
+
+        Returns
+        -------
+        ndarray
+            Gradient with respect to the last input.
+        """
+        x, axis, mean, invstd, r, d = self._saved_input()
+        dy = matching_dy(dy, x)
+        if r is None:
+            dx, dweight, dbias = batch_norm_backward(
+                dy, x, self.weight, mean, invstd, training=False, channel_axis=axis
+            )
+            self._set_gradients(dweight, dbias)
+            return dx
+        w = np.ones(self.num_features) if self.weight is None else self.weight.astype(np.float64)
+        dx, dweight, dbias = batch_norm_backward(
+            dy, x, support.as_dtype(w * r, self.dtype), mean, invstd, training=True,
+            channel_axis=axis,
+        )  # fmt: skip
+        bias_grad = dbias.astype(np.float64)
+        self._set_gradients(r * dweight.astype(np.float64) + d * bias_grad, bias_grad)
+        return dx
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchRenorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"r_max={self.r_max}, d_max={self.d_max}, warmup_steps={self.warmup_steps}, "
+            f"dtype={self.dtype.name})"
+        )
+
+
+def batch_renorm(*args: Any, **kwargs: Any) -> BatchRenorm:
+    """Create a :class:`BatchRenorm`."""
+    return BatchRenorm(*args, **kwargs)
+
+
+@hookimpl
+def bnsgd_register_normalizations(register: Register) -> None:
+    """Register ``batch_renorm``: BatchNorm corrected towards the running statistics."""
+    register(
+        "batch_renorm",
+        batch_renorm,
+        standardizes=False,
+        examples=[
+            {},
+            {"r_max": 1.0, "d_max": 0.0, "warmup_steps": 0},
+            {"affine": False, "momentum": None},
+        ],
+    )

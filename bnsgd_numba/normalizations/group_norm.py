@@ -1,0 +1,247 @@
+"""Built-in plugin ``group_norm``: :class:`GroupNorm` (torch.nn.GroupNorm).
+
+Also :class:`GroupedNorm`, the machinery ``instance_norm`` shares: the input
+is read as ``(N, C, S)`` (batch, channels, everything else) and each of the
+``N * G`` groups of ``C / G`` channels is one row of statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from bnsgd_numba import config
+from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.normalizations._base import (
+    NO_ARRAY,
+    NormLayer,
+    channel_axis_index,
+    check_axis,
+    check_dtype,
+    check_positive_eps,
+    check_positive_int,
+    float_input,
+    matching_dy,
+)
+
+
+class GroupedNorm(NormLayer):
+    """Per-sample statistics over groups of channels; per-channel affine."""
+
+    MIN_RANK = 2
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float,
+        affine: bool,
+        channel_axis: int,
+        dtype: Any,
+    ) -> None:
+        self.num_groups = check_positive_int(num_groups, "num_groups")
+        self.num_channels = check_positive_int(num_channels, "num_channels")
+        if self.num_channels % self.num_groups:
+            raise ValueError(
+                f"num_channels ({self.num_channels}) must be divisible by num_groups "
+                f"({self.num_groups})"
+            )
+        self.eps = check_positive_eps(eps)
+        self.affine = bool(affine)
+        self.channel_axis = check_axis(channel_axis)
+        self.dtype = check_dtype(dtype)
+        c = self.num_channels
+        self.weight = np.ones(c, self.dtype) if self.affine else None
+        self.bias = np.zeros(c, self.dtype) if self.affine else None
+        self.grad_weight = np.zeros(c, self.dtype) if self.affine else None
+        self.grad_bias = np.zeros(c, self.dtype) if self.affine else None
+        self._saved: tuple[Any, ...] | None = None
+
+    def _ncs(self, a: np.ndarray, name: str) -> tuple[np.ndarray, int]:
+        """Return ``a`` as a C-contiguous (N, C, S) array and its channel axis."""
+        axis = channel_axis_index(self.channel_axis, a.ndim)
+        if a.shape[axis] != self.num_channels:
+            raise ValueError(
+                f"{name}: expected {self.num_channels} channels on axis {axis}, got shape {a.shape}"
+            )
+        spatial = math.prod(s for i, s in enumerate(a.shape) if i not in (0, axis))
+        if axis != 1:
+            a = np.moveaxis(a, axis, 1)
+        return np.ascontiguousarray(a).reshape(a.shape[0], self.num_channels, spatial), axis
+
+    @staticmethod
+    def _unncs(a3: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+        if axis == 1:
+            return a3.reshape(shape)
+        moved_shape = (shape[0], shape[axis]) + tuple(
+            s for i, s in enumerate(shape) if i not in (0, axis)
+        )
+        return np.moveaxis(a3.reshape(moved_shape), 1, axis)
+
+    def _vector(self, array: np.ndarray | None) -> np.ndarray:
+        return NO_ARRAY[self.dtype] if array is None else array
+
+    def _statistics(self, x3: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from bnsgd_numba import _norm_kernels_cpu as kernels
+
+        n, c, s = x3.shape
+        rows = x3.reshape(n * self.num_groups, (c // self.num_groups) * s)
+        mean = np.empty(rows.shape[0], dtype=np.float64)
+        var = np.empty_like(mean)
+        invstd = np.empty_like(mean)
+        kernels.row_statistics.for_size(x3.size)(
+            rows, config.CPU_ITEM_ELEMENTS, self.eps, mean, var, invstd
+        )
+        return mean, var, invstd
+
+    def _normalize(
+        self, x: np.ndarray, x3: np.ndarray, axis: int, mean: np.ndarray, invstd: np.ndarray
+    ) -> np.ndarray:
+        from bnsgd_numba import _norm_kernels_cpu as kernels
+
+        y3 = np.empty_like(x3)
+        kernels.group_normalize.for_size(x3.size)(
+            x3, y3, self.num_groups, mean, invstd, self._vector(self.weight),
+            self._vector(self.bias),
+        )  # fmt: skip
+        self._saved = ("groups", x, x3, axis, mean, invstd)
+        return self._unncs(y3, x.shape, axis)
+
+    def forward(self, x: Any, training: bool = True) -> np.ndarray:
+        """Normalize each group of each sample of ``x``.
+
+        Parameters
+        ----------
+        x : ndarray of the layer's dtype
+            ``num_channels`` channels on ``channel_axis``, the batch on axis 0.
+        training : bool
+            Accepted for the common layer API (no running statistics).
+
+        Returns
+        -------
+        ndarray
+            Shaped like ``x``.
+        """
+        x = float_input(x, "x", self.dtype, self.MIN_RANK)
+        x3, axis = self._ncs(x, "x")
+        mean, _, invstd = self._statistics(x3)
+        return self._normalize(x, x3, axis, mean, invstd)
+
+    def backward(self, dy: Any) -> np.ndarray:
+        """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
+
+        Parameters
+        ----------
+        dy : ndarray
+            Gradient of the loss with respect to the last output.
+
+        Returns
+        -------
+        ndarray
+            Gradient with respect to the last input.
+        """
+        from bnsgd_numba import _norm_kernels_cpu as kernels
+
+        _, x, x3, axis, mean, invstd = self._saved_input()
+        dy3, _ = self._ncs(matching_dy(dy, x), "dy")
+        n, c, s = x3.shape
+        sum_dy = np.empty((n, c), dtype=np.float64)
+        sum_dy_xmu = np.empty((n, c), dtype=np.float64)
+        kernels.group_gradient_sums.for_size(x3.size)(
+            dy3, x3, self.num_groups, mean, sum_dy, sum_dy_xmu
+        )
+        grad_weight = np.empty(c, dtype=np.float64)
+        grad_bias = np.empty(c, dtype=np.float64)
+        dy_scale = np.empty((n, c), dtype=self.dtype)
+        shift = np.empty(mean.shape[0], dtype=self.dtype)
+        xmu_scale = np.empty(mean.shape[0], dtype=self.dtype)
+        kernels.group_gradient_constants(
+            sum_dy, sum_dy_xmu, self.num_groups, float((c // self.num_groups) * s), invstd,
+            self._vector(self.weight), True, grad_weight, grad_bias, dy_scale, shift, xmu_scale,
+        )  # fmt: skip
+        dx3 = np.empty_like(x3)
+        kernels.group_input_gradient.for_size(x3.size)(
+            dy3, x3, dx3, self.num_groups, mean, dy_scale, shift, xmu_scale
+        )
+        self._set_gradients(grad_weight, grad_bias)
+        return self._unncs(dx3, x.shape, axis)
+
+
+class GroupNorm(GroupedNorm):
+    """Group Normalization (Wu & He 2018), as ``torch.nn.GroupNorm``.
+
+    Parameters
+    ----------
+    num_groups : int
+        Number of groups the channels are split into; must divide ``num_channels``.
+    num_channels : int
+        Number of channels C.
+    eps : float, default 1e-5
+        Added to the variance.
+    affine : bool, default True
+        Learn a per-channel ``weight`` (init 1) and ``bias`` (init 0).
+    channel_axis : int, default 1
+        The channel axis (-1: channels-last, copied once to channels-first);
+        axis 0 is the batch.
+    dtype : float32 or float64
+        The dtype of the parameters and of the inputs.
+
+    Notes
+    -----
+    Per sample n and group g, over its ``C/G * S`` values (biased variance)::
+
+        y = (x - mean) / sqrt(var + eps) * weight[c] + bias[c]
+
+    Statistics in float64, two passes per block merged with Chan's formula.
+    There are no running statistics: ``training`` changes nothing.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        channel_axis: int = 1,
+        dtype: Any = np.float32,
+    ) -> None:
+        super().__init__(num_groups, num_channels, eps, affine, channel_axis, dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
+            f"affine={self.affine}, dtype={self.dtype.name})"
+        )
+
+
+def group_norm(*args: Any, **kwargs: Any) -> GroupNorm:
+    """Create a :class:`GroupNorm`.
+
+    Takes PyTorch's ``(num_groups, num_channels, eps, affine)`` plus ``dtype``
+    and ``channel_axis``, or ``(num_channels, *, num_groups=...)``: one
+    positional argument with ``num_groups`` given by keyword is the channel
+    count, as every other normalization takes it
+    (``create_normalization("group_norm", 64, num_groups=8)``).
+    """
+    if len(args) == 1 and "num_groups" in kwargs and "num_channels" not in kwargs:
+        return GroupNorm(num_channels=args[0], **kwargs)
+    return GroupNorm(*args, **kwargs)
+
+
+@hookimpl
+def bnsgd_register_normalizations(register: Register) -> None:
+    """Register ``group_norm``: per-sample statistics, any batch size."""
+    register(
+        "group_norm",
+        group_norm,
+        standardizes=False,
+        batch_statistics=False,
+        examples=[
+            {"num_groups": 1},
+            {"num_groups": 3},
+            {"num_groups": 1, "affine": False, "eps": 1e-3},
+        ],
+    )

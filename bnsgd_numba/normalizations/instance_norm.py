@@ -1,0 +1,207 @@
+"""Built-in plugin ``instance_norm``: :class:`InstanceNorm` (torch.nn.InstanceNorm1d/2d/3d)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+
+from bnsgd_numba.batch_norm import (
+    NonFiniteStatisticsError,
+    batch_norm_backward,
+    forward_with_status,
+)
+from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.normalizations._base import (
+    check_momentum,
+    check_nonfinite_policy,
+    float_input,
+    matching_dy,
+)
+from bnsgd_numba.normalizations.group_norm import GroupedNorm
+
+
+class InstanceNorm(GroupedNorm):
+    """Instance Normalization (Ulyanov et al. 2016), as ``torch.nn.InstanceNorm{1,2,3}d``.
+
+    One class for every rank >= 3: (N, C, L), (N, C, H, W), (N, C, D, H, W),
+    or channels-last with ``channel_axis=-1``.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels C.
+    eps : float, default 1e-5
+        Added to the variance.
+    momentum : float or None, default 0.1
+        Weight of the NEW batch in the running averages (PyTorch's
+        convention); ``None``: cumulative average.
+    affine : bool, default False
+        Learn a per-channel ``weight`` (init 1) and ``bias`` (init 0).
+    track_running_stats : bool, default False
+        Keep ``running_mean``/``running_var`` and normalize with them in eval.
+    channel_axis : int, default 1
+        The channel axis; axis 0 is the batch.
+    dtype : float32 or float64
+        The dtype of the parameters and of the inputs.
+    on_nonfinite : {"raise", "skip"}, default "raise"
+        With running statistics, a training batch whose statistics are not
+        finite raises ``FloatingPointError`` before anything is written, or
+        (``"skip"``) is normalized without updating them, with a warning.
+
+    Notes
+    -----
+    Each (sample, channel) is normalized over its S spatial values (biased
+    variance; S > 1 in training). The running statistics follow PyTorch:
+    ``running_mean += momentum * (mean_n(mean) - running_mean)`` and the same
+    for the variance with the instances' unbiased variances ``var * S/(S-1)``.
+    Eval with running statistics is BatchNorm's eval with them. Two
+    differences from PyTorch, which turns ``momentum=None`` into 0 (the
+    running statistics never move) and leaves ``num_batches_tracked`` at 0:
+    here ``None`` is a cumulative average, as in BatchNorm, and
+    ``num_batches_tracked`` counts the updates.
+    """
+
+    MIN_RANK = 3
+    BUFFERS = ("running_mean", "running_var")
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        *,
+        channel_axis: int = 1,
+        dtype: Any = np.float32,
+        on_nonfinite: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__(num_features, num_features, eps, affine, channel_axis, dtype)
+        self.num_features = self.num_channels
+        self.momentum = check_momentum(momentum)
+        self.on_nonfinite = check_nonfinite_policy(on_nonfinite)
+        self.track_running_stats = bool(track_running_stats)
+        tracked = self.track_running_stats
+        self.running_mean = np.zeros(num_features, self.dtype) if tracked else None
+        self.running_var = np.ones(num_features, self.dtype) if tracked else None
+        self.num_batches_tracked = 0
+        self.skipped_updates = 0
+
+    def _tracks_batches(self) -> bool:
+        return self.track_running_stats
+
+    def forward(self, x: Any, training: bool = True) -> np.ndarray:
+        """Normalize each instance; in training also update the running statistics.
+
+        Parameters
+        ----------
+        x : ndarray of the layer's dtype, rank >= 3
+            ``num_features`` channels on ``channel_axis``, the batch on axis 0.
+        training : bool
+            Instance statistics (True, or without running statistics) or
+            running statistics.
+
+        Returns
+        -------
+        ndarray
+            Shaped like ``x``.
+        """
+        x = float_input(x, "x", self.dtype, self.MIN_RANK)
+        if not training and self.track_running_stats:
+            result, _ = forward_with_status(
+                x, self.weight, self.bias, self.running_mean, self.running_var,
+                training=False, momentum=0.0, eps=self.eps, channel_axis=self.channel_axis,
+                out=None, on_nonfinite="raise", warn_stacklevel=3,
+            )  # fmt: skip
+            self._saved = ("running", x, result.save_mean, result.save_invstd)
+            return result.y
+        x3, axis = self._ncs(x, "x")
+        n, c, s = x3.shape
+        if training and s <= 1:
+            raise ValueError(
+                f"x: expected more than 1 spatial element when training, got shape {x.shape}"
+            )
+        mean, var, invstd = self._statistics(x3)
+        if training and self.track_running_stats:
+            self._update_running(mean.reshape(n, c), var.reshape(n, c), s)
+        return self._normalize(x, x3, axis, mean, invstd)
+
+    def _update_running(self, mean: np.ndarray, var: np.ndarray, spatial: int) -> None:
+        finite = np.isfinite(mean).all(axis=0) & np.isfinite(var).all(axis=0)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            if self.on_nonfinite == "raise":
+                raise NonFiniteStatisticsError(bad)
+            warnings.warn(
+                f"instance statistics are not finite in channel(s) {bad.tolist()}; "
+                "the running statistics were not updated",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.skipped_updates += 1
+            return
+        factor = self.momentum
+        if factor is None:
+            factor = 1.0 / (self.num_batches_tracked + 1)
+        batch_mean = mean.mean(axis=0)
+        batch_var = (var * (spatial / (spatial - 1))).mean(axis=0)
+        keep = 1.0 - factor
+        self.running_mean[...] = keep * self.running_mean.astype(np.float64) + factor * batch_mean
+        self.running_var[...] = keep * self.running_var.astype(np.float64) + factor * batch_var
+        self.num_batches_tracked += 1
+
+    def backward(self, dy: Any) -> np.ndarray:
+        """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
+
+        Parameters
+        ----------
+        dy : ndarray
+            Gradient of the loss with respect to the last output.
+
+        Returns
+        -------
+        ndarray
+            Gradient with respect to the last input.
+        """
+        saved = self._saved_input()
+        if saved[0] == "groups":
+            return super().backward(dy)
+        _, x, save_mean, save_invstd = saved
+        dx, dweight, dbias = batch_norm_backward(
+            matching_dy(dy, x), x, self.weight, save_mean, save_invstd,
+            training=False, channel_axis=self.channel_axis,
+        )  # fmt: skip
+        self._set_gradients(dweight, dbias)
+        return dx
+
+    def __repr__(self) -> str:
+        return (
+            f"InstanceNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
+            f"dtype={self.dtype.name})"
+        )
+
+
+def instance_norm(*args: Any, **kwargs: Any) -> InstanceNorm:
+    """Create an :class:`InstanceNorm` (arguments as ``torch.nn.InstanceNorm2d``, plus ``dtype``)."""
+    return InstanceNorm(*args, **kwargs)
+
+
+@hookimpl
+def bnsgd_register_normalizations(register: Register) -> None:
+    """Register ``instance_norm``: per-instance statistics, inputs of rank >= 3."""
+    register(
+        "instance_norm",
+        instance_norm,
+        standardizes=False,
+        batch_statistics=False,
+        min_rank=3,
+        examples=[
+            {},
+            {"affine": True},
+            {"affine": True, "track_running_stats": True},
+            {"track_running_stats": True, "momentum": None},
+        ],
+    )

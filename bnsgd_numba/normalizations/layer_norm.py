@@ -1,0 +1,272 @@
+"""Built-in plugin ``layer_norm``: :class:`LayerNorm` (torch.nn.LayerNorm).
+
+Also the row machinery :class:`RowNorm` that ``rms_norm`` shares: the input
+is read as rows ``(R, D)``, ``D`` the product of the normalized dimensions.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import numpy as np
+
+from bnsgd_numba import config
+from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.normalizations._base import (
+    NO_ARRAY,
+    NormLayer,
+    channel_axis_index,
+    check_dtype,
+    check_positive_eps,
+    float_input,
+    matching_dy,
+)
+
+
+def _normalized_shape(value: Any) -> tuple[int, ...]:
+    if isinstance(value, (tuple, list)):
+        shape = tuple(value)
+    else:
+        shape = (value,)
+    if not shape:
+        raise ValueError("normalized_shape must have at least one dimension")
+    result = []
+    for size in shape:
+        try:
+            size = operator.index(size)
+        except TypeError:
+            raise TypeError(f"normalized_shape must hold integers, got {value!r}") from None
+        if size < 1:
+            raise ValueError(f"normalized_shape must hold positive sizes, got {value!r}")
+        result.append(size)
+    return tuple(result)
+
+
+class RowNorm(NormLayer):
+    """Normalization over the trailing ``normalized_shape`` of the input, row by row.
+
+    ``channel_axis=None`` (default) normalizes the last ``len(normalized_shape)``
+    dimensions, as PyTorch does; an integer ``channel_axis`` normalizes that
+    one axis (``normalized_shape`` then is its size), as ConvNeXt's
+    channels-first LayerNorm does, and an input whose axis is not last is
+    copied once to put it last.
+    """
+
+    CENTERED = True
+
+    def __init__(
+        self,
+        normalized_shape: Any,
+        eps: float | None,
+        elementwise_affine: bool,
+        bias: bool,
+        channel_axis: int | None,
+        dtype: Any,
+    ) -> None:
+        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.dtype = check_dtype(dtype)
+        self.eps = None if eps is None else check_positive_eps(eps)
+        if channel_axis is not None:
+            if len(self.normalized_shape) != 1:
+                raise ValueError(
+                    "channel_axis normalizes one axis: normalized_shape must have one "
+                    f"dimension, got {self.normalized_shape}"
+                )
+            channel_axis = operator.index(channel_axis)
+        self.channel_axis = channel_axis
+        self.elementwise_affine = bool(elementwise_affine)
+        affine = self.elementwise_affine
+        with_bias = affine and bool(bias)
+        shape = self.normalized_shape
+        self.weight = np.ones(shape, self.dtype) if affine else None
+        self.bias = np.zeros(shape, self.dtype) if with_bias else None
+        self.grad_weight = np.zeros(shape, self.dtype) if affine else None
+        self.grad_bias = np.zeros(shape, self.dtype) if with_bias else None
+        self._saved: tuple[Any, ...] | None = None
+
+    @property
+    def features(self) -> int:
+        """D, the number of values each row is normalized over."""
+        return math.prod(self.normalized_shape)
+
+    def _eps(self) -> float:
+        return float(np.finfo(self.dtype).eps) if self.eps is None else self.eps
+
+    def _rows(self, a: np.ndarray, name: str) -> tuple[np.ndarray, int | None]:
+        """Return ``a`` as C-contiguous rows (R, D) and the axis moved last, if any."""
+        if self.channel_axis is None:
+            k = len(self.normalized_shape)
+            if a.ndim < k or a.shape[a.ndim - k :] != self.normalized_shape:
+                raise ValueError(
+                    f"{name}: shape {a.shape} does not end with normalized_shape "
+                    f"{self.normalized_shape}"
+                )
+            return np.ascontiguousarray(a).reshape(-1, self.features), None
+        axis = channel_axis_index(self.channel_axis, a.ndim)
+        if a.shape[axis] != self.features:
+            raise ValueError(
+                f"{name}: expected {self.features} features on axis {axis}, got shape {a.shape}"
+            )
+        if axis == a.ndim - 1:
+            return np.ascontiguousarray(a).reshape(-1, self.features), None
+        moved = np.ascontiguousarray(np.moveaxis(a, axis, -1))
+        return moved.reshape(-1, self.features), axis
+
+    @staticmethod
+    def _unrows(rows: np.ndarray, shape: tuple[int, ...], axis: int | None) -> np.ndarray:
+        if axis is None:
+            return rows.reshape(shape)
+        moved_shape = shape[:axis] + shape[axis + 1 :] + (shape[axis],)
+        return np.moveaxis(rows.reshape(moved_shape), -1, axis)
+
+    def _flat(self, array: np.ndarray | None) -> np.ndarray:
+        if array is None:
+            return NO_ARRAY[self.dtype]
+        return np.ascontiguousarray(array).reshape(-1)
+
+    def forward(self, x: Any, training: bool = True) -> np.ndarray:
+        """Normalize each row of ``x`` (``training`` changes nothing: no running stats).
+
+        Parameters
+        ----------
+        x : ndarray of the layer's dtype
+            Shape ``(..., *normalized_shape)``, or ``features`` values on
+            ``channel_axis``.
+        training : bool
+            Accepted for the common layer API.
+
+        Returns
+        -------
+        ndarray
+            Shaped like ``x``.
+        """
+        from bnsgd_numba import _norm_kernels_cpu as kernels
+
+        x = float_input(x, "x", self.dtype, min_rank=1 if self.channel_axis is None else 2)
+        rows, axis = self._rows(x, "x")
+        count, length = rows.shape
+        eps = self._eps()
+        invstd = np.empty(count, dtype=np.float64)
+        y = np.empty_like(rows)
+        per_item = max(1, config.CPU_ITEM_ELEMENTS // length)
+        if self.CENTERED:
+            mean = np.empty(count, dtype=np.float64)
+            var = np.empty(count, dtype=np.float64)
+            kernels.row_statistics.for_size(rows.size)(
+                rows, config.CPU_ITEM_ELEMENTS, eps, mean, var, invstd
+            )
+            kernels.layer_normalize.for_size(rows.size)(
+                rows, y, per_item, mean, invstd, self._flat(self.weight), self._flat(self.bias)
+            )
+        else:
+            mean = invstd
+            kernels.row_mean_squares.for_size(rows.size)(rows, eps, invstd)
+            kernels.rms_normalize.for_size(rows.size)(
+                rows, y, per_item, invstd, self._flat(self.weight)
+            )
+        self._saved = (x, rows, axis, mean, invstd)
+        return self._unrows(y, x.shape, axis)
+
+    def backward(self, dy: Any) -> np.ndarray:
+        """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
+
+        Parameters
+        ----------
+        dy : ndarray
+            Gradient of the loss with respect to the last output.
+
+        Returns
+        -------
+        ndarray
+            Gradient with respect to the last input.
+        """
+        from bnsgd_numba import _norm_kernels_cpu as kernels
+
+        x, rows, axis, mean, invstd = self._saved_input()
+        dy_rows, _ = self._rows(matching_dy(dy, x), "dy")
+        count, length = rows.shape
+        per_item = max(1, config.CPU_ITEM_ELEMENTS // length)
+        items = (count + per_item - 1) // per_item
+        part_gw = np.empty((items, length), dtype=np.float64)
+        part_gb = np.empty((items, length), dtype=np.float64)
+        dx = np.empty_like(rows)
+        weight = self._flat(self.weight)
+        kernels.layer_backward.for_size(rows.size)(
+            dy_rows, rows, dx, per_item, mean, invstd, weight, self.CENTERED, part_gw, part_gb
+        )
+        if self.weight is not None:
+            total = np.empty(length, dtype=np.float64)
+            kernels.column_sums.for_size(part_gw.size)(part_gw, total)
+            self.grad_weight[...] = total.reshape(self.normalized_shape)
+        if self.bias is not None:
+            total = np.empty(length, dtype=np.float64)
+            kernels.column_sums.for_size(part_gb.size)(part_gb, total)
+            self.grad_bias[...] = total.reshape(self.normalized_shape)
+        return self._unrows(dx, x.shape, axis)
+
+
+class LayerNorm(RowNorm):
+    """Layer Normalization (Ba, Kiros & Hinton 2016), as ``torch.nn.LayerNorm``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        The trailing dimensions each sample is normalized over.
+    eps : float, default 1e-5
+        Added to the variance.
+    elementwise_affine : bool, default True
+        Learn ``weight`` (init 1) and ``bias`` (init 0) of shape ``normalized_shape``.
+    bias : bool, default True
+        Learn ``bias`` too (when ``elementwise_affine``).
+    channel_axis : int, optional
+        Normalize this one axis instead of the trailing ones (channels-first
+        LayerNorm; the kit's calling convention).
+    dtype : float32 or float64
+        The dtype of the parameters and of the inputs.
+
+    Notes
+    -----
+    Per row of D values: ``y = (x - mean) / sqrt(var + eps) * weight + bias``
+    with the biased variance; statistics in float64, two passes per block.
+    ``backward`` overwrites ``grad_weight``/``grad_bias``::
+
+        dx = invstd * (g - mean(g) - x_hat * mean(g * x_hat)),  g = dy * weight
+    """
+
+    def __init__(
+        self,
+        normalized_shape: Any,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        *,
+        channel_axis: int | None = None,
+        dtype: Any = np.float32,
+    ) -> None:
+        super().__init__(normalized_shape, eps, elementwise_affine, bias, channel_axis, dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
+            f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}, "
+            f"dtype={self.dtype.name})"
+        )
+
+
+def layer_norm(*args: Any, **kwargs: Any) -> LayerNorm:
+    """Create a :class:`LayerNorm` (arguments as ``torch.nn.LayerNorm``, plus ``dtype``)."""
+    return LayerNorm(*args, **kwargs)
+
+
+@hookimpl
+def bnsgd_register_normalizations(register: Register) -> None:
+    """Register ``layer_norm``: per-sample statistics, any batch size."""
+    register(
+        "layer_norm",
+        layer_norm,
+        standardizes=False,
+        batch_statistics=False,
+        examples=[{}, {"elementwise_affine": False}, {"bias": False, "eps": 1e-3}],
+    )

@@ -1,0 +1,111 @@
+"""Numerical promises of the per-sample normalizations: exact constants, thread independence,
+float32 accuracy with |mean| >> std, and Hypothesis-generated rows."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import bnsgd_numba
+
+# found by Hypothesis for BatchNorm: sum / m of this constant does not round back to it
+CONSTANT_FLOAT64 = 1.7974005664190091
+
+
+def _layer(name, dtype, features=8):
+    if name == "group_norm":
+        return bnsgd_numba.create_normalization(name, features, num_groups=2, dtype=dtype)
+    if name == "instance_norm":
+        return bnsgd_numba.create_normalization(name, features, affine=True, dtype=dtype)
+    if name == "ghost_batch_norm":
+        return bnsgd_numba.create_normalization(name, features, virtual_batch_size=2, dtype=dtype)
+    if name in ("batch_renorm",):
+        return bnsgd_numba.create_normalization(name, features, dtype=dtype)
+    return bnsgd_numba.create_normalization(name, features, channel_axis=1, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "name", ["layer_norm", "group_norm", "instance_norm", "batch_renorm", "ghost_batch_norm"]
+)
+@pytest.mark.parametrize("value", [CONSTANT_FLOAT64, 3.0, -1e4 + 0.1, 1e-30, 7e30])
+def test_a_constant_normalizes_to_exactly_the_bias(name, dtype, value):
+    layer = _layer(name, dtype)
+    bias = np.linspace(-1, 1, 8).astype(dtype)
+    layer.bias[...] = bias
+    layer.weight[...] = 3.0
+    x = np.full((4, 8, 6), value, dtype=dtype)
+    y = layer.forward(x)
+    np.testing.assert_array_equal(y, np.broadcast_to(bias.reshape(1, 8, 1), y.shape))
+    dx = layer.backward(np.random.default_rng(0).standard_normal(x.shape).astype(dtype))
+    assert np.isfinite(dx).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "kwargs"),
+    [
+        ("layer_norm", (512, 256), {}),
+        ("rms_norm", (512, 256), {}),
+        ("group_norm", (8, 32, 24, 24), {"num_groups": 4}),
+        ("instance_norm", (8, 32, 24, 24), {"affine": True}),
+    ],
+)
+def test_results_do_not_depend_on_the_number_of_threads(name, shape, kwargs):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(shape) + 3).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    features = shape[-1] if name in ("layer_norm", "rms_norm") else shape[1]
+    runs = []
+    saved = numba.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            layer = bnsgd_numba.create_normalization(name, features, **kwargs)
+            y = layer.forward(x)
+            runs.append((y, layer.backward(dy), *(g.copy() for g in layer.gradients())))
+    finally:
+        numba.set_num_threads(saved)
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "group_norm"])
+def test_float32_accuracy_with_a_large_offset(name):
+    # |mean| / std = 1e3: the float32 output errs by the rounding of x itself
+    # (1e3 * eps32 relative to the deviation), not by more
+    rng = np.random.default_rng(2)
+    x = (1e3 + rng.standard_normal((16, 8, 40))).astype(np.float32)
+    layer = _layer(name, np.float32)
+    reference = _layer(name, np.float64)
+    y = layer.forward(x)
+    y64 = reference.forward(x.astype(np.float64))
+    eps32 = float(np.finfo(np.float32).eps)
+    assert np.abs(y - y64).max() <= 8 * eps32 * (1 + 1e3)
+
+
+@given(
+    x=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),
+        elements=st.floats(-1e4, 1e4, width=32, allow_subnormal=False),
+    ),
+)
+@example(x=np.full((3, 7), CONSTANT_FLOAT64, dtype=np.float32))
+@example(x=np.array([[1e4, 1e4, 1e4 + 1e-3 * 1024]], dtype=np.float32))
+def test_layer_norm_rows_are_standardized(x):
+    layer = bnsgd_numba.create_normalization("layer_norm", x.shape[1], dtype=np.float32)
+    y = layer.forward(x).astype(np.float64)
+    x64 = x.astype(np.float64)
+    eps32 = float(np.finfo(np.float32).eps)
+    for row, out in zip(x64, y, strict=True):
+        if np.all(row == row[0]):
+            assert np.all(out == 0.0)
+            continue
+        mean, var = row.mean(), row.var()
+        expected = (row - mean) / np.sqrt(var + layer.eps)
+        cond = 1.0 + abs(mean) / np.sqrt(var + layer.eps)
+        assert np.abs(out - expected).max() <= 16 * eps32 * cond
