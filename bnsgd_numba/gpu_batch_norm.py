@@ -51,7 +51,7 @@ RC_ROWS_PER_THREAD = 32
 """Rows each thread reduces per span of a channels-last reduction."""
 MAX_SPANS = 65535
 """Most blocks per channel (the grid's y limit)."""
-ELEMENTWISE_BLOCKS_PER_THREADS = 4096
+MAX_ELEMENTWISE_BLOCKS = 4096
 """Most blocks of an elementwise (grid-stride) kernel."""
 
 _WORKSPACE = threading.local()
@@ -85,7 +85,7 @@ class _Launch:
             self.reduce_block = (backend.WARP_SIZE, tile_rows)
             self.inner = 1
         size = math.prod(shape)
-        self.elementwise_grid = max(1, min(ELEMENTWISE_BLOCKS_PER_THREADS, -(-size // threads)))
+        self.elementwise_grid = max(1, min(MAX_ELEMENTWISE_BLOCKS, -(-size // threads)))
         stride = self.elementwise_grid * threads
         self.step_s = stride % self.inner
         self.step_c = (stride // self.inner) % self.channels if self.channels else 0
@@ -106,17 +106,16 @@ def _threads_per_block() -> int:
 
 
 def _check_all_device(caller: str, arrays: dict[str, Any]) -> None:
-    host = [
-        name for name, value in arrays.items() if value is not None and not is_device_array(value)
-    ]
+    given = {name: value for name, value in arrays.items() if value is not None}
+    host = [name for name, value in given.items() if not is_device_array(value)]
     if host:
-        device = [
-            name for name, value in arrays.items() if value is not None and is_device_array(value)
-        ]
+        device = [name for name in given if name not in host]
+        device_verb = "is a CUDA array" if len(device) == 1 else "are CUDA arrays"
+        host_verb = "is" if len(host) == 1 else "are"
         raise TypeError(
-            f"{caller}: {', '.join(device)} {'is a CUDA array' if len(device) == 1 else 'are CUDA arrays'} "
-            f"but {', '.join(host)} {'is' if len(host) == 1 else 'are'} not: host and device arrays "
-            "cannot be mixed in one call (move them all to the device, or all to the host)"
+            f"{caller}: {', '.join(device)} {device_verb} but {', '.join(host)} {host_verb} "
+            "not: host and device arrays cannot be mixed in one call (move them all to the "
+            "device, or all to the host)"
         )
     backend.require_cuda(caller)
 

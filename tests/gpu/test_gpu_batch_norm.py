@@ -138,7 +138,7 @@ def test_several_blocks_per_channel_and_several_warps(layout, monkeypatch):
     monkeypatch.setattr(config, "GPU_THREADS_PER_BLOCK", 64)
     monkeypatch.setattr(gpu_batch_norm, "ITEMS_PER_THREAD", 1)
     monkeypatch.setattr(gpu_batch_norm, "RC_ROWS_PER_THREAD", 1)
-    monkeypatch.setattr(gpu_batch_norm, "ELEMENTWISE_BLOCKS_PER_THREADS", 1)
+    monkeypatch.setattr(gpu_batch_norm, "MAX_ELEMENTWISE_BLOCKS", 1)
     shape, axis = ((3, 2, 50), 1) if layout == "ncs" else ((40, 3), 1)
     launch = gpu_batch_norm._Launch(layout, shape)
     assert launch.spans >= 2
