@@ -283,6 +283,13 @@ def synchronize() -> None:
     cuda.synchronize()
 
 
+def current_device_id() -> int:
+    """Id of numba's current CUDA device (0 under the simulator)."""
+    if SIMULATOR:
+        return 0
+    return int(cuda.get_current_device().id)
+
+
 def device_name() -> str:
     """Name of the current device ("CUDA simulator" under the simulator)."""
     if SIMULATOR:

@@ -228,42 +228,43 @@ def _check_out(out: Any, x: Any, name: str, others: tuple[Any, ...]) -> Any:
     return out
 
 
-_DUMMIES: dict[np.dtype, Any] = {}
-
-
 def _dummy(dtype: np.dtype) -> Any:
     # A one-element stand-in for an absent weight, bias or running statistic.
-    array = _DUMMIES.get(dtype)
-    if array is None:
-        array = backend.to_device(np.zeros(1, dtype=dtype))
-        _DUMMIES[dtype] = array
-    return array
+    return _cached(("dummy", np.dtype(dtype)), lambda: backend.to_device(np.zeros(1, dtype)))
+
+
+def _cached(key: tuple[Any, ...], make: Any) -> Any:
+    # This thread's device arrays, per current device (kernels run on it).
+    cache = getattr(_WORKSPACE, "arrays", None)
+    if cache is None:
+        cache = _WORKSPACE.arrays = {}
+    key = (backend.current_device_id(), *key)
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
+    return value
 
 
 def _scratch(name: str, shape: Any, dtype: Any) -> Any:
     """A device array for this thread's intermediate results, reused from call to call.
 
     Kernels run in order on one stream, so a later call's writes come after
-    this call's reads. Per thread, so two host threads never share one.
+    this call's reads. Per thread and per device, so two host threads never
+    share one.
     """
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     size = max(1, math.prod(shape))
-    cache = getattr(_WORKSPACE, "arrays", None)
-    if cache is None:
-        cache = _WORKSPACE.arrays = {}
-    key = (name, np.dtype(dtype))
-    flat = cache.get(key)
-    if flat is None or flat.shape[0] < size:
+    key = ("scratch", name, np.dtype(dtype))
+    flat = _cached(key, lambda: backend.device_empty(size, dtype))
+    if flat.shape[0] < size:
         flat = backend.device_empty(size, dtype)
-        cache[key] = flat
+        _WORKSPACE.arrays[(backend.current_device_id(), *key)] = flat
     return flat[: math.prod(shape)].reshape(shape)
 
 
 def _constant_status() -> Any:
-    status = getattr(_WORKSPACE, "write_status", None)
-    if status is None:
-        status = _WORKSPACE.write_status = backend.to_device(np.array([0, 1], dtype=np.int32))
-    return status
+    # [no non-finite channel, write the output]: the status of eval mode.
+    return _cached(("status",), lambda: backend.to_device(np.array([0, 1], dtype=np.int32)))
 
 
 def forward_with_status(
