@@ -1,18 +1,15 @@
-"""Training the seed's network on the GPU: ``bnsgd-numba train --device cuda``.
+"""The seed's network on the GPU: ``train(device="cuda")``, ``bnsgd-numba train --device cuda``.
 
-The same network, initial weights, batch order and schedule as
-:func:`bnsgd_numba.training.train`; the layers run ``@cuda.jit`` kernels
+:func:`bnsgd_numba.training.train` runs the same loop (weights, batch order,
+schedule) with a :class:`DeviceRunner`: the layers run ``@cuda.jit`` kernels
 (BatchNorm and the SGD step from the GPU modules, dense layers, ReLU and the
 loss from :mod:`bnsgd_numba._nn_gpu`) over one
-:class:`~bnsgd_numba.gpu_sgd.DeviceParameterArena`. Only the batch indices
-go to the device and the per-row losses and predictions come back.
+:class:`~bnsgd_numba.gpu_sgd.DeviceParameterArena`.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,14 +17,6 @@ import numpy as np
 from bnsgd_numba import _cuda_backend as backend
 from bnsgd_numba.data import Dataset
 from bnsgd_numba.nn import Dense, ReLU
-from bnsgd_numba.training import (
-    EpochRecord,
-    TrainConfig,
-    TrainResult,
-    batch_order_rng,
-    build_network,
-    make_scheduler,
-)
 
 _BLOCK_2D = (8, 8)
 
@@ -112,6 +101,62 @@ def _loss(logits: Any, labels: Any) -> tuple[float, Any, np.ndarray]:
     return float(losses.copy_to_host().mean()), grad, predictions.copy_to_host()
 
 
+class DeviceRunner:
+    """Runs the network's steps on the GPU; the twin of ``training.HostRunner``.
+
+    The host network's values move to one device arena (BatchNorm layers
+    with ``to_device``, dense layers as :class:`GpuDense` over the arena's
+    views). Only batch indices' rows go to the device each step, and only
+    the per-row losses and predictions come back.
+    """
+
+    def __init__(self, model: Any, data: Dataset, dtype: np.dtype) -> None:
+        backend.require_cuda("train(device='cuda')")
+        self.host = model
+        self.layers, self.arena = _device_network(model)
+        self.labels = {"train": data.y_train, "val": data.y_val, "test": data.y_test}
+        self.train_inputs = np.ascontiguousarray(data.x_train, dtype=dtype)
+        self.device_inputs = {
+            "val": backend.to_device(np.ascontiguousarray(data.x_val, dtype=dtype)),
+            "test": backend.to_device(np.ascontiguousarray(data.x_test, dtype=dtype)),
+        }
+
+    def forward_backward(self, index: np.ndarray) -> tuple[float, int]:
+        """Forward and backward on the training examples ``index``: (loss, correct)."""
+        labels = self.labels["train"][index]
+        logits = _forward(self.layers, backend.to_device(self.train_inputs[index]), True)
+        loss, grad, predictions = _loss(logits, backend.to_device(labels))
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return loss, int(np.sum(predictions == labels))
+
+    def evaluate(self, split: str) -> tuple[float, float]:
+        """Loss and accuracy on ``split`` ("val" or "test") in eval mode."""
+        logits = _forward(self.layers, self.device_inputs[split], False)
+        labels = self.labels[split]
+        loss, _, predictions = _loss(logits, backend.to_device(labels))
+        return loss, float(np.mean(predictions == labels))
+
+    def finish(self) -> Any:
+        """Copy the trained values back into the host network and return it."""
+        from bnsgd_numba.batch_norm_layer import BatchNorm
+
+        host = self.host
+        host.arena.flat_params[...] = self.arena.flat_params.copy_to_host()
+        index = 0
+        for layer in host.layers:
+            if isinstance(layer, BatchNorm):
+                # its parameters are device views of the arena: detach them,
+                # bring the running statistics home, point back at the host arena
+                layer.weight = layer.bias = layer.grad_weight = layer.grad_bias = None
+                layer.to_host()
+                layer.weight, layer.bias = host.arena.params[index], host.arena.params[index + 1]
+                layer.grad_weight = host.arena.grads[index]
+                layer.grad_bias = host.arena.grads[index + 1]
+            index += 2 if isinstance(layer, (BatchNorm, Dense)) else 0
+        return host
+
+
 def _device_network(host: Any) -> tuple[list[Any], Any]:
     """Move a host :class:`~bnsgd_numba.nn.Sequential` to the GPU; return layers and arena."""
     from bnsgd_numba.batch_norm_layer import BatchNorm
@@ -148,99 +193,3 @@ def _forward(layers: list[Any], x: Any, training: bool) -> Any:
     for layer in layers:
         x = layer.forward(x, training)
     return x
-
-
-def _evaluate(layers: list[Any], x: Any, labels: np.ndarray) -> tuple[float, float]:
-    logits = _forward(layers, x, False)
-    loss, _, predictions = _loss(logits, backend.to_device(labels))
-    return loss, float(np.mean(predictions == labels))
-
-
-def train_on_gpu(
-    data: Dataset,
-    config: TrainConfig,
-    *,
-    on_batch: Callable[[int, int, int, float, float], None] | None = None,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
-    on_step: Callable[[int, float], None] | None = None,
-) -> TrainResult:
-    """:func:`bnsgd_numba.training.train` with every layer on the GPU.
-
-    Returns
-    -------
-    TrainResult
-        Its ``model`` is the host network holding the trained values.
-    """
-    from bnsgd_numba.batch_norm_layer import BatchNorm
-    from bnsgd_numba.sgd_optimizer import SGD
-
-    backend.require_cuda("train(device='cuda')")
-    start = time.perf_counter()
-    dtype = np.dtype(config.dtype)
-    host = build_network(
-        data.num_features, data.num_classes, config, np.random.default_rng(config.seed)
-    )
-    layers, arena = _device_network(host)
-    x_val = backend.to_device(np.ascontiguousarray(data.x_val, dtype=dtype))
-    x_test = backend.to_device(np.ascontiguousarray(data.x_test, dtype=dtype))
-    order_rng = batch_order_rng(config.seed)
-    n = len(data.x_train)
-    batches = n // config.batch_size + (1 if n % config.batch_size >= 2 else 0)
-    optimizer = SGD(arena, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scheduler = make_scheduler(config, batches).bind(optimizer)
-    records = []
-    host_x = np.ascontiguousarray(data.x_train, dtype=dtype)  # batches gathered on the host
-    for epoch in range(1, config.epochs + 1):
-        order = order_rng.permutation(n)
-        total_loss, correct, seen, lr_sum = 0.0, 0, 0, 0.0
-        for b in range(batches):
-            index = order[b * config.batch_size : (b + 1) * config.batch_size]
-            labels = data.y_train[index]
-            logits = _forward(layers, backend.to_device(host_x[index]), True)
-            loss, grad, predictions = _loss(logits, backend.to_device(labels))
-            for layer in reversed(layers):
-                grad = layer.backward(grad)
-            lr_sum += optimizer.lr
-            optimizer.step()
-            if on_step is not None:
-                on_step(optimizer.steps, loss)
-            if not scheduler.requires_metric:
-                scheduler.step()
-            total_loss += loss * len(index)
-            correct += int(np.sum(predictions == labels))
-            seen += len(index)
-            if on_batch is not None:
-                on_batch(epoch, b + 1, batches, total_loss / seen, correct / seen)
-        val_loss, val_accuracy = _evaluate(layers, x_val, data.y_val)
-        if scheduler.requires_metric:
-            scheduler.step(val_loss)
-        record = EpochRecord(
-            epoch, total_loss / seen, correct / seen, val_loss, val_accuracy, lr_sum / batches
-        )
-        records.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-    test_loss, test_accuracy = _evaluate(layers, x_test, data.y_test)
-    host.arena.flat_params[...] = arena.flat_params.copy_to_host()
-    for layer in host.layers:
-        if isinstance(layer, BatchNorm):
-            layer.weight = layer.bias = layer.grad_weight = layer.grad_bias = None
-            layer.to_host()
-    _rebind_host_parameters(host)
-    return TrainResult(config, records, test_loss, test_accuracy, time.perf_counter() - start, host)
-
-
-def _rebind_host_parameters(host: Any) -> None:
-    # the BatchNorm layers left the arena's views when they moved to the GPU
-    from bnsgd_numba.batch_norm_layer import BatchNorm
-
-    index = 0
-    for layer in host.layers:
-        count = len(layer.parameters()) if not isinstance(layer, BatchNorm) else 2
-        if isinstance(layer, BatchNorm):
-            layer.weight, layer.bias = host.arena.params[index], host.arena.params[index + 1]
-            layer.grad_weight, layer.grad_bias = (
-                host.arena.grads[index],
-                host.arena.grads[index + 1],
-            )
-        index += count

@@ -181,21 +181,21 @@ def train(
 
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda":
-        from bnsgd_numba.gpu_training import train_on_gpu
-
-        return train_on_gpu(data, config, on_batch=on_batch, on_epoch=on_epoch, on_step=on_step)
     start = time.perf_counter()
-    dtype = np.dtype(config.dtype)
-    x_train, x_val, x_test = (a.astype(dtype) for a in (data.x_train, data.x_val, data.x_test))
     model = build_network(
         data.num_features, data.num_classes, config, np.random.default_rng(config.seed)
     )
+    if device == "cuda":
+        from bnsgd_numba.gpu_training import DeviceRunner
+
+        runner: Any = DeviceRunner(model, data, np.dtype(config.dtype))
+    else:
+        runner = HostRunner(model, data, np.dtype(config.dtype))
     order_rng = batch_order_rng(config.seed)
-    n = len(x_train)
+    n = len(data.x_train)
     batches = n // config.batch_size + (1 if n % config.batch_size >= 2 else 0)
     optimizer = SGD(
-        model.arena, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        runner.arena, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     scheduler = make_scheduler(config, batches)
     scheduler.bind(optimizer)
@@ -208,9 +208,7 @@ def train(
         lr_sum = 0.0
         for b in range(batches):
             index = order[b * config.batch_size : (b + 1) * config.batch_size]
-            logits = model.forward(x_train[index], training=True)
-            loss, grad = softmax_cross_entropy(logits, data.y_train[index])
-            model.backward(grad)
+            loss, batch_correct = runner.forward_backward(index)
             lr_sum += optimizer.lr
             optimizer.step()
             if on_step is not None:
@@ -218,11 +216,11 @@ def train(
             if not scheduler.requires_metric:
                 scheduler.step()
             total_loss += loss * len(index)
-            correct += int(np.sum(np.argmax(logits, axis=1) == data.y_train[index]))
+            correct += batch_correct
             seen += len(index)
             if on_batch is not None:
                 on_batch(epoch, b + 1, batches, total_loss / seen, correct / seen)
-        val_loss, val_accuracy = evaluate(model, x_val, data.y_val)
+        val_loss, val_accuracy = runner.evaluate("val")
         if scheduler.requires_metric:
             scheduler.step(val_loss)
         record = EpochRecord(
@@ -231,7 +229,46 @@ def train(
         records.append(record)
         if on_epoch is not None:
             on_epoch(record)
-    test_loss, test_accuracy = evaluate(model, x_test, data.y_test)
+    test_loss, test_accuracy = runner.evaluate("test")
     return TrainResult(
-        config, records, test_loss, test_accuracy, time.perf_counter() - start, model
+        config, records, test_loss, test_accuracy, time.perf_counter() - start, runner.finish()
     )
+
+
+class HostRunner:
+    """Runs the network's steps on the CPU (the GPU's twin is ``DeviceRunner``).
+
+    Parameters
+    ----------
+    model : Sequential
+        The network; its arena is what the optimizer updates.
+    data : Dataset
+    dtype : numpy dtype
+        The network's dtype; the data is cast to it once.
+    """
+
+    def __init__(self, model: Sequential, data: Dataset, dtype: np.dtype) -> None:
+        self.model = model
+        self.arena = model.arena
+        self.labels = {"train": data.y_train, "val": data.y_val, "test": data.y_test}
+        self.inputs = {
+            "train": data.x_train.astype(dtype),
+            "val": data.x_val.astype(dtype),
+            "test": data.x_test.astype(dtype),
+        }
+
+    def forward_backward(self, index: np.ndarray) -> tuple[float, int]:
+        """Forward and backward on the training examples ``index``: (loss, correct)."""
+        labels = self.labels["train"][index]
+        logits = self.model.forward(self.inputs["train"][index], training=True)
+        loss, grad = softmax_cross_entropy(logits, labels)
+        self.model.backward(grad)
+        return loss, int(np.sum(np.argmax(logits, axis=1) == labels))
+
+    def evaluate(self, split: str) -> tuple[float, float]:
+        """Loss and accuracy on ``split`` ("val" or "test") in eval mode."""
+        return evaluate(self.model, self.inputs[split], self.labels[split])
+
+    def finish(self) -> Sequential:
+        """The trained network (on the host)."""
+        return self.model
