@@ -104,30 +104,36 @@ def _row_statistics(x, block, eps, mean, var, invstd):
         invstd[r] = 1.0 / math.sqrt(var[r] + eps)
 
 
-def _row_mean_squares(x, eps, invrms):
-    # invrms[r] = 1/sqrt(mean(x[r]**2) + eps), summed in float64.
-    rows, length = x.shape
-    for r in prange(rows):
-        scratch = np.empty(length, dtype=np.float64)
-        row = x[r]
-        for k in range(length):
-            scratch[k] = row[k]
-        invrms[r] = 1.0 / math.sqrt(_sum_of_squares(scratch) / length + eps)
+@cpu_kernel(reduction=True)
+def _sum_of_squares64(values):
+    total = 0.0
+    for k in range(values.shape[0]):
+        v = np.float64(values[k])
+        total += v * v
+    return total
 
 
-def _layer_normalize(x, y, rows_per_item, mean, invstd, weight, bias):
-    # y = ((x - hi) - lo) * invstd * weight + bias, per element of the row.
+def _layer_forward(x, y, rows_per_item, block, eps, weight, bias, mean, invstd):
+    # Per row, while it is in cache: statistics, then
+    # y = (((x - hi) - lo) * invstd) * weight + bias in the data's dtype.
     rows, length = x.shape
     affine = weight.shape[0] > 0
     shifted = bias.shape[0] > 0
     for item in prange((rows + rows_per_item - 1) // rows_per_item):
         r0 = item * rows_per_item
+        scratch = np.empty(min(block, length), dtype=np.float64)
+        constants = np.empty(3, dtype=x.dtype)
         for r in range(r0, min(r0 + rows_per_item, rows)):
             source = x[r]
             target = y[r]
-            hi = source.dtype.type(mean[r])
-            lo = source.dtype.type(mean[r] - np.float64(hi))
-            s = source.dtype.type(invstd[r])
+            mu, m2 = _row_moments(source, block, scratch)
+            s64 = 1.0 / math.sqrt(m2 / length + eps)
+            mean[r] = mu
+            invstd[r] = s64
+            constants[0] = mu
+            constants[1] = mu - np.float64(constants[0])
+            constants[2] = s64
+            hi, lo, s = constants[0], constants[1], constants[2]
             if affine and shifted:
                 for k in range(length):
                     target[k] = (((source[k] - hi) - lo) * s) * weight[k] + bias[k]
@@ -139,15 +145,20 @@ def _layer_normalize(x, y, rows_per_item, mean, invstd, weight, bias):
                     target[k] = ((source[k] - hi) - lo) * s
 
 
-def _rms_normalize(x, y, rows_per_item, invrms, weight):
+def _rms_forward(x, y, rows_per_item, eps, weight, invrms):
+    # Per row: invrms = 1/sqrt(mean(x**2) + eps) in float64, y = (x * invrms) * weight.
     rows, length = x.shape
     affine = weight.shape[0] > 0
     for item in prange((rows + rows_per_item - 1) // rows_per_item):
         r0 = item * rows_per_item
+        constants = np.empty(1, dtype=x.dtype)
         for r in range(r0, min(r0 + rows_per_item, rows)):
             source = x[r]
             target = y[r]
-            s = source.dtype.type(invrms[r])
+            s64 = 1.0 / math.sqrt(_sum_of_squares64(source) / length + eps)
+            invrms[r] = s64
+            constants[0] = s64
+            s = constants[0]
             if affine:
                 for k in range(length):
                     target[k] = (source[k] * s) * weight[k]
@@ -218,102 +229,115 @@ def _group_normalize(x, y, groups, mean, invstd, weight, bias):
         row = i * groups + c // per_group
         source = x[i, c]
         target = y[i, c]
-        hi = source.dtype.type(mean[row])
-        lo = source.dtype.type(mean[row] - np.float64(hi))
-        w = np.float64(weight[c]) if affine else 1.0
-        scale = source.dtype.type(w * invstd[row])
-        offset = bias[c] if affine else source.dtype.type(0.0)
+        # constants rounded to the data's dtype through an array of it
+        constants = np.empty(4, dtype=x.dtype)
+        constants[0] = mean[row]
+        constants[1] = mean[row] - np.float64(constants[0])
+        constants[2] = (np.float64(weight[c]) if affine else 1.0) * invstd[row]
+        constants[3] = bias[c] if affine else 0.0
+        hi, lo, scale, offset = constants[0], constants[1], constants[2], constants[3]
         for k in range(s):
             target[k] = ((source[k] - hi) - lo) * scale + offset
 
 
-def _group_gradient_sums(dy, x, groups, mean, sum_dy, sum_dy_xmu):
-    # Per (n, c): sum(dy) and sum(dy * (x - mean_row)), in float64.
+def _group_forward(x, y, groups, block, eps, weight, bias, mean, var, invstd):
+    # Per row (sample, group), while it is in cache: statistics, then the
+    # normalization of its channels, as in _group_normalize.
     n, channels, s = x.shape
     per_group = channels // groups
-    for item in prange(n * channels):
-        i = item // channels
-        c = item % channels
-        mu = mean[i * groups + c // per_group]
-        g = dy[i, c]
-        v = x[i, c]
+    length = per_group * s
+    rows = x.reshape((n * groups, length))
+    affine = weight.shape[0] > 0
+    for row in prange(n * groups):
+        scratch = np.empty(min(block, length), dtype=np.float64)
+        mu, m2 = _row_moments(rows[row], block, scratch)
+        mean[row] = mu
+        var[row] = m2 / length
+        invstd[row] = 1.0 / math.sqrt(var[row] + eps)
+        i = row // groups
+        constants = np.empty(4, dtype=x.dtype)
+        for j in range(per_group):
+            c = (row % groups) * per_group + j
+            constants[0] = mu
+            constants[1] = mu - np.float64(constants[0])
+            constants[2] = (np.float64(weight[c]) if affine else 1.0) * invstd[row]
+            constants[3] = bias[c] if affine else 0.0
+            hi, lo, scale, offset = constants[0], constants[1], constants[2], constants[3]
+            source = x[i, c]
+            target = y[i, c]
+            for k in range(s):
+                target[k] = ((source[k] - hi) - lo) * scale + offset
+
+
+def _group_backward(dy, x, dx, groups, mean, invstd, weight, sum_dy, sum_dy_xmu):
+    # Per row (sample, group), while its dy and x are in cache: the per-channel
+    # sums(dy) and sum(dy * (x - mean)) in float64, then, with g = weight * dy,
+    # L values per row and s = invstd,
+    #   dx = s * (g - sum(g)/L - (x - mean) * s**2 * sum(g * (x - mean))/L)
+    #      = dy * (weight * s) - shift - ((x - hi) - lo) * xmu_scale.
+    n, channels, s = x.shape
+    per_group = channels // groups
+    length = np.float64(per_group * s)
+    affine = weight.shape[0] > 0
+    for row in prange(n * groups):
+        i = row // groups
+        first = (row % groups) * per_group
+        mu = mean[row]
+        inv = invstd[row]
         xmu = np.empty(s, dtype=np.float64)
-        for k in range(s):
-            xmu[k] = v[k] - mu
-        sum_dy[i, c] = _sum(g)
-        sum_dy_xmu[i, c] = _sum_of_products64(xmu, g)
-
-
-def _group_input_gradient(dy, x, dx, groups, mean, dy_scale, shift, xmu_scale):
-    # dx = (dy * dy_scale[n, c] - shift[row]) - ((x - hi) - lo) * xmu_scale[row]
-    n, channels, s = x.shape
-    per_group = channels // groups
-    for item in prange(n * channels):
-        i = item // channels
-        c = item % channels
-        row = i * groups + c // per_group
-        g = dy[i, c]
-        v = x[i, c]
-        out = dx[i, c]
-        hi = v.dtype.type(mean[row])
-        lo = v.dtype.type(mean[row] - np.float64(hi))
-        a = dy_scale[i, c]
-        b = shift[row]
-        k3 = xmu_scale[row]
-        for k in range(s):
-            out[k] = (g[k] * a - b) - ((v[k] - hi) - lo) * k3
+        total_g = 0.0
+        total_gx = 0.0
+        for j in range(per_group):
+            c = first + j
+            v = x[i, c]
+            for k in range(s):
+                xmu[k] = v[k] - mu
+            a = _sum(dy[i, c])
+            b = _sum_of_products64(xmu, dy[i, c])
+            sum_dy[i, c] = a
+            sum_dy_xmu[i, c] = b
+            w = np.float64(weight[c]) if affine else 1.0
+            total_g += w * a
+            total_gx += w * b
+        constants = np.empty(5, dtype=x.dtype)
+        constants[0] = mu
+        constants[1] = mu - np.float64(constants[0])
+        constants[2] = total_g * inv / length
+        constants[3] = inv * inv * inv * total_gx / length
+        hi, lo, shift, xmu_scale = constants[0], constants[1], constants[2], constants[3]
+        for j in range(per_group):
+            c = first + j
+            constants[4] = (np.float64(weight[c]) if affine else 1.0) * inv
+            scale = constants[4]
+            g = dy[i, c]
+            v = x[i, c]
+            out = dx[i, c]
+            for k in range(s):
+                out[k] = (g[k] * scale - shift) - ((v[k] - hi) - lo) * xmu_scale
 
 
 @cpu_kernel()
-def group_gradient_constants(
-    sum_dy, sum_dy_xmu, groups, length, invstd, weight, training,
-    grad_weight, grad_bias, dy_scale, shift, xmu_scale,
-):  # fmt: skip
-    """Per-row and per-(n, c) constants of the GroupNorm input gradient.
+def group_parameter_gradients(sum_dy, sum_dy_xmu, groups, invstd, grad_weight, grad_bias):
+    """grad_weight[c] = sum over n of invstd * sum(dy * (x - mean)); grad_bias[c] = sum(dy).
 
-    With g = weight * dy, ``length`` values per row and s = invstd of the row::
-
-        dx = s * (g - sum(g)/L - (x - mean) * s**2 * sum(g * (x - mean))/L)
-           = dy * (weight * s) - shift[row] - (x - mean) * xmu_scale[row]
-
-    (with fixed statistics, in eval: dx = dy * weight * s). Fills float64
-    ``grad_weight[c]`` = sum over n of s * sum(dy * (x - mean)) and
-    ``grad_bias[c]`` = sum(dy), in the order of n.
+    Float64, summed in the order of n.
     """
     n, channels = sum_dy.shape
     per_group = channels // groups
-    affine = weight.shape[0] > 0
     for c in range(channels):
         grad_weight[c] = 0.0
         grad_bias[c] = 0.0
     for i in range(n):
-        for grp in range(groups):
-            row = i * groups + grp
-            s = invstd[row]
-            total_g = 0.0
-            total_gx = 0.0
-            for j in range(per_group):
-                c = grp * per_group + j
-                w = np.float64(weight[c]) if affine else 1.0
-                total_g += w * sum_dy[i, c]
-                total_gx += w * sum_dy_xmu[i, c]
-                grad_weight[c] += s * sum_dy_xmu[i, c]
-                grad_bias[c] += sum_dy[i, c]
-                dy_scale[i, c] = w * s
-            if training:
-                shift[row] = total_g * s / length
-                xmu_scale[row] = s * s * s * total_gx / length
-            else:
-                shift[row] = 0.0
-                xmu_scale[row] = 0.0
+        for c in range(channels):
+            grad_weight[c] += invstd[i * groups + c // per_group] * sum_dy_xmu[i, c]
+            grad_bias[c] += sum_dy[i, c]
 
 
 row_statistics = KernelPair(_row_statistics)
-row_mean_squares = KernelPair(_row_mean_squares)
-layer_normalize = KernelPair(_layer_normalize)
-rms_normalize = KernelPair(_rms_normalize)
+layer_forward = KernelPair(_layer_forward)
+rms_forward = KernelPair(_rms_forward)
 layer_backward = KernelPair(_layer_backward)
 column_sums = KernelPair(_column_sums)
 group_normalize = KernelPair(_group_normalize)
-group_gradient_sums = KernelPair(_group_gradient_sums)
-group_input_gradient = KernelPair(_group_input_gradient)
+group_forward = KernelPair(_group_forward)
+group_backward = KernelPair(_group_backward)

@@ -126,8 +126,23 @@ class GroupedNorm(NormLayer):
         """
         x = float_input(x, "x", self.dtype, self.MIN_RANK)
         x3, axis = self._ncs(x, "x")
-        mean, _, invstd = self._statistics(x3)
-        return self._normalize(x, x3, axis, mean, invstd)
+        return self._fused_forward(x, x3, axis)
+
+    def _fused_forward(self, x: np.ndarray, x3: np.ndarray, axis: int) -> np.ndarray:
+        """Statistics and normalization in one pass over each group (no checks between)."""
+        from bnsgd_numba import _norm_kernels_cpu as kernels
+
+        rows = x3.shape[0] * self.num_groups
+        mean = np.empty(rows, dtype=np.float64)
+        var = np.empty_like(mean)
+        invstd = np.empty_like(mean)
+        y3 = np.empty_like(x3)
+        kernels.group_forward.for_size(x3.size)(
+            x3, y3, self.num_groups, config.CPU_ITEM_ELEMENTS, self.eps,
+            self._vector(self.weight), self._vector(self.bias), mean, var, invstd,
+        )  # fmt: skip
+        self._saved = ("groups", x, x3, axis, mean, invstd)
+        return self._unncs(y3, x.shape, axis)
 
     def backward(self, dy: Any) -> np.ndarray:
         """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
@@ -149,21 +164,15 @@ class GroupedNorm(NormLayer):
         n, c, s = x3.shape
         sum_dy = np.empty((n, c), dtype=np.float64)
         sum_dy_xmu = np.empty((n, c), dtype=np.float64)
-        kernels.group_gradient_sums.for_size(x3.size)(
-            dy3, x3, self.num_groups, mean, sum_dy, sum_dy_xmu
-        )
+        dx3 = np.empty_like(x3)
+        kernels.group_backward.for_size(x3.size)(
+            dy3, x3, dx3, self.num_groups, mean, invstd, self._vector(self.weight), sum_dy,
+            sum_dy_xmu,
+        )  # fmt: skip
         grad_weight = np.empty(c, dtype=np.float64)
         grad_bias = np.empty(c, dtype=np.float64)
-        dy_scale = np.empty((n, c), dtype=self.dtype)
-        shift = np.empty(mean.shape[0], dtype=self.dtype)
-        xmu_scale = np.empty(mean.shape[0], dtype=self.dtype)
-        kernels.group_gradient_constants(
-            sum_dy, sum_dy_xmu, self.num_groups, float((c // self.num_groups) * s), invstd,
-            self._vector(self.weight), True, grad_weight, grad_bias, dy_scale, shift, xmu_scale,
-        )  # fmt: skip
-        dx3 = np.empty_like(x3)
-        kernels.group_input_gradient.for_size(x3.size)(
-            dy3, x3, dx3, self.num_groups, mean, dy_scale, shift, xmu_scale
+        kernels.group_parameter_gradients(
+            sum_dy, sum_dy_xmu, self.num_groups, invstd, grad_weight, grad_bias
         )
         self._set_gradients(grad_weight, grad_bias)
         return self._unncs(dx3, x.shape, axis)

@@ -123,9 +123,12 @@ class InstanceNorm(GroupedNorm):
             raise ValueError(
                 f"x: expected more than 1 spatial element when training, got shape {x.shape}"
             )
+        if not (training and self.track_running_stats):
+            return self._fused_forward(x, x3, axis)
+        # the running update (or the refusal of non-finite statistics) comes
+        # between the statistics and the first write
         mean, var, invstd = self._statistics(x3)
-        if training and self.track_running_stats:
-            self._update_running(mean.reshape(n, c), var.reshape(n, c), s)
+        self._update_running(mean.reshape(n, c), var.reshape(n, c), s)
         return self._normalize(x, x3, axis, mean, invstd)
 
     def _update_running(self, mean: np.ndarray, var: np.ndarray, spatial: int) -> None:

@@ -153,18 +153,14 @@ class RowNorm(NormLayer):
         per_item = max(1, config.CPU_ITEM_ELEMENTS // length)
         if self.CENTERED:
             mean = np.empty(count, dtype=np.float64)
-            var = np.empty(count, dtype=np.float64)
-            kernels.row_statistics.for_size(rows.size)(
-                rows, config.CPU_ITEM_ELEMENTS, eps, mean, var, invstd
-            )
-            kernels.layer_normalize.for_size(rows.size)(
-                rows, y, per_item, mean, invstd, self._flat(self.weight), self._flat(self.bias)
-            )
+            kernels.layer_forward.for_size(rows.size)(
+                rows, y, per_item, config.CPU_ITEM_ELEMENTS, eps, self._flat(self.weight),
+                self._flat(self.bias), mean, invstd,
+            )  # fmt: skip
         else:
             mean = invstd
-            kernels.row_mean_squares.for_size(rows.size)(rows, eps, invstd)
-            kernels.rms_normalize.for_size(rows.size)(
-                rows, y, per_item, invstd, self._flat(self.weight)
+            kernels.rms_forward.for_size(rows.size)(
+                rows, y, per_item, eps, self._flat(self.weight), invstd
             )
         self._saved = (x, rows, axis, mean, invstd)
         return self._unrows(y, x.shape, axis)
