@@ -191,31 +191,35 @@ def _layer_backward(
             out = dx[r]
             mu = mean[r] if centered else 0.0
             s = invstd[r]
-            for k in range(length):
-                xmu[k] = v[k] - mu
             if affine:
                 for k in range(length):
+                    xmu[k] = v[k] - mu
                     g[k] = np.float64(d[k]) * weight[k]
             else:
                 for k in range(length):
+                    xmu[k] = v[k] - mu
                     g[k] = d[k]
             c1 = _sum(g) / length if centered else 0.0
             c2 = s * s * _sum_of_products64(g, xmu) / length
             for k in range(length):
                 out[k] = ((g[k] - c1) - xmu[k] * c2) * s
-            for k in range(length):
-                gw[k] += np.float64(d[k]) * xmu[k] * s
+                gw[k] += np.float64(d[k]) * (xmu[k] * s)
                 gb[k] += d[k]
 
 
-def _column_sums(part, total):
-    # total[k] = sum over blocks of part[b, k], in block order.
+def _column_sums(part, total, columns_per_item):
+    # total[k] = sum over blocks of part[b, k], in block order; each work item
+    # adds whole rows of a slice of columns (contiguous, vectorized).
     blocks, length = part.shape
-    for k in prange(length):
-        acc = 0.0
+    for item in prange((length + columns_per_item - 1) // columns_per_item):
+        c0 = item * columns_per_item
+        acc = total[c0 : min(c0 + columns_per_item, length)]
+        for k in range(acc.shape[0]):
+            acc[k] = 0.0
         for b in range(blocks):
-            acc += part[b, k]
-        total[k] = acc
+            source = part[b, c0 : c0 + acc.shape[0]]
+            for k in range(acc.shape[0]):
+                acc[k] += source[k]
 
 
 def _group_normalize(x, y, groups, mean, invstd, weight, bias):

@@ -109,3 +109,36 @@ def test_layer_norm_rows_are_standardized(x):
         expected = (row - mean) / np.sqrt(var + layer.eps)
         cond = 1.0 + abs(mean) / np.sqrt(var + layer.eps)
         assert np.abs(out - expected).max() <= 16 * eps32 * cond
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "kwargs", "shape", "moved"),
+    [
+        ("layer_norm", (6,), {}, (4, 5, 6), False),
+        ("layer_norm", (5,), {"channel_axis": 1}, (4, 5, 6), False),
+        ("rms_norm", (6,), {}, (4, 5, 6), True),
+        ("group_norm", (2, 6), {}, (4, 6, 5), False),
+        ("group_norm", (2, 6), {"channel_axis": -1}, (4, 5, 6), True),
+        ("instance_norm", (6,), {"track_running_stats": True}, (4, 6, 5), False),
+    ],
+)
+def test_out_gives_what_allocating_gives(name, args, kwargs, shape, moved):
+    rng = np.random.default_rng(9)
+    a = bnsgd_numba.create_normalization(name, *args, dtype=np.float64, **kwargs)
+    b = bnsgd_numba.create_normalization(name, *args, dtype=np.float64, **kwargs)
+    x = rng.standard_normal(shape)
+    dy = rng.standard_normal(shape)
+    # a non-contiguous out (a transposed buffer) takes the copying path
+    y_out = np.empty(shape[::-1]).T if moved else np.empty(shape)
+    dx_out = np.empty(shape[::-1]).T if moved else np.empty(shape)
+    for training in (True, False):
+        expected = a.forward(x, training)
+        assert b.forward(x, training, out=y_out) is y_out
+        np.testing.assert_array_equal(y_out, expected)
+        expected_dx = a.backward(dy)
+        assert b.backward(dy, out=dx_out) is dx_out
+        np.testing.assert_array_equal(dx_out, expected_dx)
+    with pytest.raises(ValueError, match="out"):
+        b.forward(x, out=np.empty(shape[:-1] + (shape[-1] + 1,)))
+    with pytest.raises(ValueError, match="overlaps"):
+        b.forward(x, out=x)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from bnsgd_numba import config
+from bnsgd_numba.batch_norm import _check_out as check_out
 from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations._base import (
     NO_ARRAY,
@@ -80,6 +81,24 @@ class GroupedNorm(NormLayer):
         )
         return np.moveaxis(a3.reshape(moved_shape), 1, axis)
 
+    def _target(
+        self, out: Any, like: np.ndarray, like3: np.ndarray, axis: int, others: tuple
+    ) -> np.ndarray:
+        """Return the (N, C, S) array the kernel writes: ``out``'s own memory when possible."""
+        if out is None:
+            return np.empty_like(like3)
+        check_out(out, like, "out", others)
+        if axis == 1 and out.flags.c_contiguous:
+            return out.reshape(like3.shape)
+        return np.empty_like(like3)
+
+    def _result(self, out: Any, target3: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
+        result = self._unncs(target3, shape, axis)
+        if out is None or np.may_share_memory(result, out):
+            return out if out is not None else result
+        np.copyto(out, result)
+        return out
+
     def _vector(self, array: np.ndarray | None) -> np.ndarray:
         return NO_ARRAY[self.dtype] if array is None else array
 
@@ -97,19 +116,20 @@ class GroupedNorm(NormLayer):
         return mean, var, invstd
 
     def _normalize(
-        self, x: np.ndarray, x3: np.ndarray, axis: int, mean: np.ndarray, invstd: np.ndarray
-    ) -> np.ndarray:
+        self, x: np.ndarray, x3: np.ndarray, axis: int, mean: np.ndarray, invstd: np.ndarray,
+        out: Any = None,
+    ) -> np.ndarray:  # fmt: skip
         from bnsgd_numba import _norm_kernels_cpu as kernels
 
-        y3 = np.empty_like(x3)
+        y3 = self._target(out, x, x3, axis, (self.weight, self.bias))
         kernels.group_normalize.for_size(x3.size)(
             x3, y3, self.num_groups, mean, invstd, self._vector(self.weight),
             self._vector(self.bias),
         )  # fmt: skip
         self._saved = ("groups", x, x3, axis, mean, invstd)
-        return self._unncs(y3, x.shape, axis)
+        return self._result(out, y3, x.shape, axis)
 
-    def forward(self, x: Any, training: bool = True) -> np.ndarray:
+    def forward(self, x: Any, training: bool = True, *, out: Any = None) -> np.ndarray:
         """Normalize each group of each sample of ``x``.
 
         Parameters
@@ -118,6 +138,8 @@ class GroupedNorm(NormLayer):
             ``num_channels`` channels on ``channel_axis``, the batch on axis 0.
         training : bool
             Accepted for the common layer API (no running statistics).
+        out : ndarray, optional
+            Where to write the output (shape and dtype of ``x``).
 
         Returns
         -------
@@ -126,9 +148,9 @@ class GroupedNorm(NormLayer):
         """
         x = float_input(x, "x", self.dtype, self.MIN_RANK)
         x3, axis = self._ncs(x, "x")
-        return self._fused_forward(x, x3, axis)
+        return self._fused_forward(x, x3, axis, out)
 
-    def _fused_forward(self, x: np.ndarray, x3: np.ndarray, axis: int) -> np.ndarray:
+    def _fused_forward(self, x: np.ndarray, x3: np.ndarray, axis: int, out: Any) -> np.ndarray:
         """Statistics and normalization in one pass over each group (no checks between)."""
         from bnsgd_numba import _norm_kernels_cpu as kernels
 
@@ -136,21 +158,23 @@ class GroupedNorm(NormLayer):
         mean = np.empty(rows, dtype=np.float64)
         var = np.empty_like(mean)
         invstd = np.empty_like(mean)
-        y3 = np.empty_like(x3)
+        y3 = self._target(out, x, x3, axis, (self.weight, self.bias))
         kernels.group_forward.for_size(x3.size)(
             x3, y3, self.num_groups, config.CPU_ITEM_ELEMENTS, self.eps,
             self._vector(self.weight), self._vector(self.bias), mean, var, invstd,
         )  # fmt: skip
         self._saved = ("groups", x, x3, axis, mean, invstd)
-        return self._unncs(y3, x.shape, axis)
+        return self._result(out, y3, x.shape, axis)
 
-    def backward(self, dy: Any) -> np.ndarray:
+    def backward(self, dy: Any, *, out: Any = None) -> np.ndarray:
         """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
 
         Parameters
         ----------
         dy : ndarray
             Gradient of the loss with respect to the last output.
+        out : ndarray, optional
+            Where to write dx (shape and dtype of the input).
 
         Returns
         -------
@@ -160,11 +184,12 @@ class GroupedNorm(NormLayer):
         from bnsgd_numba import _norm_kernels_cpu as kernels
 
         _, x, x3, axis, mean, invstd = self._saved_input()
-        dy3, _ = self._ncs(matching_dy(dy, x), "dy")
+        dy = matching_dy(dy, x)
+        dy3, _ = self._ncs(dy, "dy")
         n, c, s = x3.shape
         sum_dy = np.empty((n, c), dtype=np.float64)
         sum_dy_xmu = np.empty((n, c), dtype=np.float64)
-        dx3 = np.empty_like(x3)
+        dx3 = self._target(out, x, x3, axis, (dy, self.weight, self.bias))
         kernels.group_backward.for_size(x3.size)(
             dy3, x3, dx3, self.num_groups, mean, invstd, self._vector(self.weight), sum_dy,
             sum_dy_xmu,
@@ -175,7 +200,7 @@ class GroupedNorm(NormLayer):
             sum_dy, sum_dy_xmu, self.num_groups, invstd, grad_weight, grad_bias
         )
         self._set_gradients(grad_weight, grad_bias)
-        return self._unncs(dx3, x.shape, axis)
+        return self._result(out, dx3, x.shape, axis)
 
 
 class GroupNorm(GroupedNorm):

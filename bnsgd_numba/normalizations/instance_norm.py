@@ -92,7 +92,7 @@ class InstanceNorm(GroupedNorm):
     def _tracks_batches(self) -> bool:
         return self.track_running_stats
 
-    def forward(self, x: Any, training: bool = True) -> np.ndarray:
+    def forward(self, x: Any, training: bool = True, *, out: Any = None) -> np.ndarray:
         """Normalize each instance; in training also update the running statistics.
 
         Parameters
@@ -102,6 +102,8 @@ class InstanceNorm(GroupedNorm):
         training : bool
             Instance statistics (True, or without running statistics) or
             running statistics.
+        out : ndarray, optional
+            Where to write the output (shape and dtype of ``x``).
 
         Returns
         -------
@@ -113,7 +115,7 @@ class InstanceNorm(GroupedNorm):
             result, _ = forward_with_status(
                 x, self.weight, self.bias, self.running_mean, self.running_var,
                 training=False, momentum=0.0, eps=self.eps, channel_axis=self.channel_axis,
-                out=None, on_nonfinite="raise", warn_stacklevel=3,
+                out=out, on_nonfinite="raise", warn_stacklevel=3,
             )  # fmt: skip
             self._saved = ("running", x, result.save_mean, result.save_invstd)
             return result.y
@@ -124,12 +126,14 @@ class InstanceNorm(GroupedNorm):
                 f"x: expected more than 1 spatial element when training, got shape {x.shape}"
             )
         if not (training and self.track_running_stats):
-            return self._fused_forward(x, x3, axis)
+            return self._fused_forward(x, x3, axis, out)
         # the running update (or the refusal of non-finite statistics) comes
         # between the statistics and the first write
+        if out is not None:
+            self._target(out, x, x3, axis, (self.weight, self.bias))  # checked before writing
         mean, var, invstd = self._statistics(x3)
         self._update_running(mean.reshape(n, c), var.reshape(n, c), s)
-        return self._normalize(x, x3, axis, mean, invstd)
+        return self._normalize(x, x3, axis, mean, invstd, out)
 
     def _update_running(self, mean: np.ndarray, var: np.ndarray, spatial: int) -> None:
         finite = np.isfinite(mean).all(axis=0) & np.isfinite(var).all(axis=0)
@@ -155,13 +159,15 @@ class InstanceNorm(GroupedNorm):
         self.running_var[...] = keep * self.running_var.astype(np.float64) + factor * batch_var
         self.num_batches_tracked += 1
 
-    def backward(self, dy: Any) -> np.ndarray:
+    def backward(self, dy: Any, *, out: Any = None) -> np.ndarray:
         """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
 
         Parameters
         ----------
         dy : ndarray
             Gradient of the loss with respect to the last output.
+        out : ndarray, optional
+            Where to write dx (shape and dtype of the input).
 
         Returns
         -------
@@ -170,11 +176,11 @@ class InstanceNorm(GroupedNorm):
         """
         saved = self._saved_input()
         if saved[0] == "groups":
-            return super().backward(dy)
+            return super().backward(dy, out=out)
         _, x, save_mean, save_invstd = saved
         dx, dweight, dbias = batch_norm_backward(
             matching_dy(dy, x), x, self.weight, save_mean, save_invstd,
-            training=False, channel_axis=self.channel_axis,
+            training=False, channel_axis=self.channel_axis, out=out,
         )  # fmt: skip
         self._set_gradients(dweight, dbias)
         return dx

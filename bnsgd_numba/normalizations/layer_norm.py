@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from bnsgd_numba import config
+from bnsgd_numba.batch_norm import _check_out as check_out
 from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations._base import (
     NO_ARRAY,
@@ -126,7 +127,19 @@ class RowNorm(NormLayer):
             return NO_ARRAY[self.dtype]
         return np.ascontiguousarray(array).reshape(-1)
 
-    def forward(self, x: Any, training: bool = True) -> np.ndarray:
+    def _output(
+        self, out: Any, like: np.ndarray, rows: np.ndarray, axis: int | None, others: tuple
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Return (array to return, rows the kernel writes): ``out``'s own rows when possible."""
+        if out is None:
+            target = np.empty_like(rows)
+            return self._unrows(target, like.shape, axis), target
+        check_out(out, like, "out", others)
+        if axis is None and out.flags.c_contiguous:
+            return out, out.reshape(rows.shape)
+        return out, None
+
+    def forward(self, x: Any, training: bool = True, *, out: Any = None) -> np.ndarray:
         """Normalize each row of ``x`` (``training`` changes nothing: no running stats).
 
         Parameters
@@ -136,42 +149,58 @@ class RowNorm(NormLayer):
             ``channel_axis``.
         training : bool
             Accepted for the common layer API.
+        out : ndarray, optional
+            Where to write the output (shape and dtype of ``x``, not
+            overlapping it), so that a training loop runs without allocating.
 
         Returns
         -------
         ndarray
-            Shaped like ``x``.
+            Shaped like ``x`` (``out`` when given).
         """
         from bnsgd_numba import _norm_kernels_cpu as kernels
 
         x = float_input(x, "x", self.dtype, min_rank=1 if self.channel_axis is None else 2)
         rows, axis = self._rows(x, "x")
+        result, y = self._output(out, x, rows, axis, (self.weight, self.bias))
+        target = np.empty_like(rows) if y is None else y
         count, length = rows.shape
         eps = self._eps()
         invstd = np.empty(count, dtype=np.float64)
-        y = np.empty_like(rows)
         per_item = max(1, config.CPU_ITEM_ELEMENTS // length)
         if self.CENTERED:
             mean = np.empty(count, dtype=np.float64)
             kernels.layer_forward.for_size(rows.size)(
-                rows, y, per_item, config.CPU_ITEM_ELEMENTS, eps, self._flat(self.weight),
+                rows, target, per_item, config.CPU_ITEM_ELEMENTS, eps, self._flat(self.weight),
                 self._flat(self.bias), mean, invstd,
             )  # fmt: skip
         else:
             mean = invstd
             kernels.rms_forward.for_size(rows.size)(
-                rows, y, per_item, eps, self._flat(self.weight), invstd
+                rows, target, per_item, eps, self._flat(self.weight), invstd
             )
+        if y is None:
+            np.copyto(result, self._unrows(target, x.shape, axis))
         self._saved = (x, rows, axis, mean, invstd)
-        return self._unrows(y, x.shape, axis)
+        return result
 
-    def backward(self, dy: Any) -> np.ndarray:
+    def _partials(self, items: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        # the per-block column sums of backward, kept between calls of one shape
+        cached = getattr(self, "_partial_buffers", None)
+        if cached is None or cached[0].shape != (items, length):
+            cached = (np.empty((items, length)), np.empty((items, length)))
+            self._partial_buffers = cached
+        return cached
+
+    def backward(self, dy: Any, *, out: Any = None) -> np.ndarray:
         """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
 
         Parameters
         ----------
         dy : ndarray
             Gradient of the loss with respect to the last output.
+        out : ndarray, optional
+            Where to write dx (shape and dtype of the input).
 
         Returns
         -------
@@ -181,26 +210,28 @@ class RowNorm(NormLayer):
         from bnsgd_numba import _norm_kernels_cpu as kernels
 
         x, rows, axis, mean, invstd = self._saved_input()
-        dy_rows, _ = self._rows(matching_dy(dy, x), "dy")
+        dy = matching_dy(dy, x)
+        dy_rows, _ = self._rows(dy, "dy")
+        result, dx = self._output(out, x, rows, axis, (dy, self.weight, self.bias))
+        target = np.empty_like(rows) if dx is None else dx
         count, length = rows.shape
-        per_item = max(1, config.CPU_ITEM_ELEMENTS // length)
+        # larger blocks than the forward's: fewer partial rows to add up
+        per_item = max(1, 4 * config.CPU_ITEM_ELEMENTS // length)
         items = (count + per_item - 1) // per_item
-        part_gw = np.empty((items, length), dtype=np.float64)
-        part_gb = np.empty((items, length), dtype=np.float64)
-        dx = np.empty_like(rows)
-        weight = self._flat(self.weight)
+        part_gw, part_gb = self._partials(items, length)
         kernels.layer_backward.for_size(rows.size)(
-            dy_rows, rows, dx, per_item, mean, invstd, weight, self.CENTERED, part_gw, part_gb
-        )
-        if self.weight is not None:
-            total = np.empty(length, dtype=np.float64)
-            kernels.column_sums.for_size(part_gw.size)(part_gw, total)
-            self.grad_weight[...] = total.reshape(self.normalized_shape)
-        if self.bias is not None:
-            total = np.empty(length, dtype=np.float64)
-            kernels.column_sums.for_size(part_gb.size)(part_gb, total)
-            self.grad_bias[...] = total.reshape(self.normalized_shape)
-        return self._unrows(dx, x.shape, axis)
+            dy_rows, rows, target, per_item, mean, invstd, self._flat(self.weight),
+            self.CENTERED, part_gw, part_gb,
+        )  # fmt: skip
+        columns = config.CPU_RC_COLUMNS
+        for grad, part in ((self.grad_weight, part_gw), (self.grad_bias, part_gb)):
+            if grad is not None:
+                total = np.empty(length, dtype=np.float64)
+                kernels.column_sums.for_size(part.size)(part, total, columns)
+                grad[...] = total.reshape(self.normalized_shape)
+        if dx is None:
+            np.copyto(result, self._unrows(target, x.shape, axis))
+        return result
 
 
 class LayerNorm(RowNorm):
