@@ -13,8 +13,9 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
+from bnsgd_numba import ParameterArena
 from bnsgd_numba.data import Dataset
-from bnsgd_numba.distributed import train_distributed
+from bnsgd_numba.distributed import DataParallelSGD, train_distributed
 from bnsgd_numba.training import TrainConfig, train
 
 # float64: every tensor after the run agrees to this, relative to its largest value
@@ -25,6 +26,26 @@ comm = MPI.COMM_WORLD
 rank, ranks = comm.Get_rank(), comm.Get_size()
 rng = np.random.default_rng(7)
 features, classes = 6, 3
+
+# DataParallelSGD alone: rank 0's parameters broadcast at construction, the
+# gradients averaged (rank r holds r + 1: the mean is (ranks + 1) / 2, exact
+# in binary for 1 to 4 ranks), and a NaN on one rank skips the step everywhere.
+arena = ParameterArena([(2, 3), (4,)], dtype=np.float64)
+arena.flat_params[...] = np.arange(arena.size) + 100.0 * rank
+optimizer = DataParallelSGD(arena, comm=comm, lr=0.5)
+assert np.array_equal(arena.flat_params, np.arange(arena.size, dtype=np.float64)), rank
+arena.flat_grads[...] = rank + 1.0
+assert optimizer.step() is True
+mean = (ranks + 1) / 2
+assert np.array_equal(arena.flat_params, np.arange(arena.size) - 0.5 * mean), arena.flat_params
+assert np.array_equal(arena.flat_grads, np.full(arena.size, mean))
+before = arena.flat_params.copy()
+arena.flat_grads[...] = 1.0
+if rank == ranks - 1:
+    arena.flat_grads[3] = np.nan
+assert optimizer.step(skip_if_nonfinite=True) is False
+assert np.array_equal(arena.flat_params, before) and optimizer.skipped_steps == 1
+assert optimizer.parameters_in_sync()
 
 
 def split(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -94,6 +94,22 @@ except ValueError as error:
 else:
     raise AssertionError("a global batch of one value per channel was accepted")
 
+# a NaN on the last rank makes the global statistics non-finite: every rank
+# raises FloatingPointError naming the channel, nothing is updated anywhere
+layer = SyncBatchNorm(3, dtype=np.float64, comm=comm)
+x = np.ones((2, 3))
+x[:, 0] = [1.0, 2.0]
+if rank == ranks - 1:
+    x[1, 2] = np.nan
+try:
+    layer.forward(x, training=True)
+except FloatingPointError as error:
+    assert "1 channel(s) [2]" in str(error), error
+    assert layer.num_batches_tracked == 0 and np.all(layer.running_var == 1.0)
+    checks += 1
+else:
+    raise AssertionError("non-finite global statistics were accepted")
+
 mine = {"rank": rank, "ranks": ranks, "checks": checks, "worst": worst}
 # rank 0 prints every rank's line (lines of several processes may interleave)
 for result in comm.gather(mine) or []:
