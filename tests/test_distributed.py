@@ -256,17 +256,21 @@ def test_distributed_training_matches_single_process_training(launch, ranks):
     assert max(r["worst"] for r in results) <= 1e-12
 
 
-def _failure(launch, ranks: int, mode: str) -> tuple[subprocess.CompletedProcess, float]:
-    start = time.perf_counter()
-    done = launch(ranks, "failure.py", mode)
-    return done, time.perf_counter() - start
+def _failure(
+    launch, ranks: int, mode: str, reports: Path
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run failure.py; return the process and each rank's report line, by rank."""
+    done = launch(ranks, "failure.py", mode, str(reports))
+    lines = [
+        (reports / f"rank{r}.txt").read_text() if (reports / f"rank{r}.txt").exists() else ""
+        for r in range(ranks)
+    ]
+    return done, lines
 
 
-def test_bad_input_on_one_rank_ends_every_rank_with_a_clear_error(launch):
-    done, _ = _failure(launch, 3, "bad_input")
+def test_bad_input_on_one_rank_ends_every_rank_with_a_clear_error(launch, tmp_path):
+    done, lines = _failure(launch, 3, "bad_input", tmp_path)
     assert done.returncode != 0
-    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("RANK "))
-    assert len(lines) == 3, done.stdout + done.stderr
     for rank, line in enumerate(lines):
         assert line.startswith(f"RANK {rank} RankFailedValueError value_error=True"), line
         assert line.endswith(
@@ -276,21 +280,22 @@ def test_bad_input_on_one_rank_ends_every_rank_with_a_clear_error(launch):
     assert "finished without an error" not in done.stdout
 
 
-def test_exception_in_a_training_step_on_one_rank_ends_every_rank(launch):
+def test_exception_in_a_training_step_on_one_rank_ends_every_rank(launch, tmp_path):
     # the last rank fails in its loss while the others are in SyncBatchNorm.backward
-    done, _ = _failure(launch, 2, "train_step")
+    done, lines = _failure(launch, 2, "train_step", tmp_path)
     assert done.returncode != 0
-    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("RANK "))
-    assert len(lines) == 2, done.stdout + done.stderr
     for line in lines:
         assert "index_error=True" in line
         assert "rank 1 of 2 failed in training step 1: IndexError: index 99" in line
     assert "raised here in SyncBatchNorm.backward" in lines[0]
 
 
-def test_a_rank_that_never_joins_is_aborted_after_the_deadline(launch):
-    done, seconds = _failure(launch, 2, "hang")
+def test_a_rank_that_never_joins_is_aborted_after_the_deadline(launch, tmp_path):
+    start = time.perf_counter()
+    done, lines = _failure(launch, 2, "hang", tmp_path)
+    seconds = time.perf_counter() - start
     assert done.returncode != 0
+    assert lines == ["", ""]  # no rank got an error: the deadline ended them
     assert "did not complete within 2 s" in done.stderr
     assert "MPI_Abort" in done.stderr
     assert seconds < 30  # the silent rank sleeps 60 s: the abort ended it

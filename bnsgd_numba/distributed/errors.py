@@ -45,6 +45,9 @@ DEFAULT_TIMEOUT = 300.0
 ABORT_CODE = 75
 """Error code given to ``MPI_Abort`` when a collective misses its deadline."""
 
+ABORT_GRACE = 0.5
+"""Seconds between writing the abort message and calling ``MPI_Abort``."""
+
 MESSAGE_BYTES = 1024
 """Bytes of a failure message exchanged between ranks (longer ones are cut)."""
 
@@ -183,6 +186,9 @@ def abort(comm: Any, what: str, timeout: float) -> None:
         f"RankGuard); calling MPI_Abort (error code {ABORT_CODE})\n"
     )
     sys.stderr.flush()
+    # mpiexec forwards a rank's stderr asynchronously and tears the job down on
+    # MPI_Abort: give it a moment to deliver the message first.
+    time.sleep(ABORT_GRACE)
     comm.Abort(ABORT_CODE)
 
 

@@ -10,15 +10,18 @@ Modes (argv[1]):
 - ``hang``: the last rank never joins the collective; the others abort the
   job after the 2-second deadline.
 
-Rank 0 prints every rank's ``RANK <r> <ExceptionType> ...: <message>`` (the
-communicator is still usable after a RankFailedError: no collective is left
-pending), then the exception ends every rank.
+Every rank writes ``RANK <r> <ExceptionType> ...: <message>`` to
+``<argv[2]>/rank<r>.txt`` (files, because mpiexec may drop the output still in
+flight when it tears a failed job down), then a barrier (the communicator is
+still usable after a RankFailedError: no collective is left pending), then the
+exception ends every rank.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
@@ -29,6 +32,7 @@ comm = MPI.COMM_WORLD
 rank, ranks = comm.Get_rank(), comm.Get_size()
 last = rank == ranks - 1
 mode = sys.argv[1]
+reports = Path(sys.argv[2]) if len(sys.argv) > 2 else None
 
 
 def report(error: BaseException) -> None:
@@ -36,8 +40,9 @@ def report(error: BaseException) -> None:
         f"RANK {rank} {type(error).__name__} value_error={isinstance(error, ValueError)} "
         f"index_error={isinstance(error, IndexError)}: {error}"
     )
-    for each in comm.gather(line) or []:
-        print(each, flush=True)
+    if reports is not None:
+        (reports / f"rank{rank}.txt").write_text(line)
+    print(line, flush=True)
     comm.Barrier()  # every rank reported before any exits
 
 
