@@ -83,7 +83,9 @@ def test_rank_failed_error_keeps_the_builtin_type():
     assert type(plain) is RankFailedError
     assert str(plain) == "rank 0 of 2 failed in op: E: m; rank 1 of 2 failed in op: E: n"
     copy = pickle.loads(pickle.dumps(error))
-    assert str(copy) == str(error)
+    assert str(copy) == str(error) and isinstance(copy, ValueError)
+    key = _error_class("KeyError")("op", {1: "KeyError: 'w'"}, 2)
+    assert isinstance(key, KeyError) and str(key) == "rank 1 of 2 failed in op: KeyError: 'w'"
 
 
 def test_rank_slices_cover_the_batch():

@@ -59,10 +59,12 @@ class DataParallelSGD(SGD):
       does it).
     - Results equal single-process SGD on the full batch up to the rounding
       of the reduction order (the sum over ranks is MPI's, the division by
-      the number of ranks is exact for powers of two). MPICH and Open MPI
-      give every rank the same bits (reduce-scatter then allgather, or
-      recursive doubling with a commutative sum); :meth:`parameters_in_sync`
-      checks it.
+      the number of ranks is exact for powers of two). Every rank must get
+      the same bits from the Allreduce, which the MPI standard advises but
+      does not require; MPICH's algorithms (reduce-scatter then allgather,
+      recursive doubling with a commutative sum) do, and the tests check it
+      with MPICH on 2 and 3 ranks; :meth:`parameters_in_sync` checks it at
+      run time.
     - Bytes per step: an Allreduce of ``4 * arena.size`` (float32) bytes,
       which a ring or reduce-scatter/allgather algorithm carries as about
       ``2 * (ranks - 1) / ranks`` times that per rank, plus a 16-byte

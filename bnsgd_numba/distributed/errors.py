@@ -115,10 +115,21 @@ class RankFailedError(RuntimeError):
         message = "; ".join(parts)
         if any(place != where for place in self.failed_in.values()):
             message += f" (raised here in {where})"
+        self.message = message
         super().__init__(message)
 
+    def __str__(self) -> str:  # not KeyError's quoted form for RankFailedKeyError
+        return self.message
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (RankFailedError, (self.where, self.failures, self.size, self.failed_in))
+        base = getattr(type(self), "_builtin_name", "")
+        return (_rebuild, (base, self.where, self.failures, self.size, self.failed_in))
+
+
+def _rebuild(
+    base: str, where: str, failures: dict[int, str], size: int, failed_in: dict[int, str]
+) -> RankFailedError:
+    return _error_class(base)(where, failures, size, failed_in)
 
 
 def _error_class(base_name: str) -> type[RankFailedError]:
@@ -127,7 +138,8 @@ def _error_class(base_name: str) -> type[RankFailedError]:
         return RankFailedError
     cls = _CLASSES.get(base_name)
     if cls is None:
-        cls = type(f"RankFailed{base_name}", (RankFailedError, base), {"__module__": __name__})
+        namespace = {"__module__": __name__, "_builtin_name": base_name}
+        cls = type(f"RankFailed{base_name}", (RankFailedError, base), namespace)
         _CLASSES[base_name] = cls
     return cls
 
