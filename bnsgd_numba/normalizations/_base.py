@@ -26,6 +26,8 @@ __all__ = [
     "check_real",
     "float_input",
     "matching_dy",
+    "device_input",
+    "check_device_out",
 ]
 
 
@@ -95,14 +97,66 @@ def float_input(value: Any, name: str, dtype: np.dtype, min_rank: int = 2) -> np
     return array
 
 
-def matching_dy(dy: Any, x: np.ndarray) -> np.ndarray:
-    """Return ``dy`` as an array shaped and typed like the saved input ``x``."""
-    dy = np.asarray(dy)
-    if dy.dtype != x.dtype:
+def device_input(value: Any, name: str, dtype: np.dtype, min_rank: int, caller: str) -> Any:
+    """Return ``value`` as a numba device array of ``dtype`` and rank >= ``min_rank``."""
+    from bnsgd_numba import _cuda_backend as backend
+
+    backend.require_cuda(caller)
+    array = backend.as_device_array(value)
+    if np.dtype(array.dtype) != dtype:
+        raise TypeError(
+            f"{name}: dtype must be {dtype} (the layer's dtype), got {np.dtype(array.dtype)}"
+        )
+    if len(array.shape) < min_rank:
+        raise ValueError(
+            f"{name}: expected an array of rank >= {min_rank}, got shape {tuple(array.shape)}"
+        )
+    return array
+
+
+def matching_dy(dy: Any, x: Any) -> Any:
+    """Return ``dy`` as an array shaped and typed like the saved input ``x``, on its side."""
+    from bnsgd_numba._arrays import is_device_array
+
+    on_device = is_device_array(x)
+    if is_device_array(dy) != on_device:
+        raise TypeError(
+            "dy: host and device arrays cannot be mixed: the forward input was "
+            + ("a CUDA array" if on_device else "a host array")
+        )
+    if on_device:
+        from bnsgd_numba import _cuda_backend as backend
+
+        dy = backend.as_device_array(dy)
+    else:
+        dy = np.asarray(dy)
+    if np.dtype(dy.dtype) != np.dtype(x.dtype):
         raise TypeError(f"dy: dtype {dy.dtype} does not match the forward input ({x.dtype})")
-    if dy.shape != x.shape:
-        raise ValueError(f"dy: shape {dy.shape} does not match the forward input {x.shape}")
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(
+            f"dy: shape {tuple(dy.shape)} does not match the forward input {tuple(x.shape)}"
+        )
     return dy
+
+
+def check_device_out(out: Any, like: Any, others: tuple[Any, ...]) -> Any:
+    """Return ``out`` as a C-contiguous device array shaped and typed like ``like``."""
+    from bnsgd_numba import _cuda_backend as backend
+    from bnsgd_numba._arrays import is_device_array
+
+    if not is_device_array(out):
+        raise TypeError("out: the input is a CUDA array, so out must be one too")
+    out = backend.as_device_array(out)
+    if tuple(out.shape) != tuple(like.shape):
+        raise ValueError(f"out: shape {tuple(out.shape)} does not match x {tuple(like.shape)}")
+    if np.dtype(out.dtype) != np.dtype(like.dtype):
+        raise TypeError(f"out: dtype {out.dtype} does not match x ({like.dtype})")
+    if not out.is_c_contiguous():
+        raise ValueError("out: on the GPU, out must be C-contiguous")
+    for other in (like, *others):
+        if other is not None and is_device_array(other) and backend.overlaps(out, other):
+            raise ValueError("out overlaps another argument; pass a separate array")
+    return out
 
 
 def check_axis(channel_axis: Any) -> int:
@@ -136,8 +190,68 @@ class NormLayer:
 
     PARAMETERS: tuple[str, ...] = ("weight", "bias")
     BUFFERS: tuple[str, ...] = ()
+    GPU = True
     dtype: np.dtype
     num_batches_tracked: int = 0
+    _on_device: bool = False
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the layer's arrays are CUDA device arrays (see :meth:`to_device`)."""
+        return self._on_device
+
+    def _array_names(self) -> list[str]:
+        names = [*self.PARAMETERS, *(f"grad_{n}" for n in ("weight", "bias")), *self.BUFFERS]
+        return [n for n in dict.fromkeys(names) if getattr(self, n, None) is not None]
+
+    def to_device(self) -> NormLayer:
+        """Move parameters, gradients and buffers to the GPU; return self.
+
+        The layer then takes CUDA arrays (numba device arrays, or anything
+        with ``__cuda_array_interface__``) and returns device arrays.
+
+        Raises
+        ------
+        CudaUnavailableError
+            When CUDA kernels cannot run here (no GPU, no simulator).
+        NotImplementedError
+            For the variants without GPU kernels yet.
+        """
+        from bnsgd_numba import _cuda_backend as backend
+
+        name = type(self).__name__
+        if not self.GPU:
+            raise NotImplementedError(f"{name} has no GPU kernels yet; use it on the host")
+        backend.require_cuda(f"{name}.to_device")
+        if not self._on_device:
+            for key in self._array_names():
+                setattr(self, key, backend.to_device(getattr(self, key)))
+            self._on_device = True
+            self._saved = None
+        return self
+
+    def to_host(self) -> NormLayer:
+        """Move the layer's arrays back to the host (NumPy arrays); return self."""
+        if self._on_device:
+            for key in self._array_names():
+                setattr(self, key, getattr(self, key).copy_to_host())
+            self._on_device = False
+            self._saved = None
+        return self
+
+    def _check_side(self, x: Any, name: str = "x") -> bool:
+        """Return whether ``x`` is a CUDA array; raise TypeError if the layer is elsewhere."""
+        from bnsgd_numba._arrays import is_device_array
+
+        device = is_device_array(x)
+        if device != self._on_device:
+            where = "the GPU" if self._on_device else "the host"
+            move = "to_host()" if self._on_device else "to_device()"
+            raise TypeError(
+                f"{type(self).__name__}: the layer's arrays are on {where} but {name} is not; "
+                f"move {name}, or call the layer's {move}"
+            )
+        return device
 
     def _tracks_batches(self) -> bool:
         return False
@@ -158,9 +272,12 @@ class NormLayer:
         names = [*self.PARAMETERS, *self.BUFFERS]
         return [n for n in names if getattr(self, n, None) is not None]
 
+    def _host_copy(self, array: Any) -> np.ndarray:
+        return array.copy_to_host() if self._on_device else np.array(array, copy=True)
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Return copies of the parameters and buffers (PyTorch's keys)."""
-        state = {name: np.array(getattr(self, name), copy=True) for name in self._state_arrays()}
+        state = {name: self._host_copy(getattr(self, name)) for name in self._state_arrays()}
         if self._tracks_batches():
             state["num_batches_tracked"] = np.array(self.num_batches_tracked, dtype=np.int64)
         return state
@@ -184,7 +301,7 @@ class NormLayer:
         for key in self._state_arrays():
             value = np.asarray(state[key])
             target = getattr(self, key)
-            if value.shape != target.shape:
+            if value.shape != tuple(target.shape):
                 raise ValueError(
                     f"state_dict[{key!r}]: expected shape {target.shape}, got {value.shape}"
                 )
@@ -199,15 +316,22 @@ class NormLayer:
             if tracked.shape != () or tracked.dtype.kind not in "iu" or tracked < 0:
                 raise ValueError("state_dict['num_batches_tracked'] must be a non-negative integer")
         for key, value in arrays.items():
-            np.copyto(getattr(self, key), value)
+            if self._on_device:
+                getattr(self, key).copy_to_device(np.ascontiguousarray(value))
+            else:
+                np.copyto(getattr(self, key), value)
         if tracked is not None:
             self.num_batches_tracked = int(tracked)
 
     def _set_gradients(self, grad_weight: Any, grad_bias: Any) -> None:
-        if getattr(self, "weight", None) is not None and grad_weight is not None:
-            self.grad_weight[...] = np.reshape(grad_weight, self.grad_weight.shape)
-        if getattr(self, "bias", None) is not None and grad_bias is not None:
-            self.grad_bias[...] = np.reshape(grad_bias, self.grad_bias.shape)
+        for name, value in (("weight", grad_weight), ("bias", grad_bias)):
+            if getattr(self, name, None) is None or value is None:
+                continue
+            target = getattr(self, f"grad_{name}")
+            if self._on_device:
+                target.copy_to_device(value)  # a device array of the dtype (BatchNorm's)
+            else:
+                target[...] = np.reshape(value, target.shape)
 
     def _saved_input(self) -> Any:
         saved = getattr(self, "_saved", None)

@@ -193,11 +193,15 @@ class ChannelNorm:
     def _checked_input(self, x: Any) -> tuple[np.ndarray, int]:
         from bnsgd_numba.normalizations import _base
 
-        x = _base.float_input(x, "x", self.dtype)
-        axis = _base.channel_axis_index(self.channel_axis, x.ndim)
+        if self._check_side(x):  # type: ignore[attr-defined]
+            x = _base.device_input(x, "x", self.dtype, 2, f"{type(self).__name__}.forward")
+        else:
+            x = _base.float_input(x, "x", self.dtype)
+        axis = _base.channel_axis_index(self.channel_axis, len(x.shape))
         if x.shape[axis] != self.num_features:
             raise ValueError(
-                f"x: expected {self.num_features} channels on axis {axis}, got shape {x.shape}"
+                f"x: expected {self.num_features} channels on axis {axis}, "
+                f"got shape {tuple(x.shape)}"
             )
         return x, axis
 

@@ -68,6 +68,7 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
     """
 
     BUFFERS = ("running_mean", "running_var")
+    GPU = False  # no GPU kernels yet: to_device() raises NotImplementedError
 
     def __init__(
         self,

@@ -43,6 +43,7 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
     """
 
     BUFFERS = ("running_mean", "running_var")
+    GPU = False  # no GPU kernels yet: to_device() raises NotImplementedError
 
     def __init__(
         self,

@@ -146,6 +146,8 @@ class GroupedNorm(NormLayer):
         ndarray
             Shaped like ``x``.
         """
+        if self._check_side(x):
+            return self._forward_device(x, out)
         x = float_input(x, "x", self.dtype, self.MIN_RANK)
         x3, axis = self._ncs(x, "x")
         return self._fused_forward(x, x3, axis, out)
@@ -183,6 +185,8 @@ class GroupedNorm(NormLayer):
         """
         from bnsgd_numba import _norm_kernels_cpu as kernels
 
+        if self._saved_input()[0] == "gpu_groups":
+            return self._backward_device(dy, out)
         _, x, x3, axis, mean, invstd = self._saved_input()
         dy = matching_dy(dy, x)
         dy3, _ = self._ncs(dy, "dy")
@@ -201,6 +205,63 @@ class GroupedNorm(NormLayer):
         )
         self._set_gradients(grad_weight, grad_bias)
         return self._result(out, dx3, x.shape, axis)
+
+    # --- GPU -------------------------------------------------------------------------
+
+    def _device_ncs(self, a: Any, name: str) -> Any:
+        from bnsgd_numba.normalizations import _gpu
+
+        shape = tuple(a.shape)
+        axis = channel_axis_index(self.channel_axis, len(shape))
+        if shape[axis] != self.num_channels:
+            raise ValueError(
+                f"{name}: expected {self.num_channels} channels on axis {axis}, got shape {shape}"
+            )
+        if axis != 1:
+            raise ValueError(
+                f"{name}: on the GPU the channels must be on axis 1 (channel_axis="
+                f"{self.channel_axis} of a rank-{len(shape)} array)"
+            )
+        a = _gpu.contiguous(a, name, "(N, C, ...)")
+        return a.reshape(shape[0], self.num_channels, math.prod(shape[2:]))
+
+    def _device_output(self, out: Any, x: Any, others: tuple[Any, ...]) -> Any:
+        from bnsgd_numba import _cuda_backend as backend
+        from bnsgd_numba.normalizations import _base
+
+        if out is None:
+            return backend.device_empty(tuple(x.shape), self.dtype)
+        return _base.check_device_out(out, x, others)
+
+    def _checked_device_input(self, x: Any, caller: str) -> tuple[Any, Any]:
+        from bnsgd_numba.normalizations import _base
+
+        x = _base.device_input(x, "x", self.dtype, self.MIN_RANK, caller)
+        return x, self._device_ncs(x, "x")
+
+    def _forward_device(self, x: Any, out: Any) -> Any:
+        from bnsgd_numba.normalizations import _gpu
+
+        x, x3 = self._checked_device_input(x, f"{type(self).__name__}.forward")
+        y = self._device_output(out, x, (self.weight, self.bias))
+        mean, _, invstd, hi, lo = _gpu.group_forward(
+            x3, y.reshape(*x3.shape), self.weight, self.bias, self.num_groups, self.eps
+        )
+        self._saved = ("gpu_groups", x, x3, mean, invstd, hi, lo)
+        return y
+
+    def _backward_device(self, dy: Any, out: Any) -> Any:
+        from bnsgd_numba.normalizations import _gpu
+
+        _, x, x3, mean, invstd, hi, lo = self._saved_input()
+        dy = matching_dy(dy, x)
+        dy3 = self._device_ncs(dy, "dy")
+        dx = self._device_output(out, x, (dy, self.weight, self.bias))
+        _gpu.group_backward(
+            dy3, x3, dx.reshape(*x3.shape), self.weight, self.num_groups, invstd, mean, hi, lo,
+            self.grad_weight, self.grad_bias,
+        )  # fmt: skip
+        return dx
 
 
 class GroupNorm(GroupedNorm):

@@ -110,7 +110,11 @@ class InstanceNorm(GroupedNorm):
         ndarray
             Shaped like ``x``.
         """
-        x = float_input(x, "x", self.dtype, self.MIN_RANK)
+        on_device = self._check_side(x)
+        if on_device:
+            x, x3 = self._checked_device_input(x, "InstanceNorm.forward")
+        else:
+            x = float_input(x, "x", self.dtype, self.MIN_RANK)
         if not training and self.track_running_stats:
             result, _ = forward_with_status(
                 x, self.weight, self.bias, self.running_mean, self.running_var,
@@ -119,12 +123,15 @@ class InstanceNorm(GroupedNorm):
             )  # fmt: skip
             self._saved = ("running", x, result.save_mean, result.save_invstd)
             return result.y
-        x3, axis = self._ncs(x, "x")
+        if not on_device:
+            x3, axis = self._ncs(x, "x")
         n, c, s = x3.shape
         if training and s <= 1:
             raise ValueError(
                 f"x: expected more than 1 spatial element when training, got shape {x.shape}"
             )
+        if on_device:
+            return self._instance_forward_device(x, x3, out, training)
         if not (training and self.track_running_stats):
             return self._fused_forward(x, x3, axis, out)
         # the running update (or the refusal of non-finite statistics) comes
@@ -134,6 +141,19 @@ class InstanceNorm(GroupedNorm):
         mean, var, invstd = self._statistics(x3)
         self._update_running(mean.reshape(n, c), var.reshape(n, c), s)
         return self._normalize(x, x3, axis, mean, invstd, out)
+
+    def _instance_forward_device(self, x: Any, x3: Any, out: Any, training: bool) -> Any:
+        from bnsgd_numba.normalizations import _gpu
+
+        if not (training and self.track_running_stats):
+            return self._forward_device(x, out)
+        y = self._device_output(out, x, (self.weight, self.bias))
+        n, c, s = x3.shape
+        mean, var, invstd, hi, lo = _gpu.group_statistics(x3, c, self.eps)
+        self._update_running(mean.copy_to_host().reshape(n, c), var.copy_to_host().reshape(n, c), s)
+        _gpu.group_normalize(x3, y.reshape(n, c, s), self.weight, self.bias, c, invstd, hi, lo)
+        self._saved = ("gpu_groups", x, x3, mean, invstd, hi, lo)
+        return y
 
     def _update_running(self, mean: np.ndarray, var: np.ndarray, spatial: int) -> None:
         finite = np.isfinite(mean).all(axis=0) & np.isfinite(var).all(axis=0)
@@ -155,8 +175,13 @@ class InstanceNorm(GroupedNorm):
         batch_mean = mean.mean(axis=0)
         batch_var = (var * (spatial / (spatial - 1))).mean(axis=0)
         keep = 1.0 - factor
-        self.running_mean[...] = keep * self.running_mean.astype(np.float64) + factor * batch_mean
-        self.running_var[...] = keep * self.running_var.astype(np.float64) + factor * batch_var
+        for name, batch in (("running_mean", batch_mean), ("running_var", batch_var)):
+            current = self._host_copy(getattr(self, name)).astype(np.float64)
+            updated = (keep * current + factor * batch).astype(self.dtype)
+            if self._on_device:
+                getattr(self, name).copy_to_device(updated)
+            else:
+                getattr(self, name)[...] = updated
         self.num_batches_tracked += 1
 
     def backward(self, dy: Any, *, out: Any = None) -> np.ndarray:
@@ -175,7 +200,7 @@ class InstanceNorm(GroupedNorm):
             Gradient with respect to the last input.
         """
         saved = self._saved_input()
-        if saved[0] == "groups":
+        if saved[0] in ("groups", "gpu_groups"):
             return super().backward(dy, out=out)
         _, x, save_mean, save_invstd = saved
         dx, dweight, dbias = batch_norm_backward(

@@ -160,6 +160,8 @@ class RowNorm(NormLayer):
         """
         from bnsgd_numba import _norm_kernels_cpu as kernels
 
+        if self._check_side(x):
+            return self._forward_device(x, out)
         x = float_input(x, "x", self.dtype, min_rank=1 if self.channel_axis is None else 2)
         rows, axis = self._rows(x, "x")
         result, y = self._output(out, x, rows, axis, (self.weight, self.bias))
@@ -211,6 +213,8 @@ class RowNorm(NormLayer):
 
         x, rows, axis, mean, invstd = self._saved_input()
         dy = matching_dy(dy, x)
+        if self._on_device:
+            return self._backward_device(dy, out)
         dy_rows, _ = self._rows(dy, "dy")
         result, dx = self._output(out, x, rows, axis, (dy, self.weight, self.bias))
         target = np.empty_like(rows) if dx is None else dx
@@ -232,6 +236,69 @@ class RowNorm(NormLayer):
         if dx is None:
             np.copyto(result, self._unrows(target, x.shape, axis))
         return result
+
+    # --- GPU -------------------------------------------------------------------------
+
+    def _device_rows(self, a: Any, name: str) -> Any:
+        from bnsgd_numba.normalizations import _gpu
+
+        shape = tuple(a.shape)
+        k = len(self.normalized_shape)
+        if self.channel_axis is not None:
+            axis = channel_axis_index(self.channel_axis, len(shape))
+            if shape[axis] != self.features:
+                raise ValueError(
+                    f"{name}: expected {self.features} features on axis {axis}, got shape {shape}"
+                )
+            if axis != len(shape) - 1:
+                raise ValueError(
+                    f"{name}: on the GPU the normalized axis must be the last one "
+                    f"(channel_axis={self.channel_axis} of a rank-{len(shape)} array)"
+                )
+        elif len(shape) < k or shape[len(shape) - k :] != self.normalized_shape:
+            raise ValueError(
+                f"{name}: shape {shape} does not end with normalized_shape {self.normalized_shape}"
+            )
+        a = _gpu.contiguous(a, name, "the rows")
+        return a.reshape(math.prod(shape) // self.features, self.features)
+
+    def _device_flat(self, array: Any) -> Any:
+        return None if array is None else array.reshape(self.features)
+
+    def _forward_device(self, x: Any, out: Any) -> Any:
+        from bnsgd_numba import _cuda_backend as backend
+        from bnsgd_numba.normalizations import _base, _gpu
+
+        name = type(self).__name__
+        x = _base.device_input(x, "x", self.dtype, 1, f"{name}.forward")
+        rows = self._device_rows(x, "x")
+        if out is None:
+            y = backend.device_empty(tuple(x.shape), self.dtype)
+        else:
+            y = _base.check_device_out(out, x, (self.weight, self.bias))
+        mean, invstd = _gpu.rows_forward(
+            rows, y.reshape(*rows.shape), self._device_flat(self.weight),
+            self._device_flat(self.bias), self._eps(), self.CENTERED,
+        )  # fmt: skip
+        self._saved = (x, rows, None, mean, invstd)
+        return y
+
+    def _backward_device(self, dy: Any, out: Any) -> Any:
+        from bnsgd_numba import _cuda_backend as backend
+        from bnsgd_numba.normalizations import _base, _gpu
+
+        x, rows, _, mean, invstd = self._saved_input()
+        dy_rows = self._device_rows(dy, "dy")
+        if out is None:
+            dx = backend.device_empty(tuple(x.shape), self.dtype)
+        else:
+            dx = _base.check_device_out(out, x, (dy, self.weight, self.bias))
+        _gpu.rows_backward(
+            dy_rows, rows, dx.reshape(*rows.shape), self._device_flat(self.weight), mean,
+            invstd, self.CENTERED, self._device_flat(self.grad_weight),
+            self._device_flat(self.grad_bias),
+        )  # fmt: skip
+        return dx
 
 
 class LayerNorm(RowNorm):

@@ -66,6 +66,47 @@ def _signatures(dt):
         (sgd.scale, (c(dt), dt), False),
         (sgd.clamp, (c(dt), dt, dt), False),
         (sgd.fill, (c(dt), dt), False),
+        *_normalization_signatures(dt),
+    ]
+
+
+def _normalization_signatures(dt):
+    f64, i64, b1 = nt.float64, nt.int64, nt.boolean
+
+    def c(dtype, ndim=1):
+        return nt.Array(dtype, ndim, "C")
+
+    from bnsgd_numba import _norm_kernels_gpu as norm
+
+    rows, stats = c(dt, 2), (c(f64),) * 3
+    return [
+        (norm.row_statistics, (rows, f64, b1, *stats, *(c(dt),) * 3), True),
+        (norm.rows_normalize, (rows, rows, *(c(dt),) * 5, b1, b1), False),
+        (
+            norm.rows_gradient_sums,
+            (rows, rows, c(dt), c(f64), c(f64), b1, b1, c(f64), c(f64)),
+            True,
+        ),
+        (
+            norm.rows_input_gradient,
+            (rows, rows, rows, c(dt), c(f64), c(f64), b1, c(f64), c(f64)),
+            False,
+        ),
+        (norm.rows_parameter_gradients, (rows, rows, c(f64), c(f64), c(dt), c(dt)), False),
+        (norm.group_constants, (c(f64), c(dt), c(dt), i64, b1, c(dt, 2), c(dt)), False),
+        (norm.group_normalize, (c(dt, 3), c(dt, 3), i64, c(dt), c(dt), c(dt, 2), c(dt)), False),
+        (norm.group_channel_sums, (c(dt, 3), c(dt, 3), i64, c(f64), c(f64, 2), c(f64, 2)), True),
+        (
+            norm.group_gradient_constants,
+            (c(f64, 2), c(f64, 2), c(dt), c(f64), i64, f64, b1, c(dt, 2), c(dt), c(dt)),
+            False,
+        ),
+        (norm.group_parameter_gradients, (c(f64, 2), c(f64, 2), c(f64), i64, c(dt), c(dt)), False),
+        (
+            norm.group_input_gradient,
+            (*(c(dt, 3),) * 3, i64, c(dt), c(dt), c(dt, 2), c(dt), c(dt)),
+            False,
+        ),
     ]
 
 

@@ -1,0 +1,285 @@
+"""The normalization variants on CUDA arrays, against their CPU kernels (simulator: tiny shapes).
+
+layer_norm, rms_norm, group_norm and instance_norm have their own CUDA
+kernels (:mod:`bnsgd_numba._norm_kernels_gpu`); frozen_batch_norm runs
+BatchNorm's. batch_renorm and ghost_batch_norm have no GPU kernels yet and
+refuse ``to_device()``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bnsgd_numba as bn
+from bnsgd_numba import _cuda_backend as backend
+from bnsgd_numba._layouts import normalize_channel_axis
+from bnsgd_numba.testing import NormalizationCase, normalization_cases
+from bnsgd_numba.testing import checks as kit
+from tests.gpu.conftest import to_device, to_host
+
+# name, constructor arguments, input shape
+CASES = [
+    ("layer_norm", ((5,), {}), (3, 4, 5)),
+    ("layer_norm", (((4, 5),), {"bias": False}), (2, 4, 5)),
+    ("rms_norm", ((6,), {}), (4, 6)),
+    ("group_norm", ((2, 6), {}), (3, 6, 5)),
+    ("group_norm", ((3, 6), {"affine": False}), (2, 6, 2, 3)),
+    ("instance_norm", ((3,), {"affine": True}), (2, 3, 7)),
+    ("instance_norm", ((3,), {"affine": True, "track_running_stats": True}), (2, 3, 2, 4)),
+    ("frozen_batch_norm", ((3,), {}), (4, 3, 5)),
+]
+
+
+def _pair(name, arguments, dtype, seed=0):
+    args, kwargs = arguments
+    host = bn.create_normalization(name, *args, dtype=dtype, **kwargs)
+    rng = np.random.default_rng(seed)
+    for key in ("weight", "bias", "running_mean"):
+        value = getattr(host, key, None)
+        if value is not None:
+            value[...] = rng.uniform(0.5, 1.5, value.shape)
+    device = bn.create_normalization(name, *args, dtype=dtype, **kwargs)
+    device.load_state_dict(host.state_dict())
+    return host, device.to_device()
+
+
+def _tolerance(dtype, scale=1.0):
+    return 64 * float(np.finfo(dtype).eps) * max(1.0, scale)
+
+
+# float64 for every case; float32 for one case per kernel family (the simulator is slow)
+MATCH_CASES = [(*case, np.float64) for case in CASES] + [(*CASES[i], np.float32) for i in (0, 3)]
+
+
+@pytest.mark.parametrize(("name", "arguments", "shape", "dtype"), MATCH_CASES, ids=str)
+def test_device_layer_matches_its_cpu_kernels(name, arguments, shape, dtype):
+    host, device = _pair(name, arguments, dtype)
+    rng = np.random.default_rng(1)
+    passes = (True, True, False) if "track_running_stats" in arguments[1] else (True, False)
+    for training in passes:
+        x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        y = host.forward(x, training)
+        y_device = device.forward(to_device(x), training)
+        assert tuple(y_device.shape) == shape and y_device.dtype == dtype
+        np.testing.assert_allclose(to_host(y_device), y, rtol=0, atol=_tolerance(dtype, 3))
+        dx = host.backward(dy)
+        dx_device = device.backward(to_device(dy))
+        np.testing.assert_allclose(to_host(dx_device), dx, rtol=0, atol=_tolerance(dtype, 10))
+        for key, value in host.state_dict().items():
+            np.testing.assert_allclose(
+                device.state_dict()[key], value, rtol=_tolerance(dtype), err_msg=key
+            )
+        for grad_name in ("grad_weight", "grad_bias"):
+            grad = getattr(host, grad_name, None)
+            if grad is not None and getattr(host, grad_name.removeprefix("grad_")) is not None:
+                np.testing.assert_allclose(
+                    to_host(getattr(device, grad_name)), grad, rtol=0,
+                    atol=_tolerance(dtype, 10 * np.abs(grad).max()), err_msg=grad_name,
+                )  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "arguments", "shape"), [CASES[i] for i in (0, 2, 3, 5)], ids=str)
+def test_device_results_are_bitwise_reproducible_and_out_is_honoured(name, arguments, shape):
+    dtype = np.float32
+    _, device = _pair(name, arguments, dtype)
+    rng = np.random.default_rng(2)
+    x = to_device((rng.standard_normal(shape) + 1).astype(dtype))
+    dy = to_device(rng.standard_normal(shape).astype(dtype))
+    first = to_host(device.forward(x)), to_host(device.backward(dy))
+    y_out = to_device(np.zeros(shape, dtype))
+    dx_out = to_device(np.zeros(shape, dtype))
+    assert device.forward(x, out=y_out) is y_out
+    assert device.backward(dy, out=dx_out) is dx_out
+    np.testing.assert_array_equal(to_host(y_out), first[0])
+    np.testing.assert_array_equal(to_host(dx_out), first[1])
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "dtype"),
+    [
+        ("layer_norm", ((6,), {}), np.float32),
+        ("layer_norm", ((6,), {}), np.float64),
+        ("group_norm", ((2, 4), {}), np.float64),
+    ],
+)
+def test_device_constant_rows_give_exactly_the_bias(name, arguments, dtype):
+    _, device = _pair(name, arguments, dtype)
+    bias = to_host(device.bias)
+    shape = (2, 4, 6)
+    for value in (1.7974005664190091, -1e4 + 0.1, 3.0):
+        y = to_host(device.forward(to_device(np.full(shape, value, dtype))))
+        view = (1, 1, 6) if name == "layer_norm" else (1, 4, 1)
+        np.testing.assert_array_equal(y, np.broadcast_to(bias.reshape(view), shape))
+
+
+def test_mixed_host_and_device_arrays_are_rejected_before_anything_runs():
+    host, device = _pair("layer_norm", ((5,), {}), np.float64)
+    x = np.ones((2, 5))
+    with pytest.raises(TypeError, match="on the GPU but x is not"):
+        device.forward(x)
+    with pytest.raises(TypeError, match="on the host but x is not"):
+        host.forward(to_device(x))
+    device.forward(to_device(np.arange(10.0).reshape(2, 5)))
+    with pytest.raises(TypeError, match="cannot be mixed"):
+        device.backward(x)
+    with pytest.raises(TypeError, match="dtype"):
+        device.forward(to_device(x.astype(np.float32)))
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "kwargs", "shape", "message"),
+    [
+        ("layer_norm", (5,), {"channel_axis": 1}, (2, 5, 3), "last one"),
+        ("group_norm", (1, 3), {"channel_axis": -1}, (2, 4, 3), "axis 1"),
+        ("group_norm", (1, 3), {}, (2, 4, 3), "expected 3 channels"),
+    ],
+)
+def test_device_layouts_it_cannot_read_are_refused(name, args, kwargs, shape, message):
+    layer = bn.create_normalization(name, *args, dtype=np.float64, **kwargs).to_device()
+    before = layer.state_dict()
+    with pytest.raises(ValueError, match=message):
+        layer.forward(to_device(np.ones(shape)))
+    for key, value in layer.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+@pytest.mark.parametrize("name", ["batch_renorm", "ghost_batch_norm"])
+def test_variants_without_gpu_kernels_refuse_to_device(name):
+    layer = bn.create_normalization(name, 3)
+    with pytest.raises(NotImplementedError, match="no GPU kernels"):
+        layer.to_device()
+    assert not layer.on_device
+
+
+def test_state_dict_round_trip_through_the_device():
+    host, device = _pair("instance_norm", ((3,), {"affine": True, "track_running_stats": True}),
+                         np.float32)  # fmt: skip
+    device.forward(to_device(np.random.default_rng(3).standard_normal((2, 3, 4)).astype("f4")))
+    state = device.state_dict()
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    assert int(state["num_batches_tracked"]) == 1
+    back = device.to_host()
+    assert not back.on_device and isinstance(back.weight, np.ndarray)
+    np.testing.assert_array_equal(back.running_mean, state["running_mean"])
+
+
+# --- the conformance kit under the simulator ------------------------------------------
+
+
+class OnDevice:
+    """A host-facing stand-in for a device layer, so that the kit's checks drive it.
+
+    Inputs are copied to the device with the channel axis moved to where the
+    GPU path reads it (last for layer_norm/rms_norm, 1 otherwise), outputs are
+    copied back; ``weight``/``bias`` are host mirrors pushed to the device
+    before every call, gradients are pulled back after backward.
+    """
+
+    def __init__(self, factory, num_features, dtype, channel_axis, params, device_axis):
+        self.layer = factory(num_features, dtype=dtype, channel_axis=device_axis, **params)
+        self.layer.to_device()
+        self.axis, self.device_axis = channel_axis, device_axis
+        self.eps = getattr(self.layer, "eps", None) or float(np.finfo(dtype).eps)
+        self._pull()
+
+    def _pull(self):
+        for name in ("weight", "bias", "grad_weight", "grad_bias"):
+            value = getattr(self.layer, name, None)
+            setattr(self, name, None if value is None else to_host(value))
+
+    def _push(self):
+        for name in ("weight", "bias"):
+            value = getattr(self, name)
+            if value is not None:
+                getattr(self.layer, name).copy_to_device(np.ascontiguousarray(value))
+
+    def _to_device(self, a):
+        a = np.asarray(a)
+        # the facade's own check: channel_axis must exist (the kit's rank-1 input)
+        axis = normalize_channel_axis(self.axis, a.ndim)
+        return to_device(np.ascontiguousarray(np.moveaxis(a, axis, self.device_axis)))
+
+    def _from_device(self, a):
+        return np.moveaxis(to_host(a), self.device_axis, self.axis)
+
+    def forward(self, x, training=True):
+        self._push()
+        return self._from_device(self.layer.forward(self._to_device(x), training))
+
+    def backward(self, dy):
+        dx = self._from_device(self.layer.backward(self._to_device(dy)))
+        self._pull()
+        return dx
+
+    def state_dict(self):
+        self._push()
+        return self.layer.state_dict()
+
+    def load_state_dict(self, state):
+        self.layer.load_state_dict(state)
+        self._pull()
+
+
+GPU_VARIANTS = ["layer_norm", "rms_norm", "group_norm", "instance_norm", "frozen_batch_norm"]
+
+
+def _device_cases():
+    cases = []
+    # the first registered example of each variant: the simulator runs a Python
+    # thread per CUDA thread, and the kit launches hundreds of kernels per check
+    firsts = {}
+    for case in normalization_cases(GPU_VARIANTS):
+        firsts.setdefault(case.id.split("[")[0], case)
+    for case in firsts.values():
+        device_axis = -1 if case.id.startswith(("layer_norm", "rms_norm")) else 1
+
+        def factory(num_features, *, dtype, channel_axis, _case=case, _axis=device_axis, **p):
+            return OnDevice(_case.factory, num_features, dtype, channel_axis, p, _axis)
+
+        cases.append(
+            NormalizationCase(
+                f"{case.id}@device",
+                factory,
+                case.params,
+                case.standardizes,
+                case.batch_statistics,
+                case.min_rank,
+            )  # fmt: skip
+        )
+    return cases
+
+
+# Under the simulator (a Python thread per CUDA thread) the kit runs
+# check_rejects_bad_input on every variant and the state_dict round trip on the
+# variants whose kit inputs make few blocks; check_gradients (two device
+# forwards per input element), check_dtype_and_shape_preserved (16 layouts) and
+# the other round trips take minutes there. The device kernels are compared
+# with the CPU kernels above, which pass every check. On a real GPU
+# (BNSGD_NUMBA_REAL_GPU=1) every check runs on every variant.
+ALL_CHECKS = [
+    kit.check_rejects_bad_input,
+    kit.check_state_dict_round_trip_layer,
+    kit.check_gradients,
+    kit.check_dtype_and_shape_preserved,
+]
+SIMULATED = {
+    kit.check_rejects_bad_input: GPU_VARIANTS,
+    kit.check_state_dict_round_trip_layer: ["group_norm", "frozen_batch_norm"],
+}
+
+
+def _kit_pairs():
+    pairs = []
+    for case in _device_cases():
+        variant = case.id.split("[")[0]
+        for check in ALL_CHECKS:
+            if not backend.SIMULATOR or variant in SIMULATED.get(check, ()):
+                pairs.append(pytest.param(check, case, id=f"{case.id}-{check.__name__[6:]}"))
+    return pairs
+
+
+@pytest.mark.parametrize(("check", "case"), _kit_pairs())
+def test_kit_on_the_device(check, case):
+    check(case)
