@@ -57,9 +57,9 @@ def test_clip_grad_norm_matches_torch_and_the_exact_norm(norm_type, dtype):
     assert isinstance(total, float)
     # float64 accumulation: within a few float64 ulps of the exact value
     # (the power and root of a p-norm cost a few more).
-    assert total == pytest.approx(exact, rel=64 * np.finfo(np.float64).eps)
+    assert total == pytest.approx(exact, rel=float(64 * np.finfo(np.float64).eps))
     # torch accumulates float32 in float32
-    assert total == pytest.approx(torch_total, rel=32 * np.finfo(dtype).eps)
+    assert total == pytest.approx(torch_total, rel=float(32 * np.finfo(dtype).eps))
     eps = np.finfo(dtype).eps
     for g, p, e in zip(grads, params, expected, strict=True):
         assert g.dtype == dtype
