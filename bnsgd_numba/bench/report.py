@@ -340,8 +340,10 @@ def _extra_tables(probe: float, repeat: int) -> list[tuple[str, str]]:
         from bnsgd_numba.bench import normalizations
     except ImportError:
         return tables
-    rows, _ = normalizations.run(probe=probe, repeat=repeat)
-    tables.append(("Normalization variants (float32)", normalizations.format_table(rows, probe)))
+    rows, own_probe = normalizations.run(repeat=repeat)
+    tables.append(
+        ("Normalization variants (float32)", normalizations.format_table(rows, own_probe))
+    )
     return tables
 
 
