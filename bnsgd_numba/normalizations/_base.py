@@ -329,7 +329,11 @@ class NormLayer:
                 continue
             target = getattr(self, f"grad_{name}")
             if self._on_device:
-                target.copy_to_device(value)  # a device array of the dtype (BatchNorm's)
+                from bnsgd_numba._arrays import is_device_array
+
+                if not is_device_array(value):
+                    value = np.ascontiguousarray(value, dtype=self.dtype).reshape(target.shape)
+                target.copy_to_device(value)
             else:
                 target[...] = np.reshape(value, target.shape)
 

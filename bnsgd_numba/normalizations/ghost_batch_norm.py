@@ -43,7 +43,6 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
     """
 
     BUFFERS = ("running_mean", "running_var")
-    GPU = False  # no GPU kernels yet: to_device() raises NotImplementedError
 
     def __init__(
         self,
@@ -103,8 +102,11 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
         if smallest <= 1:
             raise ValueError(
                 f"x: expected more than 1 value per channel in every virtual batch of "
-                f"{self.virtual_batch_size} samples when training, got input of shape {x.shape}"
+                f"{self.virtual_batch_size} samples when training, got input of shape "
+                f"{tuple(x.shape)}"
             )
+        if self._on_device:
+            return self._forward_device(x, axis, chunks)
         layout = support.layout_of(x, axis)
         views = [support.view(x[a:b], axis, layout) for a, b in chunks]
         moments = [support.Moments(v, layout, self.eps) for v in views]
@@ -126,6 +128,61 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
             [m.invstd.astype(self.dtype) for m in moments], True,
         )  # fmt: skip
         return y
+
+    def _forward_device(self, x: Any, axis: int, chunks: list[tuple[int, int]]) -> Any:
+        # BatchNorm's GPU kernels on each virtual batch (a view of x along axis 0),
+        # with throw-away running statistics at momentum 1 that come back holding
+        # the virtual batch's mean and unbiased variance, for the pooled update.
+        from bnsgd_numba import _cuda_backend as backend
+        from bnsgd_numba.normalizations import _gpu
+
+        x = _gpu.contiguous(x, "x", "the virtual batches")
+        y = backend.device_empty(tuple(x.shape), self.dtype)
+        tracking = self.track_running_stats
+        c = self.num_features
+        means, invstds, stats = [], [], []
+        bad = 0
+        for a, b in chunks:
+            part = x[a:b]
+            running = (None, None)
+            if tracking:
+                running = (
+                    backend.to_device(np.zeros(c, self.dtype)),
+                    backend.to_device(np.ones(c, self.dtype)),
+                )
+            result, part_bad = forward_with_status(
+                part, self.weight, self.bias, *running, training=True, momentum=1.0,
+                eps=self.eps, channel_axis=axis, out=y[a:b], on_nonfinite=self.on_nonfinite,
+                warn_stacklevel=4,
+            )  # fmt: skip
+            bad += part_bad
+            means.append(result.save_mean)
+            invstds.append(result.save_invstd)
+            count = support.per_channel_count(tuple(part.shape), axis)
+            stats.append((count, *running))
+        if tracking and bad:
+            self.skipped_updates += 1
+        elif tracking:
+            self._update_running_pooled(stats)
+        self._saved = (x, axis, chunks, means, invstds, True)
+        return y
+
+    def _update_running_pooled(self, stats: list[tuple[int, Any, Any]]) -> None:
+        # Pooled from each virtual batch's mean and unbiased variance (rounded
+        # once to the dtype on the device): the CPU path's statistics.
+        total = float(sum(count for count, _, _ in stats))
+        dof = total - len(stats)
+        mean = np.zeros(self.num_features)
+        var = np.zeros(self.num_features)
+        for count, part_mean, part_var in stats:  # fixed order
+            mean += part_mean.copy_to_host().astype(np.float64) * (count / total)
+            var += part_var.copy_to_host().astype(np.float64) * ((count - 1) / dof)
+        factor = self._factor()
+        for name, batch in (("running_mean", mean), ("running_var", var)):
+            current = getattr(self, name).copy_to_host().astype(np.float64)
+            updated = (1.0 - factor) * current + factor * batch
+            getattr(self, name).copy_to_device(updated.astype(self.dtype))
+        self.num_batches_tracked += 1
 
     def _update_running(self, moments: list[support.Moments]) -> None:
         total = sum(m.count for m in moments)
@@ -160,8 +217,12 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
         """
         x, axis, chunks, means, invstds, training = self._saved_input()
         dy = matching_dy(dy, x)
-        layout = support.layout_of(x, axis)
-        dx = support.empty_output(x, axis, layout)
+        if self._on_device:
+            from bnsgd_numba import _cuda_backend as backend
+
+            dx = backend.device_empty(tuple(x.shape), self.dtype)
+        else:
+            dx = support.empty_output(x, axis, support.layout_of(x, axis))
         grad_weight = np.zeros(self.num_features)
         grad_bias = np.zeros(self.num_features)
         for (a, b), mean, invstd in zip(chunks, means, invstds, strict=True):
@@ -169,8 +230,8 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
                 dy[a:b], x[a:b], self.weight, mean, invstd, training=training,
                 channel_axis=axis, out=dx[a:b],
             )  # fmt: skip
-            grad_weight += dweight
-            grad_bias += dbias
+            grad_weight += self._host_copy(dweight)
+            grad_bias += self._host_copy(dbias)
         self._set_gradients(grad_weight, grad_bias)
         return dx
 
