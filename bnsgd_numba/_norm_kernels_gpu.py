@@ -277,3 +277,48 @@ def group_input_gradient(dy, x, dx, groups, hi, lo, dy_scale, shift, xmu_scale):
             xmu * xmu_scale[row]
         )
         i += stride
+
+
+# --- per-channel statistics over (N, S) (batch_renorm) -----------------------
+
+
+@gpu_kernel
+def channel_moments(x, mean, m2):
+    """Block c: mean and M2 of channel c of x (N, C, S) over its N * S values, float64."""
+    c = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    s = x.shape[2]
+    size = x.shape[0] * s
+    count = 0.0
+    mu = 0.0
+    squares = 0.0
+    i = tid
+    while i < size:
+        sample = i // s
+        v = float(x[sample, c, i - sample * s])
+        count += 1.0
+        delta = v - mu
+        mu += delta / count
+        squares += delta * (v - mu)
+        i += threads
+    count, mu, squares = _block_merge(tid, threads, count, mu, squares)
+    if tid == 0:
+        mean[c] = mu
+        m2[c] = squares
+
+
+@gpu_kernel
+def channel_normalize(x, y, hi, lo, scale, offset):
+    """y = ((x - hi[c]) - lo[c]) * scale[c] + offset[c] over x (N, C, S), grid-stride."""
+    n, channels, s = x.shape
+    size = n * channels * s
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < size:
+        q = i // s
+        k = i - q * s
+        sample = q // channels
+        c = q - sample * channels
+        y[sample, c, k] = ((x[sample, c, k] - hi[c]) - lo[c]) * scale[c] + offset[c]
+        i += stride

@@ -190,3 +190,24 @@ def contiguous(array: Any, name: str, what: str) -> Any:
             "pass a contiguous one"
         )
     return array
+
+
+def channel_moments(x3: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Host float64 (mean, M2) per channel of x (N, C, S) on the device."""
+    from bnsgd_numba import _norm_kernels_gpu as kernels
+
+    channels = x3.shape[1]
+    mean, m2 = _empty(channels, np.float64), _empty(channels, np.float64)
+    kernels.channel_moments[channels, _threads()](x3, mean, m2)
+    return mean.copy_to_host(), m2.copy_to_host()
+
+
+def channel_normalize(x3: Any, y3: Any, constants: tuple[np.ndarray, ...]) -> None:
+    """y = ((x - hi) - lo) * scale + offset per channel; ``constants`` are host arrays."""
+    from bnsgd_numba import _norm_kernels_gpu as kernels
+
+    hi, lo, scale, offset = (backend.to_device(c) for c in constants)
+    threads = _threads()
+    kernels.channel_normalize[_elementwise_grid(x3.size, threads), threads](
+        x3, y3, hi, lo, scale, offset
+    )

@@ -68,7 +68,6 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
     """
 
     BUFFERS = ("running_mean", "running_var")
-    GPU = False  # no GPU kernels yet: to_device() raises NotImplementedError
 
     def __init__(
         self,
@@ -142,6 +141,8 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
             raise ValueError(
                 f"x: expected more than 1 value per channel when training, got shape {x.shape}"
             )
+        if self._on_device:
+            return self._forward_device(x, axis)
         layout = support.layout_of(x, axis)
         x_view = support.view(x, axis, layout)
         moments = support.Moments(x_view, layout, self.eps)
@@ -156,8 +157,7 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
         with np.errstate(invalid="ignore"):
             r = np.clip(sigma_batch / sigma, 1.0 / r_max, r_max)
             d = np.clip((moments.mean - self.running_mean) / sigma, -d_max, d_max)
-        w = np.ones(self.num_features) if self.weight is None else self.weight.astype(np.float64)
-        b = np.zeros(self.num_features) if self.bias is None else self.bias.astype(np.float64)
+        w, b = self._affine64()
         shifted_bias = support.as_dtype(b + w * d, self.dtype)
         y = support.empty_output(x, axis, layout)
         support.normalize(
@@ -176,6 +176,69 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
             x, axis, moments.mean.astype(self.dtype), moments.invstd.astype(self.dtype), r, d
         )  # fmt: skip
         return y
+
+    def _forward_device(self, x: Any, axis: int) -> Any:
+        # Channel statistics by a CUDA kernel (one block per channel, Welford +
+        # Chan), r and d and the per-channel constants on the host (C values),
+        # then one elementwise kernel: the CPU path's arithmetic.
+        import math
+
+        from bnsgd_numba import _cuda_backend as backend
+        from bnsgd_numba.normalizations import _gpu
+
+        if axis != 1:
+            raise ValueError(
+                f"x: on the GPU the channels must be on axis 1 (channel_axis={self.channel_axis})"
+            )
+        x = _gpu.contiguous(x, "x", "(N, C, ...)")
+        shape = tuple(x.shape)
+        x3 = x.reshape(shape[0], shape[1], math.prod(shape[2:]))
+        mean, m2 = _gpu.channel_moments(x3)
+        count = float(shape[0] * x3.shape[2])
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            var = m2 / count
+            invstd = 1.0 / np.sqrt(var + self.eps)
+        bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(var)))
+        skip = bool(bad.size) and support.refuse_nonfinite(bad, self.on_nonfinite, "batch")
+        running_mean = self.running_mean.copy_to_host().astype(np.float64)
+        running_var = self.running_var.copy_to_host().astype(np.float64)
+        r_max, d_max = self.clipping_at(self.num_batches_tracked)
+        sigma = np.sqrt(running_var + self.eps)
+        with np.errstate(invalid="ignore"):
+            r = np.clip(np.sqrt(var + self.eps) / sigma, 1.0 / r_max, r_max)
+            d = np.clip((mean - running_mean) / sigma, -d_max, d_max)
+        w, b = self._affine64()
+        hi = mean.astype(self.dtype)
+        constants = (
+            hi,
+            (mean - hi.astype(np.float64)).astype(self.dtype),
+            (w * (invstd * r)).astype(self.dtype),
+            (b + w * d).astype(self.dtype),
+        )
+        y = backend.device_empty(shape, self.dtype)
+        _gpu.channel_normalize(x3, y.reshape(*x3.shape), constants)
+        if skip:
+            self.skipped_updates += 1
+        else:
+            factor = self._factor()
+            unbiased = m2 / (count - 1.0)
+            for name, current, batch in (
+                ("running_mean", running_mean, mean),
+                ("running_var", running_var, unbiased),
+            ):
+                updated = (1.0 - factor) * current + factor * batch
+                getattr(self, name).copy_to_device(updated.astype(self.dtype))
+            self.num_batches_tracked += 1
+        self._saved = (
+            x, axis, backend.to_device(hi), backend.to_device(invstd.astype(self.dtype)), r, d,
+        )  # fmt: skip
+        return y
+
+    def _affine64(self) -> tuple[np.ndarray, np.ndarray]:
+        c = self.num_features
+        w = np.ones(c) if self.weight is None else self._host_copy(self.weight).astype(np.float64)
+        b = np.zeros(c) if self.bias is None else self._host_copy(self.bias).astype(np.float64)
+        return w, b
 
     def backward(self, dy: Any) -> np.ndarray:
         """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
@@ -198,13 +261,18 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
             )
             self._set_gradients(dweight, dbias)
             return dx
-        w = np.ones(self.num_features) if self.weight is None else self.weight.astype(np.float64)
+        w, _ = self._affine64()
+        scaled_weight = support.as_dtype(w * r, self.dtype)
+        if self._on_device:
+            from bnsgd_numba import _cuda_backend as backend
+
+            scaled_weight = backend.to_device(scaled_weight)
         dx, dweight, dbias = batch_norm_backward(
-            dy, x, support.as_dtype(w * r, self.dtype), mean, invstd, training=True,
-            channel_axis=axis,
-        )  # fmt: skip
-        bias_grad = dbias.astype(np.float64)
-        self._set_gradients(r * dweight.astype(np.float64) + d * bias_grad, bias_grad)
+            dy, x, scaled_weight, mean, invstd, training=True, channel_axis=axis
+        )
+        bias_grad = self._host_copy(dbias).astype(np.float64)
+        weight_grad = self._host_copy(dweight).astype(np.float64)
+        self._set_gradients(r * weight_grad + d * bias_grad, bias_grad)
         return dx
 
     def __repr__(self) -> str:

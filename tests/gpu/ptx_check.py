@@ -102,6 +102,8 @@ def _normalization_signatures(dt):
             False,
         ),
         (norm.group_parameter_gradients, (c(f64, 2), c(f64, 2), c(f64), i64, c(dt), c(dt)), False),
+        (norm.channel_moments, (c(dt, 3), c(f64), c(f64)), True),
+        (norm.channel_normalize, (c(dt, 3), c(dt, 3), *(c(dt),) * 4), False),
         (
             norm.group_input_gradient,
             (*(c(dt, 3),) * 3, i64, c(dt), c(dt), c(dt, 2), c(dt), c(dt)),

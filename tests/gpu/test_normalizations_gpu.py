@@ -1,9 +1,9 @@
 """The normalization variants on CUDA arrays, against their CPU kernels (simulator: tiny shapes).
 
-layer_norm, rms_norm, group_norm and instance_norm have their own CUDA
-kernels (:mod:`bnsgd_numba._norm_kernels_gpu`); frozen_batch_norm and
-ghost_batch_norm (per virtual batch) run BatchNorm's. batch_renorm has no GPU
-path yet and refuses ``to_device()``.
+layer_norm, rms_norm, group_norm, instance_norm and batch_renorm have their own
+CUDA kernels (:mod:`bnsgd_numba._norm_kernels_gpu`; batch_renorm's backward is
+BatchNorm's); frozen_batch_norm and ghost_batch_norm (per virtual batch) run
+BatchNorm's.
 """
 
 from __future__ import annotations
@@ -29,6 +29,20 @@ CASES = [
     ("instance_norm", ((3,), {"affine": True, "track_running_stats": True}), (2, 3, 2, 4)),
     ("frozen_batch_norm", ((3,), {}), (4, 3, 5)),
     ("ghost_batch_norm", ((3,), {"virtual_batch_size": 2}), (5, 3, 4)),
+    (
+        "batch_renorm",
+        (
+            (3,),
+            {
+                "r_max": 1.5,
+                "d_max": 0.5,
+                "warmup_steps": 0,
+                "r_max_ramp_steps": 0,
+                "d_max_ramp_steps": 0,
+            },
+        ),
+        (4, 3, 5),
+    ),  # fmt: skip
 ]
 
 
@@ -146,11 +160,12 @@ def test_device_layouts_it_cannot_read_are_refused(name, args, kwargs, shape, me
         np.testing.assert_array_equal(value, before[key])
 
 
-def test_batch_renorm_has_no_gpu_path_and_refuses_to_device():
-    layer = bn.create_normalization("batch_renorm", 3)
-    with pytest.raises(NotImplementedError, match="no GPU kernels"):
-        layer.to_device()
-    assert not layer.on_device
+def test_batch_renorm_on_the_device_needs_channels_on_axis_1():
+    layer = bn.create_normalization("batch_renorm", 3, channel_axis=-1, dtype=np.float64)
+    layer.to_device()
+    with pytest.raises(ValueError, match="axis 1"):
+        layer.forward(to_device(np.ones((4, 2, 3))))
+    assert layer.num_batches_tracked == 0
 
 
 def test_state_dict_round_trip_through_the_device():
@@ -224,7 +239,7 @@ class OnDevice:
 
 GPU_VARIANTS = [
     "layer_norm", "rms_norm", "group_norm", "instance_norm", "frozen_batch_norm",
-    "ghost_batch_norm",
+    "ghost_batch_norm", "batch_renorm",
 ]  # fmt: skip
 
 
@@ -269,7 +284,12 @@ ALL_CHECKS = [
 ]
 SIMULATED = {
     kit.check_rejects_bad_input: GPU_VARIANTS,
-    kit.check_state_dict_round_trip_layer: ["group_norm", "frozen_batch_norm", "ghost_batch_norm"],
+    kit.check_state_dict_round_trip_layer: [
+        "group_norm",
+        "frozen_batch_norm",
+        "ghost_batch_norm",
+        "batch_renorm",
+    ],
 }
 
 
@@ -288,11 +308,13 @@ def test_kit_on_the_device(check, case):
     check(case)
 
 
-@pytest.mark.parametrize("name", ["ghost_batch_norm", "instance_norm"])
+@pytest.mark.parametrize("name", ["ghost_batch_norm", "instance_norm", "batch_renorm"])
 def test_device_nonfinite_statistics_leave_the_running_statistics_alone(name):
-    kwargs = {"virtual_batch_size": 2} if name == "ghost_batch_norm" else {
-        "track_running_stats": True
-    }  # fmt: skip
+    kwargs = {
+        "ghost_batch_norm": {"virtual_batch_size": 2},
+        "instance_norm": {"track_running_stats": True},
+        "batch_renorm": {},
+    }[name]
     layer = bn.create_normalization(name, 3, dtype=np.float64, **kwargs).to_device()
     x = np.random.default_rng(4).standard_normal((3, 3, 4))
     layer.forward(to_device(x))
