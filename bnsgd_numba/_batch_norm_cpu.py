@@ -149,14 +149,13 @@ def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
         r0 = rb * rows_per_item
         r1 = min(r0 + rows_per_item, rows)
         sums = part_mean[rb, c0:c1]
-        shift = x[r0, c0:c1]  # shifted sums, as in _moments_ncs
-        scratch = np.empty(c1 - c0, dtype=np.float64)
+        # sums shifted by the block's first row: a constant channel gives
+        # exactly 0 (the loop over channels vectorizes without reassoc)
+        shift = x[r0, c0:c1]
         for r in range(r0, r1):
             row = x[r, c0:c1]
             for j in range(c1 - c0):
-                scratch[j] = row[j] - np.float64(shift[j])
-            for j in range(c1 - c0):
-                sums[j] += scratch[j]
+                sums[j] += row[j] - np.float64(shift[j])
         inverse_count = 1.0 / (r1 - r0)
         for j in range(c1 - c0):
             sums[j] = shift[j] + sums[j] * inverse_count
