@@ -220,9 +220,7 @@ def forward_with_status(
     bias = no_array if bias is None else bias
     rows = rows_per_item(x_view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
     parallel = x.size >= config.CPU_SERIAL_BELOW
-
-    from bnsgd_numba import _batch_norm_cpu as kernels
-
+    kernels = _kernels()
     if training:
         tracked = running_mean is not None
         bad = kernels.forward_train(
@@ -329,10 +327,7 @@ def batch_norm_backward(
     rows = rows_per_item(x_view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
     dweight = np.empty(channels, dtype=x.dtype)
     dbias = np.empty(channels, dtype=x.dtype)
-
-    from bnsgd_numba import _batch_norm_cpu as kernels
-
-    kernels.backward(
+    _kernels().backward(
         dy_view, x_view, dx_kernel, _NO_ARRAY[x.dtype] if weight is None else weight,
         save_mean, save_invstd, dweight, dbias, training, layout != NCS,
         x.size >= config.CPU_SERIAL_BELOW, rows, config.CPU_RC_COLUMNS,
@@ -340,6 +335,18 @@ def batch_norm_backward(
     if dx_view is None:
         np.copyto(dx, _from_layout(dx_kernel, x.shape, axis, layout))
     return BatchNormGrads(dx, dweight, dbias)
+
+
+_KERNELS: list[Any] = []
+
+
+def _kernels() -> Any:
+    # the kernel module, imported (numba with it) on the first call only
+    if not _KERNELS:
+        from bnsgd_numba import _batch_norm_cpu
+
+        _KERNELS.append(_batch_norm_cpu)
+    return _KERNELS[0]
 
 
 def _float_input(value: Any, name: str) -> np.ndarray:
@@ -417,11 +424,24 @@ def _check_out(out: Any, x: np.ndarray, name: str, others: tuple[Any, ...]) -> N
         raise TypeError(f"{name}: dtype {out.dtype} does not match x ({x.dtype})")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
-    if np.may_share_memory(out, x) and np.shares_memory(out, x):
-        raise ValueError(f"{name} overlaps the input x; pass a separate array")
-    for other in others:
-        if other is not None and np.may_share_memory(out, other) and np.shares_memory(out, other):
-            raise ValueError(f"{name} overlaps another argument; pass a separate array")
+    owner = _owner(out)
+    for other, what in ((x, "the input x"), *((o, "another argument") for o in others)):
+        if other is None:
+            continue
+        other_owner = _owner(other) if owner is not None else None
+        if other_owner is not None and other_owner is not owner:
+            continue  # memory of two different NumPy arrays: no overlap
+        if np.shares_memory(out, other):
+            raise ValueError(f"{name} overlaps {what}; pass a separate array")
+
+
+def _owner(a: np.ndarray) -> np.ndarray | None:
+    # The NumPy array that owns a's memory, or None when the owner is not a
+    # plain NumPy array (then only NumPy's exact test can tell overlaps).
+    owner = a if a.base is None else a.base
+    if type(owner) is np.ndarray and owner.base is None:
+        return owner
+    return None
 
 
 def _nonfinite_channels(mean: np.ndarray, invstd: np.ndarray) -> np.ndarray:
