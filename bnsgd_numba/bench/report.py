@@ -287,6 +287,15 @@ def render(machine, probe, bn_rows, sgd_rows, startup, checks, extra_tables, plo
             f"![time against size]({plot_path.split('/')[-1]})",
             "",
         ]
+    lines += [
+        "## More",
+        "",
+        "- [RESULTS-sgd.md](RESULTS-sgd.md): the SGD benchmark's method and earlier runs.",
+        "- [RESULTS-normalizations.md](RESULTS-normalizations.md): the variants, and why the",
+        "  2x target is above the copy roofline for layer_norm and group_norm here.",
+        "- [RESULTS-distributed.md](RESULTS-distributed.md): MPI over 1 to 4 ranks.",
+        "- RESULTS-gpu.md is written by `bash benchmarks/gpu_check.sh` on a GPU machine.",
+    ]
     return "\n".join(lines) + "\n"
 
 
