@@ -72,6 +72,18 @@ def native_layout(a: np.ndarray, axis: int) -> str:
     return NCS
 
 
+def kernel_view(a: np.ndarray, axis: int) -> tuple[str, np.ndarray]:
+    """Return ``(native_layout(a, axis), to_layout(a, axis, that layout))`` in one go."""
+    if a.flags.c_contiguous:
+        channels = a.shape[axis]
+        if axis == a.ndim - 1:
+            return RC, a.reshape(-1, channels, 1)
+        before = math.prod(a.shape[:axis])
+        return NCS, a.reshape(before, channels, math.prod(a.shape[axis + 1 :]))
+    layout = native_layout(a, axis)
+    return layout, to_layout(a, axis, layout)
+
+
 def to_layout(a: np.ndarray, axis: int, layout: str) -> np.ndarray:
     """Return ``a`` in ``layout``: a view when possible, else a contiguous copy."""
     view = view_in_layout(a, axis, layout)

@@ -19,6 +19,7 @@ from bnsgd_numba._arrays import any_device_array
 from bnsgd_numba._layouts import (
     NCS,
     empty_in_layout,
+    kernel_view,
     native_layout,
     normalize_channel_axis,
     rows_per_item,
@@ -208,8 +209,7 @@ def forward_with_status(
     if out is not None:
         _check_out(out, x, "out", (running_mean, running_var, weight, bias))
 
-    layout = native_layout(x, axis)
-    x_view = to_layout(x, axis, layout)
+    layout, x_view = kernel_view(x, axis)
     y = out if out is not None else empty_in_layout(x, axis, layout)
     y_view = view_in_layout(y, axis, layout)
     y_kernel = y_view if y_view is not None else np.empty_like(x_view)
@@ -424,24 +424,25 @@ def _check_out(out: Any, x: np.ndarray, name: str, others: tuple[Any, ...]) -> N
         raise TypeError(f"{name}: dtype {out.dtype} does not match x ({x.dtype})")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
-    owner = _owner(out)
-    for other, what in ((x, "the input x"), *((o, "another argument") for o in others)):
+    # Memory owned by two different NumPy arrays cannot overlap: a cheap test
+    # first (the per-call cost matters for tiny inputs), NumPy's exact one
+    # only when it cannot tell.
+    owner = out if out.base is None else out.base
+    plain = type(owner) is np.ndarray and owner.base is None
+    for index, other in enumerate((x, *others)):
         if other is None:
             continue
-        other_owner = _owner(other) if owner is not None else None
-        if other_owner is not None and other_owner is not owner:
-            continue  # memory of two different NumPy arrays: no overlap
+        if plain:
+            other_owner = other if other.base is None else other.base
+            if (
+                other_owner is not owner
+                and type(other_owner) is np.ndarray
+                and other_owner.base is None
+            ):
+                continue
         if np.shares_memory(out, other):
+            what = "the input x" if index == 0 else "another argument"
             raise ValueError(f"{name} overlaps {what}; pass a separate array")
-
-
-def _owner(a: np.ndarray) -> np.ndarray | None:
-    # The NumPy array that owns a's memory, or None when the owner is not a
-    # plain NumPy array (then only NumPy's exact test can tell overlaps).
-    owner = a if a.base is None else a.base
-    if type(owner) is np.ndarray and owner.base is None:
-        return owner
-    return None
 
 
 def _nonfinite_channels(mean: np.ndarray, invstd: np.ndarray) -> np.ndarray:
