@@ -25,18 +25,12 @@ import numpy as np
 from numba import prange
 
 from bnsgd_numba._compile import KernelPair, cpu_kernel
-
-
-@cpu_kernel()
-def _merge_chan(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
-    # Chan, Golub & LeVeque (1979): combine (count, mean, M2) of two parts.
-    count = count_a + count_b
-    if count_b == 0.0:
-        return count_a, mean_a, m2_a
-    delta = mean_b - mean_a
-    mean = mean_a + delta * (count_b / count)
-    m2 = m2_a + m2_b + delta * delta * (count_a * count_b / count)
-    return count, mean, m2
+from bnsgd_numba._reductions import (
+    merge_chan,
+    sum_and_sum_of_squares,
+    sum_of_products,
+    sum_values,
+)
 
 
 @cpu_kernel()
@@ -54,32 +48,6 @@ def channel_constants(mean, invstd, weight, bias, shift_hi, shift_lo, scale, off
         w = np.float64(weight[c]) if weight.shape[0] > 0 else 1.0
         scale[c] = w * invstd[c]
         offset[c] = bias[c] if bias.shape[0] > 0 else 0.0
-
-
-@cpu_kernel(reduction=True)
-def _sum(values):
-    total = 0.0
-    for k in range(values.shape[0]):
-        total += values[k]
-    return total
-
-
-@cpu_kernel(reduction=True)
-def _sum_and_sum_of_squares(values):
-    total = 0.0
-    squares = 0.0
-    for k in range(values.shape[0]):
-        total += values[k]
-        squares += values[k] * values[k]
-    return total, squares
-
-
-@cpu_kernel(reduction=True)
-def _sum_of_products(a, b):
-    total = 0.0
-    for k in range(a.shape[0]):
-        total += np.float64(a[k]) * b[k]
-    return total
 
 
 @cpu_kernel()
@@ -107,7 +75,7 @@ def _moments_ncs(x, rows_per_item, mean, m2):
         scratch = np.empty(s, dtype=np.float64)
         total = 0.0
         for i in range(start, stop):
-            total += _sum(x[i, c])
+            total += sum_values(x[i, c])
         count = np.float64((stop - start) * s)
         rough = total / count
         deviation = 0.0
@@ -116,7 +84,7 @@ def _moments_ncs(x, rows_per_item, mean, m2):
             row = x[i, c]
             for k in range(s):
                 scratch[k] = row[k] - rough
-            row_sum, row_squares = _sum_and_sum_of_squares(scratch)
+            row_sum, row_squares = sum_and_sum_of_squares(scratch)
             deviation += row_sum
             squares += row_squares
         item_mean = rough + deviation / count
@@ -128,7 +96,7 @@ def _moments_ncs(x, rows_per_item, mean, m2):
         count, running_mean, running_m2 = 0.0, 0.0, 0.0
         for j in range(items_per_channel):
             item = c * items_per_channel + j
-            count, running_mean, running_m2 = _merge_chan(
+            count, running_mean, running_m2 = merge_chan(
                 count, running_mean, running_m2, part_count[item], part_mean[item], part_m2[item]
             )
         mean[c] = running_mean
@@ -169,7 +137,7 @@ def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
         count, running_mean, running_m2 = 0.0, 0.0, 0.0
         for rb in range(row_blocks):
             block_count = np.float64(min(rows_per_item, rows - rb * rows_per_item))
-            count, running_mean, running_m2 = _merge_chan(
+            count, running_mean, running_m2 = merge_chan(
                 count, running_mean, running_m2, block_count, part_mean[rb, c], part_m2[rb, c]
             )
         mean[c] = running_mean
@@ -218,9 +186,9 @@ def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
             v = x[i, c]
             for k in range(s):
                 xmu[k] = v[k] - mu
-            total_dy += _sum(g)
-            total_dy_xmu += _sum_of_products(g, xmu)
-            total_xmu += _sum(xmu)
+            total_dy += sum_values(g)
+            total_dy_xmu += sum_of_products(g, xmu)
+            total_xmu += sum_values(xmu)
         part_dy[item] = total_dy
         part_dy_xmu[item] = total_dy_xmu
         part_xmu[item] = total_xmu

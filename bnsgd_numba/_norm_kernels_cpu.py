@@ -27,18 +27,7 @@ import numpy as np
 from numba import prange
 
 from bnsgd_numba._compile import KernelPair, cpu_kernel
-
-
-@cpu_kernel()
-def _merge_chan(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
-    # Chan, Golub & LeVeque (1979): combine (count, mean, M2) of two parts.
-    count = count_a + count_b
-    if count_b == 0.0:
-        return count_a, mean_a, m2_a
-    delta = mean_b - mean_a
-    mean = mean_a + delta * (count_b / count)
-    m2 = m2_a + m2_b + delta * delta * (count_a * count_b / count)
-    return count, mean, m2
+from bnsgd_numba._reductions import merge_chan, sum_of_products, sum_of_squares, sum_values
 
 
 @cpu_kernel()
@@ -47,31 +36,7 @@ def _shifted_sum(row, shift, scratch):
     # the reassociating sum cannot fold the shift back in.
     for k in range(row.shape[0]):
         scratch[k] = row[k] - shift
-    return _sum(scratch)
-
-
-@cpu_kernel(reduction=True)
-def _sum(values):
-    total = 0.0
-    for k in range(values.shape[0]):
-        total += values[k]
-    return total
-
-
-@cpu_kernel(reduction=True)
-def _sum_of_squares(values):
-    total = 0.0
-    for k in range(values.shape[0]):
-        total += values[k] * values[k]
-    return total
-
-
-@cpu_kernel(reduction=True)
-def _sum_of_products64(a, b):
-    total = 0.0
-    for k in range(a.shape[0]):
-        total += a[k] * b[k]
-    return total
+    return sum_values(scratch)
 
 
 @cpu_kernel()
@@ -87,8 +52,8 @@ def _row_moments(row, block, scratch):
         part_mean = shift + _shifted_sum(part, shift, work) / size
         for k in range(size):
             work[k] = part[k] - part_mean
-        count, mean, m2 = _merge_chan(
-            count, mean, m2, np.float64(size), part_mean, _sum_of_squares(work)
+        count, mean, m2 = merge_chan(
+            count, mean, m2, np.float64(size), part_mean, sum_of_squares(work)
         )
     return mean, m2
 
@@ -102,15 +67,6 @@ def _row_statistics(x, block, eps, mean, var, invstd):
         mean[r] = mu
         var[r] = m2 / length
         invstd[r] = 1.0 / math.sqrt(var[r] + eps)
-
-
-@cpu_kernel(reduction=True)
-def _sum_of_squares64(values):
-    total = 0.0
-    for k in range(values.shape[0]):
-        v = np.float64(values[k])
-        total += v * v
-    return total
 
 
 def _layer_forward(x, y, rows_per_item, block, eps, weight, bias, mean, invstd):
@@ -155,7 +111,7 @@ def _rms_forward(x, y, rows_per_item, eps, weight, invrms):
         for r in range(r0, min(r0 + rows_per_item, rows)):
             source = x[r]
             target = y[r]
-            s64 = 1.0 / math.sqrt(_sum_of_squares64(source) / length + eps)
+            s64 = 1.0 / math.sqrt(sum_of_squares(source) / length + eps)
             invrms[r] = s64
             constants[0] = s64
             s = constants[0]
@@ -199,8 +155,8 @@ def _layer_backward(
                 for k in range(length):
                     xmu[k] = v[k] - mu
                     g[k] = d[k]
-            c1 = _sum(g) / length if centered else 0.0
-            c2 = s * s * _sum_of_products64(g, xmu) / length
+            c1 = sum_values(g) / length if centered else 0.0
+            c2 = s * s * sum_of_products(g, xmu) / length
             for k in range(length):
                 out[k] = ((g[k] - c1) - xmu[k] * c2) * s
                 gw[k] += np.float64(d[k]) * (xmu[k] * s)
@@ -296,8 +252,8 @@ def _group_backward(dy, x, dx, groups, mean, invstd, weight, sum_dy, sum_dy_xmu)
             v = x[i, c]
             for k in range(s):
                 xmu[k] = v[k] - mu
-            a = _sum(dy[i, c])
-            b = _sum_of_products64(xmu, dy[i, c])
+            a = sum_values(dy[i, c])
+            b = sum_of_products(xmu, dy[i, c])
             sum_dy[i, c] = a
             sum_dy_xmu[i, c] = b
             w = np.float64(weight[c]) if affine else 1.0

@@ -214,9 +214,6 @@ def test_learning_rate_is_settable_and_validated():
 
 
 def test_scheduler_from_the_registry_can_drive_the_optimizer():
-    scheduler_cls = getattr(bn, "Scheduler", None)
-    if scheduler_cls is None:  # pragma: no cover - registry not there yet
-        pytest.skip("schedulers not available")
     optimizer = bn.SGD([np.zeros(2)], lr=1.0)
     scheduler = bn.create_scheduler("step", base_lr=1.0, step_size=1, gamma=0.5)
     scheduler.bind(optimizer)

@@ -29,7 +29,6 @@ import numpy as np
 
 from bnsgd_numba import config
 from bnsgd_numba._arrays import is_device_array
-from bnsgd_numba._batch_norm_cpu import _merge_chan
 from bnsgd_numba._compile import cpu_kernel
 from bnsgd_numba._layouts import (
     NCS,
@@ -40,6 +39,7 @@ from bnsgd_numba._layouts import (
     to_layout,
     view_in_layout,
 )
+from bnsgd_numba._reductions import merge_chan
 from bnsgd_numba.batch_norm import (
     NonFiniteStatisticsError,
     _channel_vector,
@@ -67,7 +67,7 @@ def merge_rank_moments(table, channels, mean, m2):
     for c in range(channels):
         count, running_mean, running_m2 = 0.0, 0.0, 0.0
         for r in range(table.shape[0]):
-            count, running_mean, running_m2 = _merge_chan(
+            count, running_mean, running_m2 = merge_chan(
                 count, running_mean, running_m2, table[r, 0], table[r, 1 + c],
                 table[r, 1 + channels + c],
             )  # fmt: skip

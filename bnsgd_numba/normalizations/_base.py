@@ -190,7 +190,6 @@ class NormLayer:
 
     PARAMETERS: tuple[str, ...] = ("weight", "bias")
     BUFFERS: tuple[str, ...] = ()
-    GPU = True
     dtype: np.dtype
     num_batches_tracked: int = 0
     _on_device: bool = False
@@ -214,14 +213,10 @@ class NormLayer:
         ------
         CudaUnavailableError
             When CUDA kernels cannot run here (no GPU, no simulator).
-        NotImplementedError
-            For the variants without GPU kernels yet.
         """
         from bnsgd_numba import _cuda_backend as backend
 
         name = type(self).__name__
-        if not self.GPU:
-            raise NotImplementedError(f"{name} has no GPU kernels yet; use it on the host")
         backend.require_cuda(f"{name}.to_device")
         if not self._on_device:
             for key in self._array_names():
