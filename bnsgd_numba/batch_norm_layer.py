@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 
 from bnsgd_numba._arrays import is_device_array
+from bnsgd_numba._layer_state import load_checked_state
 from bnsgd_numba.batch_norm import (
     FLOAT_DTYPES,
     _momentum,
@@ -274,35 +275,9 @@ class BatchNorm:
         ValueError, TypeError
             When an entry has the wrong shape or dtype. Nothing is modified.
         """
-        expected = set(self.state_dict())
-        missing = sorted(expected - set(state))
-        unexpected = sorted(set(state) - expected)
-        if missing or unexpected:
-            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        arrays = {}
-        for key in expected - {"num_batches_tracked"}:
-            value = np.asarray(state[key])
-            if value.shape != (self.num_features,):
-                raise ValueError(
-                    f"state_dict[{key!r}]: expected shape ({self.num_features},), got {value.shape}"
-                )
-            if value.dtype != self.dtype:
-                raise TypeError(
-                    f"state_dict[{key!r}]: expected dtype {self.dtype}, got {value.dtype}"
-                )
-            arrays[key] = value
-        tracked = None
-        if "num_batches_tracked" in expected:
-            tracked = np.asarray(state["num_batches_tracked"])
-            if tracked.shape != () or tracked.dtype.kind not in "iu" or tracked < 0:
-                raise ValueError("state_dict['num_batches_tracked'] must be a non-negative integer")
-        for key, value in arrays.items():
-            if self.on_device:
-                getattr(self, key).copy_to_device(np.ascontiguousarray(value))
-            else:
-                np.copyto(getattr(self, key), value)
-        if tracked is not None:
-            self.num_batches_tracked = int(tracked)
+        load_checked_state(
+            self, state, sorted(set(self.state_dict()) - {"num_batches_tracked"}), self.on_device
+        )
 
     def __repr__(self) -> str:
         return (

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from bnsgd_numba._layer_state import load_checked_state
 from bnsgd_numba.batch_norm import FLOAT_DTYPES, _momentum, _positive_eps
 
 NO_ARRAY = {dtype: np.empty(0, dtype=dtype) for dtype in FLOAT_DTYPES}
@@ -287,36 +288,7 @@ class NormLayer:
         ValueError, TypeError
             When an entry has the wrong shape or dtype. Nothing is modified.
         """
-        expected = set(self.state_dict())
-        missing = sorted(expected - set(state))
-        unexpected = sorted(set(state) - expected)
-        if missing or unexpected:
-            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        arrays = {}
-        for key in self._state_arrays():
-            value = np.asarray(state[key])
-            target = getattr(self, key)
-            if value.shape != tuple(target.shape):
-                raise ValueError(
-                    f"state_dict[{key!r}]: expected shape {target.shape}, got {value.shape}"
-                )
-            if value.dtype != self.dtype:
-                raise TypeError(
-                    f"state_dict[{key!r}]: expected dtype {self.dtype}, got {value.dtype}"
-                )
-            arrays[key] = value
-        tracked = None
-        if "num_batches_tracked" in expected:
-            tracked = np.asarray(state["num_batches_tracked"])
-            if tracked.shape != () or tracked.dtype.kind not in "iu" or tracked < 0:
-                raise ValueError("state_dict['num_batches_tracked'] must be a non-negative integer")
-        for key, value in arrays.items():
-            if self._on_device:
-                getattr(self, key).copy_to_device(np.ascontiguousarray(value))
-            else:
-                np.copyto(getattr(self, key), value)
-        if tracked is not None:
-            self.num_batches_tracked = int(tracked)
+        load_checked_state(self, state, self._state_arrays(), self._on_device)
 
     def _set_gradients(self, grad_weight: Any, grad_bias: Any) -> None:
         for name, value in (("weight", grad_weight), ("bias", grad_bias)):
