@@ -37,6 +37,10 @@ import numpy as np
 # writes dx. An SGD step with momentum reads param, grad and buffer and writes
 # param and buffer.
 TRAFFIC = {"forward-train": 3, "backward": 5, "sgd-step": 5}
+# The normalization variants keep their statistics per row or group, which one
+# block reads once: forward reads x and writes y; backward reads dy and x and
+# writes dx (as in :mod:`bnsgd_numba.bench.normalizations`).
+VARIANT_TRAFFIC = {"forward": 2, "backward": 3}
 BN_CASES = (
     ("(256,64,56,56) NCHW", (256, 64, 56, 56), False),
     ("(256,64,56,56) channels-last", (256, 64, 56, 56), True),
@@ -63,6 +67,17 @@ SGD_SHAPES = (
     * 2
 )
 SMOKE_SGD_SHAPES = [(3, 4), (5,), (2, 2, 2)]
+#: (name, variant, shape, constructor arguments): issue 6's cases.
+VARIANT_CASES = (
+    ("layer_norm (4096,1024)", "layer_norm", (4096, 1024), ((1024,), {})),
+    ("group_norm (32,64,56,56), 8 groups", "group_norm", (32, 64, 56, 56), ((8, 64), {})),
+    ("rms_norm (4096,1024)", "rms_norm", (4096, 1024), ((1024,), {})),
+)
+SMOKE_VARIANT_CASES = (
+    ("layer_norm (3,8)", "layer_norm", (3, 8), ((8,), {})),
+    ("group_norm (2,4,3), 2 groups", "group_norm", (2, 4, 3), ((2, 4), {})),
+    ("rms_norm (3,8)", "rms_norm", (3, 8), ((8,), {})),
+)
 
 
 @dataclass
@@ -232,6 +247,85 @@ def _sgd_case(shapes, torch, synchronize, probe, repeat, calls) -> Row:
     )  # fmt: skip
 
 
+def _torch_variant(variant: str, layer: Any, x_host: np.ndarray, dy_host: np.ndarray, torch: Any):
+    """PyTorch's forward and backward of one variant on CUDA tensors: {operation: call}."""
+    xt = torch.from_numpy(x_host).cuda()
+    dyt = torch.from_numpy(dy_host).cuda()
+    wt = torch.from_numpy(np.ascontiguousarray(layer.weight.copy_to_host())).cuda()
+    aten = torch.ops.aten
+    if variant == "layer_norm":
+        bt = torch.from_numpy(np.ascontiguousarray(layer.bias.copy_to_host())).cuda()
+        shape = list(layer.normalized_shape)
+        _, mean, rstd = aten.native_layer_norm(xt, shape, wt, bt, layer.eps)
+        return {
+            "forward": lambda: aten.native_layer_norm(xt, shape, wt, bt, layer.eps),
+            "backward": lambda: aten.native_layer_norm_backward(
+                dyt, xt, shape, mean, rstd, wt, bt, [True, True, True]
+            ),
+        }
+    if variant == "group_norm":
+        bt = torch.from_numpy(np.ascontiguousarray(layer.bias.copy_to_host())).cuda()
+        n, c = x_host.shape[:2]
+        hw = x_host[0, 0].size
+        groups = layer.num_groups
+        _, mean, rstd = aten.native_group_norm(xt, wt, bt, n, c, hw, groups, layer.eps)
+        return {
+            "forward": lambda: aten.native_group_norm(xt, wt, bt, n, c, hw, groups, layer.eps),
+            "backward": lambda: aten.native_group_norm_backward(
+                dyt, xt, mean, rstd, wt, n, c, hw, groups, [True, True, True]
+            ),
+        }
+    # rms_norm: autograd through F.rms_norm (what a PyTorch user runs)
+    shape = list(layer.normalized_shape)
+    eps = layer._eps()
+    xg = xt.clone().requires_grad_()
+    wg = wt.clone().requires_grad_()
+    yg = torch.nn.functional.rms_norm(xg, shape, wg, eps)
+    return {
+        "forward": lambda: torch.nn.functional.rms_norm(xg, shape, wg, eps),
+        "backward": lambda: torch.autograd.grad(yg, (xg, wg), dyt, retain_graph=True),
+    }
+
+
+def _variant_case(name, variant, shape, arguments, torch, synchronize, probe, repeat, calls):
+    from bnsgd_numba import _cuda_backend as backend
+    from bnsgd_numba.registry import create_normalization
+
+    args, kwargs = arguments
+    rng = np.random.default_rng(2)
+    x_host = rng.standard_normal(shape, dtype=np.float32)
+    dy_host = rng.standard_normal(shape, dtype=np.float32)
+    layer = create_normalization(variant, *args, dtype=np.float32, **kwargs)
+    layer.weight[...] = rng.uniform(0.5, 1.5, layer.weight.shape)
+    if getattr(layer, "bias", None) is not None:
+        layer.bias[...] = rng.uniform(-0.5, 0.5, layer.bias.shape)
+    layer.to_device()
+    x, dy = backend.to_device(x_host), backend.to_device(dy_host)
+    y_out, dx_out = backend.device_empty(shape, np.float32), backend.device_empty(shape, np.float32)
+    layer.forward(x, out=y_out)
+    layer.backward(dy, out=dx_out)  # compiled; backward's saved input is x
+    ours = {
+        "forward": lambda: layer.forward(x, out=y_out),
+        "backward": lambda: layer.backward(dy, out=dx_out),
+    }
+    theirs = {} if torch is None else _torch_variant(variant, layer, x_host, dy_host, torch)
+    rows = []
+    nbytes = math.prod(shape) * 4
+    for operation, function in ours.items():
+        seconds = best_seconds(function, synchronize, repeat=repeat, calls=calls)
+        torch_s = None
+        if operation in theirs:
+            torch_s = best_seconds(theirs[operation], synchronize, repeat=repeat, calls=calls)
+        rate = VARIANT_TRAFFIC[operation] * nbytes / seconds
+        rows.append(
+            Row(
+                name, operation, seconds * 1e3, None if torch_s is None else torch_s * 1e3,
+                rate / 1e9, 100 * rate / probe,
+            )  # fmt: skip
+        )
+    return rows
+
+
 def _versions(torch: Any) -> list[str]:
     from bnsgd_numba import _cuda_backend as backend
 
@@ -293,7 +387,9 @@ def format_report(rows: list[Row], probe: float, versions: list[str], notes: lis
         "",
         "Targets (issue 5, on an H100): forward-train and backward at least as fast as "
         "PyTorch, the SGD arena step at least as fast as torch fused, and at least 70% of "
-        "the copy probe's bandwidth.",
+        "the copy probe's bandwidth. The normalization variants (issue 6) are measured "
+        "the same way against PyTorch on this GPU (GB/s: forward reads x and writes y, "
+        "backward reads dy and x and writes dx).",
         "",
         *notes,
     ]
@@ -320,6 +416,8 @@ def run(*, smoke: bool, repeat: int, calls: int) -> tuple[list[Row], float, Any]
             SMOKE_SGD_SHAPES if smoke else SGD_SHAPES, torch, synchronize, probe, repeat, calls
         )
     )
+    for case in SMOKE_VARIANT_CASES if smoke else VARIANT_CASES:
+        rows += _variant_case(*case, torch, synchronize, probe, repeat, calls)
     return rows, probe, torch
 
 

@@ -386,6 +386,7 @@ def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path, monkeypatch):
     text = report.read_text()
     assert "| (2,3,2,3) channels-last | backward |" in text
     assert "sgd-step (arena)" in text and "copy probe" in text and "a note" in text
+    assert "| rms_norm (3,8) | backward |" in text and "group_norm" in text
 
 
 @settings(max_examples=6, deadline=None)
