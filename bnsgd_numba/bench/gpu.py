@@ -319,8 +319,12 @@ def _variant_case(name, variant, shape, arguments, torch, synchronize, probe, re
         rate = VARIANT_TRAFFIC[operation] * nbytes / seconds
         rows.append(
             Row(
-                name, operation, seconds * 1e3, None if torch_s is None else torch_s * 1e3,
-                rate / 1e9, 100 * rate / probe,
+                name,
+                operation,
+                seconds * 1e3,
+                None if torch_s is None else torch_s * 1e3,
+                rate / 1e9,
+                100 * rate / probe,
             )  # fmt: skip
         )
     return rows
