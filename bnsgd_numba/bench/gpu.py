@@ -112,6 +112,39 @@ def best_seconds(
     return best
 
 
+#: When a list, every timed call is also run under ``torch.profiler`` and its
+#: per-kernel table appended here (``--profile``).
+PROFILE_LOG: list[str] | None = None
+
+
+def _timed(
+    label: str,
+    function: Callable[[], Any],
+    synchronize: Callable[[], None],
+    torch: Any,
+    *,
+    repeat: int,
+    calls: int,
+) -> float:
+    """:func:`best_seconds`, and a kernel profile of ``calls`` calls when profiling."""
+    seconds = best_seconds(function, synchronize, repeat=repeat, calls=calls)
+    if PROFILE_LOG is not None and torch is not None:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(calls):
+                function()
+            synchronize()
+        try:
+            table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=14)
+        except Exception:  # older profilers name the column differently
+            table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14)
+        PROFILE_LOG.append(
+            f"## {label}: {seconds * 1e3:.3f} ms per call (best of {repeat} x {calls}); "
+            f"profile of {calls} calls\n\n```\n{table}\n```\n"
+        )
+    return seconds
+
+
 def _torch_cuda() -> Any:
     try:
         import torch
@@ -203,10 +236,17 @@ def _bn_case(name, shape, channels_last, torch, synchronize, probe, repeat, call
     rows = []
     nbytes = math.prod(shape) * 4
     for operation, function in ours.items():
-        seconds = best_seconds(function, synchronize, repeat=repeat, calls=calls)
+        seconds = _timed(
+            f"ours {name} {operation}", function, synchronize, torch, repeat=repeat, calls=calls
+        )
         torch_s = None
         base = operation.split(",")[0]
-        if base in theirs:
+        if base in theirs and base == operation:
+            torch_s = _timed(
+                f"torch {name} {base}", theirs[base], synchronize, torch,
+                repeat=repeat, calls=calls,
+            )  # fmt: skip
+        elif base in theirs:
             torch_s = best_seconds(theirs[base], synchronize, repeat=repeat, calls=calls)
         rate = TRAFFIC[base] * nbytes / seconds
         rows.append(
@@ -312,10 +352,15 @@ def _variant_case(name, variant, shape, arguments, torch, synchronize, probe, re
     rows = []
     nbytes = math.prod(shape) * 4
     for operation, function in ours.items():
-        seconds = best_seconds(function, synchronize, repeat=repeat, calls=calls)
+        seconds = _timed(
+            f"ours {name} {operation}", function, synchronize, torch, repeat=repeat, calls=calls
+        )
         torch_s = None
         if operation in theirs:
-            torch_s = best_seconds(theirs[operation], synchronize, repeat=repeat, calls=calls)
+            torch_s = _timed(
+                f"torch {name} {operation}", theirs[operation], synchronize, torch,
+                repeat=repeat, calls=calls,
+            )  # fmt: skip
         rate = VARIANT_TRAFFIC[operation] * nbytes / seconds
         rows.append(
             Row(
@@ -433,7 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--calls", type=int, default=None)
     parser.add_argument("--note", action="append", default=[], help="a line for the report")
+    parser.add_argument(
+        "--profile", metavar="PATH", help="also write torch.profiler kernel tables here"
+    )
     args = parser.parse_args(argv)
+    global PROFILE_LOG
+    PROFILE_LOG = [] if args.profile else None
     repeat = args.repeat or (1 if args.smoke else 7)
     calls = args.calls or (1 if args.smoke else 20)
     rows, probe, torch = run(smoke=args.smoke, repeat=repeat, calls=calls)
@@ -442,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(report)
+    if args.profile:
+        with open(args.profile, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(PROFILE_LOG or ["(no profile: PyTorch with CUDA is needed)"]))
     return 0
 
 
