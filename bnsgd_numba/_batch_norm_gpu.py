@@ -149,50 +149,84 @@ def _block_sum3(tid, threads, a, b, c):
 # --- forward statistics -----------------------------------------------------
 
 
+@gpu_device_function
+def _corrected_moments(n, total, mean, deviations, deviations_sq):
+    # (count, mean, M2) by the corrected two-pass formula: ``mean`` is the
+    # first pass's total / n, and the second pass summed d = v - mean and d**2.
+    if n == 0.0:
+        return 0.0, 0.0, 0.0
+    correction = deviations / n
+    return n, mean + correction, max(0.0, deviations_sq - deviations * correction)
+
+
 @gpu_kernel
-def moments_ncs(x, span, part_n, part_mean, part_m2):
-    """Welford partials of x (N, C, S): block (c, b) reduces elements [b*span, ...) of c."""
+def moments_ncs(x, channels, inner, span, parts):
+    """Partials (count, mean, M2) of a flat (N, C, S) array: block (c, b) reduces span b of c.
+
+    Channel c holds m = N * S values; value j is ``x[((j // S) * C + c) * S + j % S]``.
+    Each thread runs the corrected two-pass algorithm over its few values in
+    float64 (the second pass re-reads them from cache; no division per
+    element, unlike Welford's update) and the threads' partials are merged
+    with Chan's formula. ``parts`` is (3, C, B).
+    """
     c = cuda.blockIdx.x
     b = cuda.blockIdx.y
     tid = cuda.threadIdx.x
     threads = cuda.blockDim.x
-    s_size = x.shape[2]
-    m = x.shape[0] * s_size
+    m = (x.shape[0] // (channels * inner)) * inner
     start = b * span
     stop = min(start + span, m)
+    first = start + tid
+    first_row = first // inner
+    first_col = first - first_row * inner
+    step_row = threads // inner
+    step_col = threads - step_row * inner
     n = 0.0
-    mean = 0.0
-    m2 = 0.0
-    j = start + tid
-    row = j // s_size
-    col = j - row * s_size
-    step_row = threads // s_size
-    step_col = threads - step_row * s_size
+    total = 0.0
+    j = first
+    row = first_row
+    col = first_col
     while j < stop:
-        v = float64(x[row, c, col])
+        total += float64(x[(row * channels + c) * inner + col])
         n += 1.0
-        d = v - mean
-        mean += d / n
-        m2 += d * (v - mean)
         j += threads
         row += step_row
         col += step_col
-        if col >= s_size:
-            col -= s_size
+        if col >= inner:
+            col -= inner
             row += 1
+    mean = total / n if n > 0.0 else 0.0
+    deviations = 0.0
+    deviations_sq = 0.0
+    j = first
+    row = first_row
+    col = first_col
+    while j < stop:
+        d = float64(x[(row * channels + c) * inner + col]) - mean
+        deviations += d
+        deviations_sq += d * d
+        j += threads
+        row += step_row
+        col += step_col
+        if col >= inner:
+            col -= inner
+            row += 1
+    n, mean, m2 = _corrected_moments(n, total, mean, deviations, deviations_sq)
     n, mean, m2 = _block_merge(tid, threads, n, mean, m2)
     if tid == 0:
-        part_n[c, b] = n
-        part_mean[c, b] = mean
-        part_m2[c, b] = m2
+        parts[0, c, b] = n
+        parts[1, c, b] = mean
+        parts[2, c, b] = m2
 
 
 @gpu_kernel
-def moments_rc(x, span, part_n, part_mean, part_m2):
-    """Welford partials of x (R, C): a (32 channels) x (span rows) tile per block.
+def moments_rc(x, channels, span, parts):
+    """Partials of a flat (R, C) array (channel fastest): a (32 channels) x (span rows) tile.
 
     ``blockDim = (32, TY)`` with TY a power of two; thread (tx, ty) reduces
-    rows ty, ty + TY, ... of its span for channel 32 * blockIdx.x + tx.
+    rows ty, ty + TY, ... of its span for channel 32 * blockIdx.x + tx, as
+    :func:`moments_ncs` does per thread, and the tile's rows are merged
+    through shared memory.
     """
     tile_n = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
     tile_mean = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
@@ -202,20 +236,24 @@ def moments_rc(x, span, part_n, part_mean, part_m2):
     rows_step = cuda.blockDim.y
     c = cuda.blockIdx.x * TILE_CHANNELS + tx
     b = cuda.blockIdx.y
-    rows = x.shape[0]
-    channels = x.shape[1]
+    rows = x.shape[0] // channels
     start = b * span
     stop = min(start + span, rows)
     n = 0.0
+    total = 0.0
+    deviations = 0.0
+    deviations_sq = 0.0
     mean = 0.0
-    m2 = 0.0
     if c < channels:
         for r in range(start + ty, stop, rows_step):
-            v = float64(x[r, c])
+            total += float64(x[r * channels + c])
             n += 1.0
-            d = v - mean
-            mean += d / n
-            m2 += d * (v - mean)
+        mean = total / n if n > 0.0 else 0.0
+        for r in range(start + ty, stop, rows_step):
+            d = float64(x[r * channels + c]) - mean
+            deviations += d
+            deviations_sq += d * d
+    n, mean, m2 = _corrected_moments(n, total, mean, deviations, deviations_sq)
     k = ty * TILE_CHANNELS + tx
     tile_n[k] = n
     tile_mean[k] = mean
@@ -234,45 +272,48 @@ def moments_rc(x, span, part_n, part_mean, part_m2):
         cuda.syncthreads()
         half //= 2
     if ty == 0 and c < channels:
-        part_n[c, b] = n
-        part_mean[c, b] = mean
-        part_m2[c, b] = m2
+        parts[0, c, b] = n
+        parts[1, c, b] = mean
+        parts[2, c, b] = m2
 
 
 @gpu_kernel
 def finish_moments(
-    part_n, part_mean, part_m2, eps, weight, bias, has_weight, has_bias,
-    mean64, m2_64, save_mean, save_invstd, shift_hi, shift_lo, scale, offset, bad,
+    parts, eps, weight, bias, has_weight, has_bias, stats, saved, constants, bad,
 ):  # fmt: skip
-    """Block c merges channel c's partials; writes its statistics and constants."""
+    """Block c merges channel c's partials; writes its statistics and constants.
+
+    ``stats`` (2, C) float64: mean and M2; ``saved`` (2, C): save_mean and
+    save_invstd; ``constants`` (4, C): shift_hi, shift_lo, scale, offset;
+    ``bad[c]`` is 1 when the statistics are not finite.
+    """
     c = cuda.blockIdx.x
     tid = cuda.threadIdx.x
     threads = cuda.blockDim.x
     n = 0.0
     mean = 0.0
     m2 = 0.0
-    for j in range(tid, part_n.shape[1], threads):
-        n, mean, m2 = _chan(n, mean, m2, part_n[c, j], part_mean[c, j], part_m2[c, j])
+    for j in range(tid, parts.shape[2], threads):
+        n, mean, m2 = _chan(n, mean, m2, parts[0, c, j], parts[1, c, j], parts[2, c, j])
     n, mean, m2 = _block_merge(tid, threads, n, mean, m2)
     if tid == 0:
         variance = m2 / n
         invstd = 1.0 / math.sqrt(variance + eps)
-        mean64[c] = mean
-        m2_64[c] = m2
-        save_mean[c] = mean
-        save_invstd[c] = invstd
-        shift_hi[c] = mean
-        shift_lo[c] = mean - float64(shift_hi[c])
+        stats[0, c] = mean
+        stats[1, c] = m2
+        saved[0, c] = mean
+        saved[1, c] = invstd
+        constants[0, c] = mean
+        constants[1, c] = mean - float64(constants[0, c])
         w = float64(weight[c]) if has_weight else 1.0
-        scale[c] = w * invstd
-        offset[c] = bias[c] if has_bias else 0.0
+        constants[2, c] = w * invstd
+        constants[3, c] = bias[c] if has_bias else 0.0
         bad[c] = 0 if (math.isfinite(mean) and math.isfinite(variance)) else 1
 
 
 @gpu_kernel
 def finish_running(
-    bad, count, momentum, tracked, stop_on_nonfinite, mean64, m2_64,
-    running_mean, running_var, status,
+    bad, count, momentum, tracked, stop_on_nonfinite, stats, running_mean, running_var, status,
 ):  # fmt: skip
     """One block: count non-finite channels into status; update running statistics.
 
@@ -301,40 +342,40 @@ def finish_running(
     if tracked and total[0] == 0:
         keep = 1.0 - momentum
         for c in range(tid, channels, threads):
-            unbiased = m2_64[c] / (count - 1.0)
-            running_mean[c] = keep * float64(running_mean[c]) + momentum * mean64[c]
+            unbiased = stats[1, c] / (count - 1.0)
+            running_mean[c] = keep * float64(running_mean[c]) + momentum * stats[0, c]
             running_var[c] = keep * float64(running_var[c]) + momentum * unbiased
 
 
 @gpu_kernel
 def eval_constants(
-    running_mean, running_var, eps, weight, bias, has_weight, has_bias,
-    save_mean, save_invstd, shift_hi, shift_lo, scale, offset,
+    running_mean, running_var, eps, weight, bias, has_weight, has_bias, saved, constants,
 ):  # fmt: skip
-    """Per-channel constants of eval mode, from the running statistics."""
+    """Per-channel constants of eval mode, from the running statistics (as :func:`finish_moments`)."""
     c = cuda.grid(1)
     if c < running_mean.shape[0]:
         mean = float64(running_mean[c])
         invstd = 1.0 / math.sqrt(float64(running_var[c]) + eps)
-        save_mean[c] = running_mean[c]
-        save_invstd[c] = invstd
-        shift_hi[c] = mean
-        shift_lo[c] = mean - float64(shift_hi[c])
+        saved[0, c] = running_mean[c]
+        saved[1, c] = invstd
+        constants[0, c] = mean
+        constants[1, c] = mean - float64(constants[0, c])
         w = float64(weight[c]) if has_weight else 1.0
-        scale[c] = w * invstd
-        offset[c] = bias[c] if has_bias else 0.0
+        constants[2, c] = w * invstd
+        constants[3, c] = bias[c] if has_bias else 0.0
 
 
 # --- elementwise ------------------------------------------------------------
 
 
 @gpu_kernel
-def normalize(x, y, inner, channels, step_s, step_c, shift_hi, shift_lo, scale, offset, status):
+def normalize(x, y, inner, channels, step_s, step_c, constants, status):
     """y = ((x - shift_hi) - shift_lo) * scale + offset over flat views (skipped if status[1] == 0).
 
-    Element i is in channel (i // inner) % channels: ``inner`` is S for
-    ``ncs`` and 1 for ``rc``. The channel is divided out once per thread and
-    then advanced by the grid stride, ``step_s = stride % inner`` and
+    ``constants`` is (4, C): shift_hi, shift_lo, scale, offset. Element i is
+    in channel (i // inner) % channels: ``inner`` is S for ``ncs`` and 1 for
+    ``rc``. The channel is divided out once per thread and then advanced by
+    the grid stride, ``step_s = stride % inner`` and
     ``step_c = (stride // inner) % channels`` (64-bit division per element
     would cost more than the arithmetic).
     """
@@ -347,7 +388,7 @@ def normalize(x, y, inner, channels, step_s, step_c, shift_hi, shift_lo, scale, 
     s = i - q * inner
     c = q % channels
     while i < size:
-        y[i] = ((x[i] - shift_hi[c]) - shift_lo[c]) * scale[c] + offset[c]
+        y[i] = ((x[i] - constants[0, c]) - constants[1, c]) * constants[2, c] + constants[3, c]
         i += stride
         s += step_s
         c += step_c
@@ -359,12 +400,37 @@ def normalize(x, y, inner, channels, step_s, step_c, shift_hi, shift_lo, scale, 
 
 
 @gpu_kernel
-def input_gradient(
-    dy, x, dx, inner, channels, step_s, step_c, center_hi, center_lo, dy_scale, shift, xmu_scale
-):  # fmt: skip
+def normalize_planes(x, y, inner, channels, constants, status):
+    """:func:`normalize` for ``ncs`` with long rows: block p writes plane p = (n, c) of S values.
+
+    The channel's constants are read once per thread; the grid is
+    ``(min(N*C, 65535*...), )`` with a plane stride, consecutive threads
+    write consecutive elements.
+    """
+    if status[1] == 0:
+        return
+    planes = x.shape[0] // inner
+    tid = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    plane = cuda.blockIdx.x
+    while plane < planes:
+        c = plane % channels
+        hi = constants[0, c]
+        lo = constants[1, c]
+        scale = constants[2, c]
+        offset = constants[3, c]
+        base = plane * inner
+        for s in range(tid, inner, threads):
+            y[base + s] = ((x[base + s] - hi) - lo) * scale + offset
+        plane += cuda.gridDim.x
+
+
+@gpu_kernel
+def input_gradient(dy, x, dx, inner, channels, step_s, step_c, center_hi, constants):
     """dx = ((dy - shift) - ((x - center_hi) - center_lo) * xmu_scale) * dy_scale, flat views.
 
-    Channels as in :func:`normalize`.
+    ``constants`` is (4, C): dy_scale, shift, xmu_scale, center_lo. Channels
+    as in :func:`normalize`.
     """
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
@@ -373,8 +439,8 @@ def input_gradient(
     s = i - q * inner
     c = q % channels
     while i < size:
-        xmu = (x[i] - center_hi[c]) - center_lo[c]
-        dx[i] = ((dy[i] - shift[c]) - xmu * xmu_scale[c]) * dy_scale[c]
+        xmu = (x[i] - center_hi[c]) - constants[3, c]
+        dx[i] = ((dy[i] - constants[1, c]) - xmu * constants[2, c]) * constants[0, c]
         i += stride
         s += step_s
         c += step_c
@@ -385,21 +451,43 @@ def input_gradient(
             c -= channels
 
 
+@gpu_kernel
+def input_gradient_planes(dy, x, dx, inner, channels, center_hi, constants):
+    """:func:`input_gradient` for ``ncs`` with long rows, one plane per block (as :func:`normalize_planes`)."""
+    planes = x.shape[0] // inner
+    tid = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    plane = cuda.blockIdx.x
+    while plane < planes:
+        c = plane % channels
+        hi = center_hi[c]
+        dy_scale = constants[0, c]
+        shift = constants[1, c]
+        xmu_scale = constants[2, c]
+        lo = constants[3, c]
+        base = plane * inner
+        for s in range(tid, inner, threads):
+            xmu = (x[base + s] - hi) - lo
+            dx[base + s] = ((dy[base + s] - shift) - xmu * xmu_scale) * dy_scale
+        plane += cuda.gridDim.x
+
+
 # --- backward sums ----------------------------------------------------------
 
 
 @gpu_kernel
-def gradient_sums_ncs(dy, x, center, span, part):
+def gradient_sums_ncs(dy, x, channels, inner, center, span, part):
     """Partials of sum(dy), sum(dy * (x - center)), sum(x - center), float64.
 
-    ``part`` is (3, C, B); block (c, b) reduces elements [b*span, ...) of c.
+    Flat (N, C, S) arrays, indexed as in :func:`moments_ncs`. ``part`` is
+    (3, C, B); block (c, b) reduces elements [b*span, ...) of c.
     """
     c = cuda.blockIdx.x
     b = cuda.blockIdx.y
     tid = cuda.threadIdx.x
     threads = cuda.blockDim.x
-    s_size = x.shape[2]
-    m = x.shape[0] * s_size
+    s_size = inner
+    m = (x.shape[0] // (channels * inner)) * inner
     mu = float64(center[c])
     start = b * span
     stop = min(start + span, m)
@@ -412,8 +500,9 @@ def gradient_sums_ncs(dy, x, center, span, part):
     step_row = threads // s_size
     step_col = threads - step_row * s_size
     while j < stop:
-        g = float64(dy[row, c, col])
-        xmu = float64(x[row, c, col]) - mu
+        k = (row * channels + c) * s_size + col
+        g = float64(dy[k])
+        xmu = float64(x[k]) - mu
         total_dy += g
         total_dy_xmu += g * xmu
         total_xmu += xmu
@@ -431,8 +520,8 @@ def gradient_sums_ncs(dy, x, center, span, part):
 
 
 @gpu_kernel
-def gradient_sums_rc(dy, x, center, span, part):
-    """As :func:`gradient_sums_ncs` for (R, C) views, tiled as :func:`moments_rc`."""
+def gradient_sums_rc(dy, x, channels, center, span, part):
+    """As :func:`gradient_sums_ncs` for flat (R, C) arrays, tiled as :func:`moments_rc`."""
     tile_a = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
     tile_b = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
     tile_c = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
@@ -441,8 +530,7 @@ def gradient_sums_rc(dy, x, center, span, part):
     rows_step = cuda.blockDim.y
     c = cuda.blockIdx.x * TILE_CHANNELS + tx
     b = cuda.blockIdx.y
-    rows = x.shape[0]
-    channels = x.shape[1]
+    rows = x.shape[0] // channels
     start = b * span
     stop = min(start + span, rows)
     total_dy = 0.0
@@ -451,8 +539,8 @@ def gradient_sums_rc(dy, x, center, span, part):
     if c < channels:
         mu = float64(center[c])
         for r in range(start + ty, stop, rows_step):
-            g = float64(dy[r, c])
-            xmu = float64(x[r, c]) - mu
+            g = float64(dy[r * channels + c])
+            xmu = float64(x[r * channels + c]) - mu
             total_dy += g
             total_dy_xmu += g * xmu
             total_xmu += xmu
@@ -477,11 +565,11 @@ def gradient_sums_rc(dy, x, center, span, part):
 
 
 @gpu_kernel
-def finish_gradient_sums(
-    part, count, training, weight, has_weight, invstd,
-    grad_weight, grad_bias, dy_scale, shift, xmu_scale, center_lo,
-):  # fmt: skip
+def finish_gradient_sums(part, count, training, weight, has_weight, invstd, grads, constants):
     """Block c adds channel c's partials and writes its gradient constants.
+
+    ``grads`` is (2, C): grad_weight, grad_bias; ``constants`` (4, C):
+    dy_scale, shift, xmu_scale, center_lo (as :func:`input_gradient` reads them).
 
     As the CPU's ``gradient_constants``: the sums are about the saved mean;
     in training the batch's exact mean is saved + sum(x - saved)/m, and the
@@ -503,13 +591,13 @@ def finish_gradient_sums(
         w = float64(weight[c]) if has_weight else 1.0
         delta = sum_xmu / count if training else 0.0
         centered = sum_dy_xmu - delta * sum_dy
-        grad_bias[c] = sum_dy
-        grad_weight[c] = centered * s
-        dy_scale[c] = w * s
-        center_lo[c] = delta
+        grads[1, c] = sum_dy
+        grads[0, c] = centered * s
+        constants[0, c] = w * s
+        constants[3, c] = delta
         if training:
-            shift[c] = sum_dy / count
-            xmu_scale[c] = centered * s * s / count
+            constants[1, c] = sum_dy / count
+            constants[2, c] = centered * s * s / count
         else:
-            shift[c] = 0.0
-            xmu_scale[c] = 0.0
+            constants[1, c] = 0.0
+            constants[2, c] = 0.0

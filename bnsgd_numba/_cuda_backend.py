@@ -223,6 +223,48 @@ def strided_view(array: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -
     return DeviceNDArray(shape, strides, array.dtype, stream=array.stream, gpu_data=array.gpu_data)
 
 
+def flat_view(array: Any) -> Any:
+    """Return a 1-D view of a dense device array's memory, in memory order.
+
+    ``array`` must be dense (C-contiguous, or a permutation of a
+    C-contiguous array's axes with its first element at the lowest
+    address, as a channels-last view). Cheaper than ``reshape``: one
+    DeviceNDArray is built directly on the same memory.
+    """
+    size = math.prod(tuple(array.shape))
+    itemsize = np.dtype(array.dtype).itemsize
+    if SIMULATOR:
+        if array.is_c_contiguous():
+            return array.reshape(size)
+        return strided_view(array, (size,), (itemsize,))
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    return DeviceNDArray(
+        (size,), (itemsize,), array.dtype, stream=array.stream, gpu_data=array.gpu_data
+    )
+
+
+def row_views(array: Any) -> tuple[Any, ...]:
+    """Return the rows of a C-contiguous 2-D device array as 1-D views (no copy)."""
+    rows, columns = (int(n) for n in array.shape)
+    if SIMULATOR:
+        return tuple(array[k] for k in range(rows))
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    itemsize = np.dtype(array.dtype).itemsize
+    nbytes = columns * itemsize
+    return tuple(
+        DeviceNDArray(
+            (columns,),
+            (itemsize,),
+            array.dtype,
+            stream=array.stream,
+            gpu_data=array.gpu_data.view(k * nbytes, (k + 1) * nbytes),
+        )  # fmt: skip
+        for k in range(rows)
+    )
+
+
 def permuted(array: Any, axes: tuple[int, ...]) -> Any:
     """Return a view of a device array with its axes permuted (as ``np.transpose``)."""
     shape = tuple(array.shape)
@@ -239,13 +281,22 @@ def _byte_extent(array: Any) -> tuple[int, int]:
     # [first byte, one past the last byte] of a strided view, from its own
     # pointer and strides: the driver's address range would be the whole
     # allocation, which PyTorch's caching allocator shares between tensors.
-    interface = array.__cuda_array_interface__
-    start = int(interface["data"][0] or 0)
-    shape = tuple(interface["shape"])
-    itemsize = np.dtype(interface["typestr"]).itemsize
-    if math.prod(shape) == 0:
-        return start, start
-    strides = interface.get("strides") or _c_strides(shape, itemsize)
+    if _is_numba_array(array):
+        # numba's own arrays: the same figures without building the interface dict
+        start = int(array.device_ctypes_pointer.value or 0)
+        shape = tuple(array.shape)
+        strides = tuple(array.strides)
+        if math.prod(shape) == 0:
+            return start, start
+        itemsize = np.dtype(array.dtype).itemsize
+    else:
+        interface = array.__cuda_array_interface__
+        start = int(interface["data"][0] or 0)
+        shape = tuple(interface["shape"])
+        itemsize = np.dtype(interface["typestr"]).itemsize
+        if math.prod(shape) == 0:
+            return start, start
+        strides = interface.get("strides") or _c_strides(shape, itemsize)
     low = sum(min(0, (n - 1) * st) for n, st in zip(shape, strides, strict=True))
     high = sum(max(0, (n - 1) * st) for n, st in zip(shape, strides, strict=True))
     return start + low, start + high + itemsize
@@ -269,8 +320,15 @@ def overlaps(a: Any, b: Any) -> bool:
     return a_start < b_end and b_start < a_end
 
 
+def _is_numba_array(obj: Any) -> bool:
+    # numba's DeviceNDArray (not the simulator's arrays, which lack the interface)
+    return not SIMULATOR and getattr(type(obj), "__cuda_ndarray__", False) is True
+
+
 def readonly(obj: Any) -> bool:
     """Whether ``obj``'s CUDA array interface marks it read-only."""
+    if _is_numba_array(obj):
+        return False  # numba's arrays are always writable
     interface = getattr(obj, "__cuda_array_interface__", None)
     if not isinstance(interface, dict):
         return False

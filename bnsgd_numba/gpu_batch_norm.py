@@ -53,6 +53,14 @@ MAX_SPANS = 65535
 """Most blocks per channel (the grid's y limit)."""
 MAX_ELEMENTWISE_BLOCKS = 4096
 """Most blocks of an elementwise (grid-stride) kernel."""
+MAX_PLANE_BLOCKS = 1 << 20
+"""Most blocks of a one-plane-per-block elementwise kernel (a plane stride beyond)."""
+MIN_PLANE_INNER: int | None = None
+"""``ncs`` rows (S) at least this long are written one (n, c) plane per block,
+the channel's constants read once per thread; shorter ones by a grid-stride
+loop over the flat array. None: half a block."""
+WORKSPACES_KEPT = 32
+"""Workspaces (per-shape intermediate buffers) each host thread keeps per device."""
 
 _WORKSPACE = threading.local()
 
@@ -85,6 +93,11 @@ class _Launch:
             self.reduce_block = (backend.WARP_SIZE, tile_rows)
             self.inner = 1
         size = math.prod(shape)
+        # ncs rows of at least half a block: one (n, c) plane per block, the
+        # channel's constants read once per thread
+        min_inner = threads // 2 if MIN_PLANE_INNER is None else MIN_PLANE_INNER
+        self.planes = layout == NCS and self.inner >= min_inner
+        self.plane_grid = max(1, min(MAX_PLANE_BLOCKS, size // self.inner if self.inner else 1))
         self.elementwise_grid = max(1, min(MAX_ELEMENTWISE_BLOCKS, -(-size // threads)))
         stride = self.elementwise_grid * threads
         self.step_s = stride % self.inner
@@ -183,20 +196,27 @@ def _layout(array: Any, axis: int, name: str) -> str:
     )
 
 
-def _views(array: Any, axis: int, layout: str) -> tuple[Any, Any]:
-    """Return (kernel view, flat view) of a device array in ``layout``."""
-    shape = tuple(array.shape)
+def _kernel_shape(shape: tuple[int, ...], axis: int, layout: str) -> tuple[int, ...]:
+    """The (N, C, S) or (R, C) shape the kernels see an array of ``shape`` as."""
     channels = shape[axis]
-    size = math.prod(shape)
-    itemsize = np.dtype(array.dtype).itemsize
     if layout == NCS:
-        view = array.reshape(math.prod(shape[:axis]), channels, math.prod(shape[axis + 1 :]))
-        return view, array.reshape(size)
-    rows = size // channels if channels else 0
-    if array.is_c_contiguous():
-        return array.reshape(rows, channels), array.reshape(size)
-    view = backend.strided_view(array, (rows, channels), (channels * itemsize, itemsize))
-    return view, backend.strided_view(array, (size,), (itemsize,))
+        return (math.prod(shape[:axis]), channels, math.prod(shape[axis + 1 :]))
+    size = math.prod(shape)
+    return (size // channels if channels else 0, channels)
+
+
+def _normalize(
+    kernels: Any, launch: _Launch, x_flat: Any, y_flat: Any, constants: Any, status: Any
+) -> None:
+    if launch.planes:
+        kernels.normalize_planes[launch.plane_grid, launch.threads](
+            x_flat, y_flat, launch.inner, launch.channels, constants, status
+        )
+    else:
+        kernels.normalize[launch.elementwise_grid, launch.threads](
+            x_flat, y_flat, launch.inner, launch.channels, launch.step_s, launch.step_c,
+            constants, status,
+        )  # fmt: skip
 
 
 def _empty_like_layout(x: Any, axis: int, layout: str) -> Any:
@@ -245,21 +265,30 @@ def _cached(key: tuple[Any, ...], make: Any) -> Any:
     return value
 
 
-def _scratch(name: str, shape: Any, dtype: Any) -> Any:
-    """A device array for this thread's intermediate results, reused from call to call.
+class _Workspace:
+    """Intermediate device buffers of one (kind, dtype, channels, spans), reused from call to call.
 
     Kernels run in order on one stream, so a later call's writes come after
-    this call's reads. Per thread and per device, so two host threads never
-    share one.
+    this call's reads. Kept per host thread and per device (see
+    :func:`_cached`), at most :data:`WORKSPACES_KEPT` of them.
     """
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    size = max(1, math.prod(shape))
-    key = ("scratch", name, np.dtype(dtype))
-    flat = _cached(key, lambda: backend.device_empty(size, dtype))
-    if flat.shape[0] < size:
-        flat = backend.device_empty(size, dtype)
-        _WORKSPACE.arrays[(backend.current_device_id(), *key)] = flat
-    return flat[: math.prod(shape)].reshape(shape)
+
+    def __init__(self, dtype: np.dtype, channels: int, spans: int) -> None:
+        self.parts = backend.device_empty((3, channels, spans), np.float64)
+        self.stats = backend.device_empty((2, channels), np.float64)
+        self.constants = backend.device_empty((4, channels), dtype)
+        self.bad = backend.device_empty(channels, np.int32)
+        self.status = backend.device_empty(2, np.int32)
+
+
+def _workspace(kind: str, dtype: np.dtype, channels: int, spans: int) -> _Workspace:
+    key = ("workspace", kind, np.dtype(dtype), channels, spans)
+    cache = getattr(_WORKSPACE, "arrays", None)
+    if cache is not None and (backend.current_device_id(), *key) not in cache:
+        workspaces = [k for k in cache if k[1] == "workspace"]
+        for old in workspaces[: max(0, len(workspaces) - WORKSPACES_KEPT + 1)]:
+            del cache[old]
+    return _cached(key, lambda: _Workspace(dtype, channels, spans))
 
 
 def _constant_status() -> Any:
@@ -349,14 +378,13 @@ def forward_with_status(
 
     from bnsgd_numba import _batch_norm_gpu as kernels
 
-    x_view, x_flat = _views(x, axis, layout)
-    launch = _Launch(layout, tuple(x_view.shape))
+    launch = _Launch(layout, _kernel_shape(shape, axis, layout))
+    x_flat = backend.flat_view(x)
     y = out if out is not None else _empty_like_layout(x, axis, layout)
-    _, y_flat = _views(y, axis, layout)
-    saved = backend.device_empty(2 * channels, dtype)
-    save_mean, save_invstd = saved[:channels], saved[channels:]
-    constants = _scratch("constants", (4, channels), dtype)
-    shift_hi, shift_lo, scale, offset = (constants[k] for k in range(4))
+    y_flat = backend.flat_view(y)
+    saved = backend.device_empty((2, channels), dtype)
+    save_mean, save_invstd = backend.row_views(saved)
+    work = _workspace("forward", dtype, channels, launch.spans)
     dummy = _dummy(dtype)
     has_weight, has_bias = weight is not None, bias is not None
     weight = dummy if weight is None else weight
@@ -366,38 +394,31 @@ def forward_with_status(
     if not training:
         kernels.eval_constants[-(-channels // threads), threads](
             running_mean, running_var, eps, weight, bias, has_weight, has_bias,
-            save_mean, save_invstd, shift_hi, shift_lo, scale, offset,
+            saved, work.constants,
         )  # fmt: skip
-        kernels.normalize[launch.elementwise_grid, threads](
-            x_flat, y_flat, launch.inner, channels, launch.step_s, launch.step_c,
-            shift_hi, shift_lo, scale, offset, _constant_status(),
-        )  # fmt: skip
+        _normalize(kernels, launch, x_flat, y_flat, work.constants, _constant_status())
         return BatchNormOutput(y, save_mean, save_invstd), 0
 
-    parts = _scratch("moments", (3, channels, launch.spans), np.float64)
-    part_n, part_mean, part_m2 = parts[0], parts[1], parts[2]
-    moments = kernels.moments_ncs if layout == NCS else kernels.moments_rc
-    moments[launch.reduce_grid, launch.reduce_block](
-        x_view, launch.span, part_n, part_mean, part_m2
-    )
-    stats = _scratch("statistics", (2, channels), np.float64)
-    mean64, m2_64 = stats[0], stats[1]
-    bad = _scratch("nonfinite", channels, np.int32)
+    if layout == NCS:
+        kernels.moments_ncs[launch.reduce_grid, launch.reduce_block](
+            x_flat, channels, launch.inner, launch.span, work.parts
+        )
+    else:
+        kernels.moments_rc[launch.reduce_grid, launch.reduce_block](
+            x_flat, channels, launch.span, work.parts
+        )
     kernels.finish_moments[channels, threads](
-        part_n, part_mean, part_m2, eps, weight, bias, has_weight, has_bias,
-        mean64, m2_64, save_mean, save_invstd, shift_hi, shift_lo, scale, offset, bad,
+        work.parts, eps, weight, bias, has_weight, has_bias, work.stats, saved,
+        work.constants, work.bad,
     )  # fmt: skip
     tracked = running_mean is not None
-    status = _scratch("status", 2, np.int32)
+    status = work.status
     kernels.finish_running[1, threads](
-        bad, float(launch.count), momentum, tracked, tracked and on_nonfinite == "raise",
-        mean64, m2_64, running_mean if tracked else dummy, running_var if tracked else dummy,
+        work.bad, float(launch.count), momentum, tracked, tracked and on_nonfinite == "raise",
+        work.stats, running_mean if tracked else dummy, running_var if tracked else dummy,
         status,
     )  # fmt: skip
-    kernels.normalize[launch.elementwise_grid, threads](
-        x_flat, y_flat, launch.inner, channels, launch.step_s, launch.step_c,
-        shift_hi, shift_lo, scale, offset, status,
-    )  # fmt: skip
+    _normalize(kernels, launch, x_flat, y_flat, work.constants, status)
     n_bad = 0
     if tracked:
         n_bad = int(status.copy_to_host()[0])
@@ -472,27 +493,37 @@ def batch_norm_backward(
 
     from bnsgd_numba import _batch_norm_gpu as kernels
 
-    x_view, x_flat = _views(x, axis, layout)
-    dy_view, dy_flat = _views(dy, axis, layout)
+    launch = _Launch(layout, _kernel_shape(shape, axis, layout))
+    x_flat = backend.flat_view(x)
+    dy_flat = backend.flat_view(dy)
     dx = out if out is not None else _empty_like_layout(x, axis, layout)
-    _, dx_flat = _views(dx, axis, layout)
-    launch = _Launch(layout, tuple(x_view.shape))
+    dx_flat = backend.flat_view(dx)
     threads = launch.threads
-    grads = backend.device_empty(2 * channels, dtype)
-    dweight, dbias = grads[:channels], grads[channels:]
-    constants = _scratch("constants", (4, channels), dtype)
-    dy_scale, shift, xmu_scale, center_lo = (constants[k] for k in range(4))
-    part = _scratch("sums", (3, channels, launch.spans), np.float64)
-    sums = kernels.gradient_sums_ncs if layout == NCS else kernels.gradient_sums_rc
+    grads = backend.device_empty((2, channels), dtype)
+    dweight, dbias = backend.row_views(grads)
     if channels:
-        sums[launch.reduce_grid, launch.reduce_block](dy_view, x_view, save_mean, launch.span, part)
+        work = _workspace("backward", dtype, channels, launch.spans)
+        part, constants = work.parts, work.constants
+        if layout == NCS:
+            kernels.gradient_sums_ncs[launch.reduce_grid, launch.reduce_block](
+                dy_flat, x_flat, channels, launch.inner, save_mean, launch.span, part
+            )
+        else:
+            kernels.gradient_sums_rc[launch.reduce_grid, launch.reduce_block](
+                dy_flat, x_flat, channels, save_mean, launch.span, part
+            )
         has_weight = weight is not None
         kernels.finish_gradient_sums[channels, threads](
             part, float(launch.count), training, _dummy(dtype) if weight is None else weight,
-            has_weight, save_invstd, dweight, dbias, dy_scale, shift, xmu_scale, center_lo,
+            has_weight, save_invstd, grads, constants,
         )  # fmt: skip
-        kernels.input_gradient[launch.elementwise_grid, threads](
-            dy_flat, x_flat, dx_flat, launch.inner, channels, launch.step_s, launch.step_c,
-            save_mean, center_lo, dy_scale, shift, xmu_scale,
-        )  # fmt: skip
+        if launch.planes:
+            kernels.input_gradient_planes[launch.plane_grid, threads](
+                dy_flat, x_flat, dx_flat, launch.inner, channels, save_mean, constants
+            )
+        else:
+            kernels.input_gradient[launch.elementwise_grid, threads](
+                dy_flat, x_flat, dx_flat, launch.inner, channels, launch.step_s, launch.step_c,
+                save_mean, constants,
+            )  # fmt: skip
     return BatchNormGrads(dx, dweight, dbias)

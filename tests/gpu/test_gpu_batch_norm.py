@@ -129,20 +129,26 @@ def test_eval_forward_and_backward_match_cpu(layout):
     assert_close(to_host(grads.dweight), cpu_grads.dweight, dtype, ulps=16)
 
 
-@pytest.mark.parametrize("layout", ["ncs", "rc"])
+@pytest.mark.parametrize("layout", ["ncs", "ncs-planes", "rc"])
 def test_several_blocks_per_channel_and_several_warps(layout, monkeypatch):
     # Two-warp blocks and tiny spans: the cross-warp merge and the merge of
-    # several partials per channel both run; one elementwise block strides.
+    # several partials per channel both run; one elementwise block strides
+    # (over the flat array, or over the (n, c) planes).
     from bnsgd_numba import config
 
     monkeypatch.setattr(config, "GPU_THREADS_PER_BLOCK", 64)
     monkeypatch.setattr(gpu_batch_norm, "ITEMS_PER_THREAD", 1)
     monkeypatch.setattr(gpu_batch_norm, "RC_ROWS_PER_THREAD", 1)
     monkeypatch.setattr(gpu_batch_norm, "MAX_ELEMENTWISE_BLOCKS", 1)
+    monkeypatch.setattr(gpu_batch_norm, "MAX_PLANE_BLOCKS", 1)
+    planes = layout == "ncs-planes"
+    monkeypatch.setattr(gpu_batch_norm, "MIN_PLANE_INNER", 1 if planes else 10**9)
+    layout = layout.split("-")[0]
     shape, axis = ((3, 2, 50), 1) if layout == "ncs" else ((40, 3), 1)
     launch = gpu_batch_norm._Launch(layout, shape)
     assert launch.spans >= 2
-    assert launch.step_c > 0  # elementwise threads walk across channels
+    assert launch.planes == planes
+    assert launch.step_c > 0 or planes  # elementwise threads walk across channels
     dtype = np.float64
     x, weight, bias, dy = make_inputs(shape, axis, dtype, seed=2)
     cpu = bn.batch_norm_forward(x, weight, bias, training=True, channel_axis=axis)
