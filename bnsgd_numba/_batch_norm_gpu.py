@@ -403,9 +403,9 @@ def normalize(x, y, inner, channels, step_s, step_c, constants, status):
 def normalize_planes(x, y, inner, channels, constants, status):
     """:func:`normalize` for ``ncs`` with long rows: block p writes plane p = (n, c) of S values.
 
-    The channel's constants are read once per thread; the grid is
-    ``(min(N*C, 65535*...), )`` with a plane stride, consecutive threads
-    write consecutive elements.
+    The channel's constants are read once per thread, and each thread has
+    four loads in flight per step; blocks stride over the planes when there
+    are more planes than blocks.
     """
     if status[1] == 0:
         return
@@ -419,10 +419,50 @@ def normalize_planes(x, y, inner, channels, constants, status):
         lo = constants[1, c]
         scale = constants[2, c]
         offset = constants[3, c]
-        base = plane * inner
-        for s in range(tid, inner, threads):
-            y[base + s] = ((x[base + s] - hi) - lo) * scale + offset
+        i = plane * inner + tid
+        stop = (plane + 1) * inner
+        while i + 3 * threads < stop:
+            a0 = x[i]
+            a1 = x[i + threads]
+            a2 = x[i + 2 * threads]
+            a3 = x[i + 3 * threads]
+            y[i] = ((a0 - hi) - lo) * scale + offset
+            y[i + threads] = ((a1 - hi) - lo) * scale + offset
+            y[i + 2 * threads] = ((a2 - hi) - lo) * scale + offset
+            y[i + 3 * threads] = ((a3 - hi) - lo) * scale + offset
+            i += 4 * threads
+        while i < stop:
+            y[i] = ((x[i] - hi) - lo) * scale + offset
+            i += threads
         plane += cuda.gridDim.x
+
+
+@gpu_kernel
+def normalize_columns(x, y, channels, constants, status):
+    """:func:`normalize` for ``rc`` when the grid's stride is a multiple of C: a fixed channel per thread."""
+    if status[1] == 0:
+        return
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    size = x.shape[0]
+    c = i % channels
+    hi = constants[0, c]
+    lo = constants[1, c]
+    scale = constants[2, c]
+    offset = constants[3, c]
+    while i + 3 * stride < size:
+        a0 = x[i]
+        a1 = x[i + stride]
+        a2 = x[i + 2 * stride]
+        a3 = x[i + 3 * stride]
+        y[i] = ((a0 - hi) - lo) * scale + offset
+        y[i + stride] = ((a1 - hi) - lo) * scale + offset
+        y[i + 2 * stride] = ((a2 - hi) - lo) * scale + offset
+        y[i + 3 * stride] = ((a3 - hi) - lo) * scale + offset
+        i += 4 * stride
+    while i < size:
+        y[i] = ((x[i] - hi) - lo) * scale + offset
+        i += stride
 
 
 @gpu_kernel
@@ -465,11 +505,45 @@ def input_gradient_planes(dy, x, dx, inner, channels, center_hi, constants):
         shift = constants[1, c]
         xmu_scale = constants[2, c]
         lo = constants[3, c]
-        base = plane * inner
-        for s in range(tid, inner, threads):
-            xmu = (x[base + s] - hi) - lo
-            dx[base + s] = ((dy[base + s] - shift) - xmu * xmu_scale) * dy_scale
+        i = plane * inner + tid
+        stop = (plane + 1) * inner
+        while i + threads < stop:
+            x0 = x[i]
+            x1 = x[i + threads]
+            g0 = dy[i]
+            g1 = dy[i + threads]
+            dx[i] = ((g0 - shift) - ((x0 - hi) - lo) * xmu_scale) * dy_scale
+            dx[i + threads] = ((g1 - shift) - ((x1 - hi) - lo) * xmu_scale) * dy_scale
+            i += 2 * threads
+        while i < stop:
+            dx[i] = ((dy[i] - shift) - ((x[i] - hi) - lo) * xmu_scale) * dy_scale
+            i += threads
         plane += cuda.gridDim.x
+
+
+@gpu_kernel
+def input_gradient_columns(dy, x, dx, channels, center_hi, constants):
+    """:func:`input_gradient` for ``rc`` when the grid's stride is a multiple of C (as :func:`normalize_columns`)."""
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    size = x.shape[0]
+    c = i % channels
+    hi = center_hi[c]
+    dy_scale = constants[0, c]
+    shift = constants[1, c]
+    xmu_scale = constants[2, c]
+    lo = constants[3, c]
+    while i + stride < size:
+        x0 = x[i]
+        x1 = x[i + stride]
+        g0 = dy[i]
+        g1 = dy[i + stride]
+        dx[i] = ((g0 - shift) - ((x0 - hi) - lo) * xmu_scale) * dy_scale
+        dx[i + stride] = ((g1 - shift) - ((x1 - hi) - lo) * xmu_scale) * dy_scale
+        i += 2 * stride
+    while i < size:
+        dx[i] = ((dy[i] - shift) - ((x[i] - hi) - lo) * xmu_scale) * dy_scale
+        i += stride
 
 
 # --- backward sums ----------------------------------------------------------

@@ -51,10 +51,19 @@ RC_ROWS_PER_THREAD = 32
 """Rows each thread reduces per span of a channels-last reduction."""
 MAX_SPANS = 65535
 """Most blocks per channel (the grid's y limit)."""
+TARGET_REDUCTION_BLOCKS = 2048
+"""Blocks a reduction aims at in all (a few waves on a large GPU): past that,
+threads take more than the least items each, so the per-block merges are
+amortized. A constant, not the device's size, so results do not depend on
+the device."""
 MAX_ELEMENTWISE_BLOCKS = 4096
 """Most blocks of an elementwise (grid-stride) kernel."""
 MAX_PLANE_BLOCKS = 1 << 20
 """Most blocks of a one-plane-per-block elementwise kernel (a plane stride beyond)."""
+COLUMN_GRIDS = True
+"""``rc``: round the elementwise grid up so that its stride is a multiple of C
+(each thread then keeps one channel's constants in registers), when that
+needs at most 4 * MAX_ELEMENTWISE_BLOCKS blocks."""
 MIN_PLANE_INNER: int | None = None
 """``ncs`` rows (S) at least this long are written one (n, c) plane per block,
 the channel's constants read once per thread; shorter ones by a grid-stride
@@ -76,7 +85,8 @@ class _Launch:
             n, channels, s = shape
             m = n * s
             self.count = m
-            spans = min(MAX_SPANS, max(1, -(-m // (threads * ITEMS_PER_THREAD))))
+            most = max(1, -(-m // (threads * ITEMS_PER_THREAD)))
+            spans = min(MAX_SPANS, most, max(1, -(-TARGET_REDUCTION_BLOCKS // max(1, channels))))
             self.span = -(-m // spans) if m else 1
             self.spans = max(1, -(-m // self.span)) if m else 1
             self.reduce_grid = (channels, self.spans)
@@ -86,7 +96,9 @@ class _Launch:
             rows, channels = shape
             self.count = rows
             tile_rows = threads // backend.WARP_SIZE
-            spans = min(MAX_SPANS, max(1, -(-rows // (tile_rows * RC_ROWS_PER_THREAD))))
+            most = max(1, -(-rows // (tile_rows * RC_ROWS_PER_THREAD)))
+            tiles = max(1, -(-channels // backend.WARP_SIZE))
+            spans = min(MAX_SPANS, most, max(1, -(-TARGET_REDUCTION_BLOCKS // tiles)))
             self.span = -(-rows // spans) if rows else 1
             self.spans = max(1, -(-rows // self.span)) if rows else 1
             self.reduce_grid = (-(-channels // backend.WARP_SIZE), self.spans)
@@ -99,6 +111,14 @@ class _Launch:
         self.planes = layout == NCS and self.inner >= min_inner
         self.plane_grid = max(1, min(MAX_PLANE_BLOCKS, size // self.inner if self.inner else 1))
         self.elementwise_grid = max(1, min(MAX_ELEMENTWISE_BLOCKS, -(-size // threads)))
+        # rc: a grid whose stride is a multiple of C gives each thread one channel
+        self.columns = False
+        if COLUMN_GRIDS and layout == RC and self.channels:
+            period = self.channels // math.gcd(self.channels, threads)
+            grid = -(-self.elementwise_grid // period) * period
+            if grid <= 4 * MAX_ELEMENTWISE_BLOCKS:
+                self.columns = True
+                self.elementwise_grid = grid
         stride = self.elementwise_grid * threads
         self.step_s = stride % self.inner
         self.step_c = (stride // self.inner) % self.channels if self.channels else 0
@@ -520,6 +540,10 @@ def batch_norm_backward(
         if launch.planes:
             kernels.input_gradient_planes[launch.plane_grid, threads](
                 dy_flat, x_flat, dx_flat, launch.inner, channels, save_mean, constants
+            )
+        elif launch.columns:
+            kernels.input_gradient_columns[launch.elementwise_grid, threads](
+                dy_flat, x_flat, dx_flat, channels, save_mean, constants
             )
         else:
             kernels.input_gradient[launch.elementwise_grid, threads](

@@ -129,7 +129,7 @@ def test_eval_forward_and_backward_match_cpu(layout):
     assert_close(to_host(grads.dweight), cpu_grads.dweight, dtype, ulps=16)
 
 
-@pytest.mark.parametrize("layout", ["ncs", "ncs-planes", "rc"])
+@pytest.mark.parametrize("layout", ["ncs", "ncs-planes", "rc", "rc-columns"])
 def test_several_blocks_per_channel_and_several_warps(layout, monkeypatch):
     # Two-warp blocks and tiny spans: the cross-warp merge and the merge of
     # several partials per channel both run; one elementwise block strides
@@ -141,14 +141,16 @@ def test_several_blocks_per_channel_and_several_warps(layout, monkeypatch):
     monkeypatch.setattr(gpu_batch_norm, "RC_ROWS_PER_THREAD", 1)
     monkeypatch.setattr(gpu_batch_norm, "MAX_ELEMENTWISE_BLOCKS", 1)
     monkeypatch.setattr(gpu_batch_norm, "MAX_PLANE_BLOCKS", 1)
-    planes = layout == "ncs-planes"
+    planes, columns = layout == "ncs-planes", layout == "rc-columns"
     monkeypatch.setattr(gpu_batch_norm, "MIN_PLANE_INNER", 1 if planes else 10**9)
+    monkeypatch.setattr(gpu_batch_norm, "COLUMN_GRIDS", columns)
     layout = layout.split("-")[0]
     shape, axis = ((3, 2, 50), 1) if layout == "ncs" else ((40, 3), 1)
     launch = gpu_batch_norm._Launch(layout, shape)
     assert launch.spans >= 2
-    assert launch.planes == planes
-    assert launch.step_c > 0 or planes  # elementwise threads walk across channels
+    assert (launch.planes, launch.columns) == (planes, columns)
+    # elementwise threads walk across channels, or keep one (columns)
+    assert planes or (launch.step_c > 0) != columns
     dtype = np.float64
     x, weight, bias, dy = make_inputs(shape, axis, dtype, seed=2)
     cpu = bn.batch_norm_forward(x, weight, bias, training=True, channel_axis=axis)
