@@ -150,13 +150,33 @@ def _block_sum3(tid, threads, a, b, c):
 
 
 @gpu_device_function
-def _corrected_moments(n, total, mean, deviations, deviations_sq):
-    # (count, mean, M2) by the corrected two-pass formula: ``mean`` is the
-    # first pass's total / n, and the second pass summed d = v - mean and d**2.
+def _add_values(n, shift, total, m2, v0, v1, v2, v3, count):
+    # A thread's running statistics are (n, total, M2) about a fixed ``shift``
+    # (its first value): mean = shift + total / n, so the mean never goes
+    # through n rounded updates, only the small deviations are summed. The
+    # first ``count`` (1 or 4) of v0..v3 are added: their own mean and M2 by
+    # the corrected two-pass formula in registers (/4 is exact), then merged
+    # with Chan's formula, one division per four values.
+    if count == 1:
+        local = v0 - shift
+        local_m2 = 0.0
+    else:
+        local = (v0 + v1 + v2 + v3) * 0.25
+        d0 = v0 - local
+        d1 = v1 - local
+        d2 = v2 - local
+        d3 = v3 - local
+        deviations = (d0 + d1) + (d2 + d3)
+        local += deviations * 0.25 - shift
+        local_m2 = max(
+            0.0, (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3) - deviations * deviations * 0.25
+        )
+    k = float64(count)
     if n == 0.0:
-        return 0.0, 0.0, 0.0
-    correction = deviations / n
-    return n, mean + correction, max(0.0, deviations_sq - deviations * correction)
+        return k, local * k, local_m2
+    delta = local - total / n
+    merged = n + k
+    return merged, total + local * k, m2 + local_m2 + delta * delta * (n * (k / merged))
 
 
 @gpu_kernel
@@ -164,10 +184,11 @@ def moments_ncs(x, channels, inner, span, parts):
     """Partials (count, mean, M2) of a flat (N, C, S) array: block (c, b) reduces span b of c.
 
     Channel c holds m = N * S values; value j is ``x[((j // S) * C + c) * S + j % S]``.
-    Each thread runs the corrected two-pass algorithm over its few values in
-    float64 (the second pass re-reads them from cache; no division per
-    element, unlike Welford's update) and the threads' partials are merged
-    with Chan's formula. ``parts`` is (3, C, B).
+    Each thread reads its values four at a time (four loads in flight),
+    takes their exact mean and M2 in float64 registers and merges them into
+    its running statistics about its first value (:func:`_add_values`); the
+    threads' partials are merged with Chan's formula through the block.
+    ``parts`` is (3, C, B).
     """
     c = cuda.blockIdx.x
     b = cuda.blockIdx.y
@@ -176,42 +197,56 @@ def moments_ncs(x, channels, inner, span, parts):
     m = (x.shape[0] // (channels * inner)) * inner
     start = b * span
     stop = min(start + span, m)
-    first = start + tid
-    first_row = first // inner
-    first_col = first - first_row * inner
     step_row = threads // inner
     step_col = threads - step_row * inner
     n = 0.0
     total = 0.0
-    j = first
-    row = first_row
-    col = first_col
+    m2 = 0.0
+    j = start + tid
+    row = j // inner
+    col = j - row * inner
+    shift = float64(x[(row * channels + c) * inner + col]) if j < stop else 0.0
+    while j + 3 * threads < stop:
+        k0 = (row * channels + c) * inner + col
+        row += step_row
+        col += step_col
+        if col >= inner:
+            col -= inner
+            row += 1
+        k1 = (row * channels + c) * inner + col
+        row += step_row
+        col += step_col
+        if col >= inner:
+            col -= inner
+            row += 1
+        k2 = (row * channels + c) * inner + col
+        row += step_row
+        col += step_col
+        if col >= inner:
+            col -= inner
+            row += 1
+        k3 = (row * channels + c) * inner + col
+        row += step_row
+        col += step_col
+        if col >= inner:
+            col -= inner
+            row += 1
+        v0 = float64(x[k0])
+        v1 = float64(x[k1])
+        v2 = float64(x[k2])
+        v3 = float64(x[k3])
+        n, total, m2 = _add_values(n, shift, total, m2, v0, v1, v2, v3, 4)
+        j += 4 * threads
     while j < stop:
-        total += float64(x[(row * channels + c) * inner + col])
-        n += 1.0
+        v0 = float64(x[(row * channels + c) * inner + col])
+        n, total, m2 = _add_values(n, shift, total, m2, v0, 0.0, 0.0, 0.0, 1)
         j += threads
         row += step_row
         col += step_col
         if col >= inner:
             col -= inner
             row += 1
-    mean = total / n if n > 0.0 else 0.0
-    deviations = 0.0
-    deviations_sq = 0.0
-    j = first
-    row = first_row
-    col = first_col
-    while j < stop:
-        d = float64(x[(row * channels + c) * inner + col]) - mean
-        deviations += d
-        deviations_sq += d * d
-        j += threads
-        row += step_row
-        col += step_col
-        if col >= inner:
-            col -= inner
-            row += 1
-    n, mean, m2 = _corrected_moments(n, total, mean, deviations, deviations_sq)
+    mean = shift + total / n if n > 0.0 else 0.0
     n, mean, m2 = _block_merge(tid, threads, n, mean, m2)
     if tid == 0:
         parts[0, c, b] = n
@@ -224,8 +259,8 @@ def moments_rc(x, channels, span, parts):
     """Partials of a flat (R, C) array (channel fastest): a (32 channels) x (span rows) tile.
 
     ``blockDim = (32, TY)`` with TY a power of two; thread (tx, ty) reduces
-    rows ty, ty + TY, ... of its span for channel 32 * blockIdx.x + tx, as
-    :func:`moments_ncs` does per thread, and the tile's rows are merged
+    rows ty, ty + TY, ... of its span for channel 32 * blockIdx.x + tx, four
+    at a time as :func:`moments_ncs` does, and the tile's rows are merged
     through shared memory.
     """
     tile_n = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
@@ -241,19 +276,23 @@ def moments_rc(x, channels, span, parts):
     stop = min(start + span, rows)
     n = 0.0
     total = 0.0
-    deviations = 0.0
-    deviations_sq = 0.0
+    m2 = 0.0
     mean = 0.0
-    if c < channels:
-        for r in range(start + ty, stop, rows_step):
-            total += float64(x[r * channels + c])
-            n += 1.0
-        mean = total / n if n > 0.0 else 0.0
-        for r in range(start + ty, stop, rows_step):
-            d = float64(x[r * channels + c]) - mean
-            deviations += d
-            deviations_sq += d * d
-    n, mean, m2 = _corrected_moments(n, total, mean, deviations, deviations_sq)
+    r = start + ty
+    if c < channels and r < stop:
+        shift = float64(x[r * channels + c])
+        while r + 3 * rows_step < stop:
+            v0 = float64(x[r * channels + c])
+            v1 = float64(x[(r + rows_step) * channels + c])
+            v2 = float64(x[(r + 2 * rows_step) * channels + c])
+            v3 = float64(x[(r + 3 * rows_step) * channels + c])
+            n, total, m2 = _add_values(n, shift, total, m2, v0, v1, v2, v3, 4)
+            r += 4 * rows_step
+        while r < stop:
+            v0 = float64(x[r * channels + c])
+            n, total, m2 = _add_values(n, shift, total, m2, v0, 0.0, 0.0, 0.0, 1)
+            r += rows_step
+        mean = shift + total / n
     k = ty * TILE_CHANNELS + tx
     tile_n[k] = n
     tile_mean[k] = mean

@@ -232,6 +232,10 @@ def _normalize(
         kernels.normalize_planes[launch.plane_grid, launch.threads](
             x_flat, y_flat, launch.inner, launch.channels, constants, status
         )
+    elif launch.columns:
+        kernels.normalize_columns[launch.elementwise_grid, launch.threads](
+            x_flat, y_flat, launch.channels, constants, status
+        )
     else:
         kernels.normalize[launch.elementwise_grid, launch.threads](
             x_flat, y_flat, launch.inner, launch.channels, launch.step_s, launch.step_c,

@@ -166,6 +166,33 @@ def test_several_blocks_per_channel_and_several_warps(layout, monkeypatch):
     assert_close(to_host(grads.dweight), cpu_grads.dweight, dtype, ulps=16)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["ncs", "rc"])
+def test_long_channels_match_cpu(layout, dtype):
+    # Hundreds of values per channel and thread block: each thread reads its
+    # values four at a time (the reductions' main loop, not only their tail),
+    # and the elementwise kernels keep one channel per plane or column.
+    shape, axis = ((8, 3, 40), 1) if layout == "ncs" else ((330, 3), -1)
+    x, weight, bias, dy = make_inputs(shape, axis, dtype, seed=5)
+    x += np.asarray(100.0, dtype)  # |mean| >> std: the merges must keep their accuracy
+    cpu = bn.batch_norm_forward(x, weight, bias, training=True, channel_axis=axis)
+    d_x = to_device(x)
+    gpu = bn.batch_norm_forward(
+        d_x, to_device(weight), to_device(bias), training=True, channel_axis=axis
+    )
+    assert_close(to_host(gpu.y), cpu.y, dtype)
+    assert_close(to_host(gpu.save_mean), cpu.save_mean, dtype, ulps=2)
+    assert_close(to_host(gpu.save_invstd), cpu.save_invstd, dtype, ulps=2)
+    grads = bn.batch_norm_backward(
+        to_device(dy), d_x, to_device(weight), gpu.save_mean, gpu.save_invstd, channel_axis=axis
+    )
+    cpu_grads = bn.batch_norm_backward(
+        dy, x, weight, cpu.save_mean, cpu.save_invstd, channel_axis=axis
+    )
+    assert_close(to_host(grads.dx), cpu_grads.dx, dtype, ulps=16)
+    assert_close(to_host(grads.dweight), cpu_grads.dweight, dtype, ulps=16)
+
+
 def test_constant_channel_gives_exactly_bias():
     x = np.full((4, 3, 5), 7.25, dtype=np.float32)
     x[:, 1] = -3.0e4
