@@ -612,6 +612,33 @@ def gradient_sums_ncs(dy, x, channels, inner, center, span, part):
     col = j - row * s_size
     step_row = threads // s_size
     step_col = threads - step_row * s_size
+    while j + threads < stop:
+        # two elements per step: four loads in flight, the same order of sums
+        k0 = (row * channels + c) * s_size + col
+        row += step_row
+        col += step_col
+        if col >= s_size:
+            col -= s_size
+            row += 1
+        k1 = (row * channels + c) * s_size + col
+        row += step_row
+        col += step_col
+        if col >= s_size:
+            col -= s_size
+            row += 1
+        g0 = float64(dy[k0])
+        g1 = float64(dy[k1])
+        x0 = float64(x[k0])
+        x1 = float64(x[k1])
+        xmu = x0 - mu
+        total_dy += g0
+        total_dy_xmu += g0 * xmu
+        total_xmu += xmu
+        xmu = x1 - mu
+        total_dy += g1
+        total_dy_xmu += g1 * xmu
+        total_xmu += xmu
+        j += 2 * threads
     while j < stop:
         k = (row * channels + c) * s_size + col
         g = float64(dy[k])
@@ -651,7 +678,23 @@ def gradient_sums_rc(dy, x, channels, center, span, part):
     total_xmu = 0.0
     if c < channels:
         mu = float64(center[c])
-        for r in range(start + ty, stop, rows_step):
+        r = start + ty
+        while r + rows_step < stop:
+            # two rows per step: four loads in flight, the same order of sums
+            g0 = float64(dy[r * channels + c])
+            g1 = float64(dy[(r + rows_step) * channels + c])
+            x0 = float64(x[r * channels + c])
+            x1 = float64(x[(r + rows_step) * channels + c])
+            xmu = x0 - mu
+            total_dy += g0
+            total_dy_xmu += g0 * xmu
+            total_xmu += xmu
+            xmu = x1 - mu
+            total_dy += g1
+            total_dy_xmu += g1 * xmu
+            total_xmu += xmu
+            r += 2 * rows_step
+        if r < stop:
             g = float64(dy[r * channels + c])
             xmu = float64(x[r * channels + c]) - mu
             total_dy += g
