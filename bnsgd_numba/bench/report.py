@@ -294,7 +294,8 @@ def render(machine, probe, bn_rows, sgd_rows, startup, checks, extra_tables, plo
         "- [RESULTS-normalizations.md](RESULTS-normalizations.md): the variants, and why the",
         "  2x target is above the copy roofline for layer_norm and group_norm here.",
         "- [RESULTS-distributed.md](RESULTS-distributed.md): MPI over 1 to 4 ranks.",
-        "- RESULTS-gpu.md is written by `bash benchmarks/gpu_check.sh` on a GPU machine.",
+        "- [RESULTS-gpu.md](RESULTS-gpu.md): BatchNorm, SGD and the variants on a GPU",
+        "  against PyTorch (`bash benchmarks/gpu_check.sh` on a GPU machine).",
     ]
     return "\n".join(lines) + "\n"
 
