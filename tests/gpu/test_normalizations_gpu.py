@@ -188,8 +188,9 @@ class OnDevice:
 
     Inputs are copied to the device with the channel axis moved to where the
     GPU path reads it (last for layer_norm/rms_norm, 1 otherwise), outputs are
-    copied back; ``weight``/``bias`` are host mirrors pushed to the device
-    before every call, gradients are pulled back after backward.
+    copied back; ``weight``/``bias`` are host mirrors, the same arrays for the
+    layer's life (the kit perturbs them in place), pushed to the device before
+    every call; ``grad_weight``/``grad_bias`` are pulled back after backward.
     """
 
     def __init__(self, factory, num_features, dtype, channel_axis, params, device_axis):
@@ -202,7 +203,11 @@ class OnDevice:
     def _pull(self):
         for name in ("weight", "bias", "grad_weight", "grad_bias"):
             value = getattr(self.layer, name, None)
-            setattr(self, name, None if value is None else to_host(value))
+            mirror = getattr(self, name, None)
+            if value is None or mirror is None:
+                setattr(self, name, None if value is None else to_host(value))
+            else:  # in place: the kit holds on to layer.weight while it perturbs it
+                mirror[...] = to_host(value)
 
     def _push(self):
         for name in ("weight", "bias"):
