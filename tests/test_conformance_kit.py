@@ -130,6 +130,27 @@ class IgnoresStateDict(ReferenceBatchNorm):
         pass
 
 
+class WrongWeightGradient(ReferenceBatchNorm):
+    def backward(self, dy):
+        dx = super().backward(dy)
+        self.grad_weight *= 2
+        return dx
+
+
+class FlattensChannelsLast(ReferenceBatchNorm):
+    """Returns channels-last output as (rows, C): right for rank 2 only."""
+
+    def forward(self, x, training=True):
+        y = super().forward(x, training)
+        return y.reshape(-1, self.c) if self.axis % x.ndim == x.ndim - 1 else y
+
+
+class UpcastsHighRank(ReferenceBatchNorm):
+    def forward(self, x, training=True):
+        y = super().forward(x, training)
+        return y.astype(np.float64) if x.ndim >= 3 else y
+
+
 def _case(cls, standardizes=True):
     return NormalizationCase(cls.__name__, cls, {}, standardizes)
 
@@ -153,6 +174,77 @@ def test_reference_batch_norm_passes_every_check():
 def test_broken_normalization_fails_its_check(broken, check, message):
     with pytest.raises(AssertionError, match=message):
         check(_case(broken))
+
+
+# the reduced inputs the GPU tests use in the CUDA simulator
+SMALL = {
+    kit.check_gradients: [{"shape": (2, 3)}, {"shape": (2, 3, 2)}],
+    kit.check_dtype_and_shape_preserved: [{"layouts": kit.SMALL_LAYOUTS}],
+    kit.check_state_dict_round_trip_layer: [{"shape": (2, 3)}, {"shape": (2, 3, 2)}],
+}
+
+
+def test_reference_batch_norm_passes_every_check_on_small_inputs():
+    for check, variants in SMALL.items():
+        for small in variants:
+            check(_case(ReferenceBatchNorm), **small)
+
+
+@pytest.mark.parametrize(
+    ("broken", "check", "message"),
+    [
+        (WrongGradient, kit.check_gradients, r"dx \(training\) differs from central"),
+        (WrongWeightGradient, kit.check_gradients, r"grad_weight \(training\) differs"),
+        (UpcastsOutput, kit.check_dtype_and_shape_preserved, "output dtype"),
+        (FlattensChannelsLast, kit.check_dtype_and_shape_preserved, "axis -1 .* output shape"),
+        (UpcastsHighRank, kit.check_dtype_and_shape_preserved, r"\(1, 3, 2\) .* output dtype"),
+        (IgnoresStateDict, kit.check_state_dict_round_trip_layer, "differs after load"),
+    ],
+    ids=lambda v: getattr(v, "__name__", None) if isinstance(v, type) else None,
+)
+def test_broken_normalization_fails_its_check_on_small_inputs(broken, check, message):
+    for small in SMALL[check]:
+        with pytest.raises(AssertionError, match=message):
+            check(_case(broken), **small)
+
+
+@pytest.mark.parametrize(
+    ("broken", "check"),
+    [
+        (WrongWeightGradient, kit.check_gradients),
+        (FlattensChannelsLast, kit.check_dtype_and_shape_preserved),
+        (UpcastsHighRank, kit.check_dtype_and_shape_preserved),
+    ],
+    ids=lambda v: getattr(v, "__name__", None),
+)
+def test_the_default_inputs_catch_what_the_small_ones_catch(broken, check):
+    with pytest.raises(AssertionError):
+        check(_case(broken))
+
+
+@pytest.mark.parametrize(
+    ("check", "small", "message"),
+    [
+        (kit.check_gradients, {"shape": (2, 4, 2)}, "3 channels on axis 1"),
+        (kit.check_gradients, {"shape": (3,)}, "rank 1"),
+        (kit.check_gradients, {"shape": (0, 3)}, "empty axis"),
+        (kit.check_state_dict_round_trip_layer, {"shape": (2, 2, 3)}, "3 channels on axis 1"),
+        (kit.check_dtype_and_shape_preserved, {"layouts": [((2, 3, 4), -1)]}, "axis -1"),
+        (kit.check_dtype_and_shape_preserved, {"layouts": []}, "nothing to check"),
+    ],
+    ids=lambda v: v.__name__.removeprefix("check_") if callable(v) else None,
+)
+def test_small_inputs_the_kit_cannot_use_are_refused(check, small, message):
+    with pytest.raises(ValueError, match=message):
+        check(_case(ReferenceBatchNorm), **small)
+
+
+def test_a_reduced_layout_list_cannot_pass_by_leaving_every_layout_out():
+    case = NormalizationCase("needs_rank_3", ReferenceBatchNorm, {}, min_rank=3)
+    with pytest.raises(ValueError, match="nothing to check"):
+        kit.check_dtype_and_shape_preserved(case, layouts=[((2, 3), 1)])
+    with pytest.raises(ValueError, match="rank 2"):
+        kit.check_gradients(case, shape=(2, 3))
 
 
 # found by Hypothesis: a float64 constant channel whose sum / m rounds (not exactly x)

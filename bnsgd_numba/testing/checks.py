@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -239,14 +239,49 @@ def _assert_close_grad(case_id: str, what: str, analytic: Any, numeric: np.ndarr
     )
 
 
-def check_gradients(case: NormalizationCase) -> None:
+def _checked_shape(
+    case: NormalizationCase, shape: tuple[int, ...], channel_axis: int, name: str
+) -> tuple[int, ...]:
+    """Return ``shape`` as a tuple, or raise ValueError if the kit cannot use it."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) < max(2, case.min_rank):
+        raise ValueError(
+            f"{name}: {shape} has rank {len(shape)}, {case.id} needs rank >= "
+            f"{max(2, case.min_rank)}"
+        )
+    if not -len(shape) <= channel_axis < len(shape) or shape[channel_axis] != 3:
+        raise ValueError(f"{name}: {shape} needs 3 channels on axis {channel_axis}")
+    if min(shape) < 1:
+        raise ValueError(f"{name}: {shape} has an empty axis")
+    return shape
+
+
+def check_gradients(case: NormalizationCase, *, shape: tuple[int, ...] | None = None) -> None:
     """``backward`` matches central finite differences of ``sum(y * r)`` in float64.
 
     Checks dx in training and eval mode, and ``grad_weight``/``grad_bias``
     when the layer has ``weight``/``bias``.
+
+    Parameters
+    ----------
+    case : NormalizationCase
+        The layer to check.
+    shape : tuple of int, optional
+        Shape of the input, 3 channels on axis 1, rank at least
+        ``case.min_rank``; ``(4, 3, 5)`` when None. A smaller one, such as
+        ``(2, 3, 2)``, checks the same derivatives with fewer forwards (two
+        per input element and per parameter, in each mode): for slow
+        backends, such as the CUDA simulator.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` has no 3 channels on axis 1 or too low a rank.
     """
+    shape = (4, 3, 5) if shape is None else _checked_shape(case, shape, 1, "shape")
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((4, 3, 5)) * rng.uniform(0.5, 2.0, (1, 3, 1)) + 0.5
+    spread = (1, 3) + (1,) * (len(shape) - 2)
+    x = rng.standard_normal(shape) * rng.uniform(0.5, 2.0, spread) + 0.5
     r = rng.standard_normal(x.shape)
     for training in (True, False):
         layer = case.make(3, dtype=np.float64)
@@ -276,13 +311,60 @@ def check_gradients(case: NormalizationCase) -> None:
             _assert_close_grad(case.id, f"grad_{name} ({mode})", analytic, numeric)
 
 
-def check_dtype_and_shape_preserved(case: NormalizationCase) -> None:
-    """Output and dx keep the input's dtype and shape, for ranks 2-4 and channels-last."""
+DEFAULT_LAYOUTS: tuple[tuple[tuple[int, ...], int], ...] = (
+    ((6, 3), 1),
+    ((4, 3, 5), 1),
+    ((2, 3, 4, 5), 1),
+    ((2, 4, 5, 3), -1),
+)
+"""``(shape, channel_axis)`` pairs of :func:`check_dtype_and_shape_preserved`."""
+
+SMALL_LAYOUTS: tuple[tuple[tuple[int, ...], int], ...] = (
+    ((2, 3), 1),
+    ((1, 3, 2), 1),
+    ((1, 1, 2, 3), -1),
+)
+"""Tiny layouts of rank 2, 3 and 4 (channels-last), for slow backends."""
+
+
+def check_dtype_and_shape_preserved(
+    case: NormalizationCase,
+    *,
+    layouts: Sequence[tuple[tuple[int, ...], int]] | None = None,
+) -> None:
+    """Output and dx keep the input's dtype and shape, for ranks 2-4 and channels-last.
+
+    Parameters
+    ----------
+    case : NormalizationCase
+        The layer to check.
+    layouts : sequence of (shape, channel_axis), optional
+        Inputs to check, 3 channels on ``channel_axis``, each in float32 and
+        float64, training and eval; those of a rank below ``case.min_rank``
+        are left out. :data:`DEFAULT_LAYOUTS` when None.
+        :data:`SMALL_LAYOUTS` covers rank 2, rank 3 and channels-last rank 4
+        with a few elements each, for slow backends such as the CUDA
+        simulator.
+
+    Raises
+    ------
+    ValueError
+        If a layout given has no 3 channels on its axis, or none of those
+        given has a rank of ``case.min_rank`` or more.
+    """
     rng = np.random.default_rng(3)
-    layouts = [((6, 3), 1), ((4, 3, 5), 1), ((2, 3, 4, 5), 1), ((2, 4, 5, 3), -1)]
-    layouts = [(shape, axis) for shape, axis in layouts if len(shape) >= case.min_rank]
+    if layouts is None:
+        kept = [(shape, axis) for shape, axis in DEFAULT_LAYOUTS if len(shape) >= case.min_rank]
+    else:
+        kept = [
+            (_checked_shape(case, shape, axis, "layouts"), axis)
+            for shape, axis in layouts
+            if len(shape) >= case.min_rank
+        ]
+        if not kept:
+            raise ValueError(f"layouts: none of rank >= {case.min_rank}, nothing to check")
     for dtype in (np.float32, np.float64):
-        for shape, axis in layouts:
+        for shape, axis in kept:
             x = rng.standard_normal(shape).astype(dtype)
             layer = case.make(3, dtype=dtype, channel_axis=axis)
             for training in (True, False):
@@ -352,19 +434,37 @@ def check_rejects_bad_input(case: NormalizationCase) -> None:
         assert np.array_equal(value, after[key]), f"{case.id}: rejected dy modified {key}"
 
 
-def check_state_dict_round_trip_layer(case: NormalizationCase) -> None:
-    """A layer loaded from ``state_dict()`` computes what the original computes."""
+def check_state_dict_round_trip_layer(
+    case: NormalizationCase, *, shape: tuple[int, ...] | None = None
+) -> None:
+    """A layer loaded from ``state_dict()`` computes what the original computes.
+
+    Parameters
+    ----------
+    case : NormalizationCase
+        The layer to check.
+    shape : tuple of int, optional
+        Shape of the inputs, 3 channels on axis 1, rank at least
+        ``case.min_rank``; ``(6, 3, 4)`` when None. A smaller one, such as
+        ``(2, 3, 2)``, for slow backends.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` has no 3 channels on axis 1 or too low a rank.
+    """
+    shape = (6, 3, 4) if shape is None else _checked_shape(case, shape, 1, "shape")
     rng = np.random.default_rng(11)
     a = case.make(3, dtype=np.float64)
     for _ in range(3):
-        a.forward(rng.standard_normal((6, 3, 4)) * 3 + 1, training=True)
+        a.forward(rng.standard_normal(shape) * 3 + 1, training=True)
     for name in ("weight", "bias"):
         param = getattr(a, name, None)
         if param is not None:
             param[...] = rng.uniform(0.5, 1.5, param.shape)
     b = case.make(3, dtype=np.float64)
     b.load_state_dict(copy.deepcopy(a.state_dict()))
-    x = rng.standard_normal((6, 3, 4))
+    x = rng.standard_normal(shape)
     assert np.array_equal(a.forward(x, training=False), b.forward(x, training=False)), (
         f"{case.id}: eval output differs after load_state_dict"
     )
@@ -386,8 +486,10 @@ NORMALIZATION_CHECKS: tuple[Callable[[NormalizationCase], None], ...] = (
 )
 
 __all__ = [
+    "DEFAULT_LAYOUTS",
     "NORMALIZATION_CHECKS",
     "SCHEDULER_CHECKS",
+    "SMALL_LAYOUTS",
     "check_bound_optimizer_follows",
     "check_deterministic",
     "check_dtype_and_shape_preserved",
