@@ -2,13 +2,15 @@
 
 Every test here is marked ``gpu`` and skipped when neither a GPU nor the
 simulator is there. Under the simulator, which runs one Python thread per
-CUDA thread, blocks are shrunk to one or two warps and the interpreter's
-thread switch interval is shortened so that barriers are cheap.
+CUDA thread, blocks are shrunk to one or two warps, the interpreter's
+thread switch interval is shortened so that barriers are cheap, and shared
+arrays find their call site cheaply.
 """
 
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,47 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch):
         yield
     finally:
         sys.setswitchinterval(interval)
+
+
+def _shared_array_call_site_stack(frame, limit=None):
+    # the two entries numba-cuda's simulator reads, straight from the frames
+    caller = frame.f_back
+    return [
+        (caller.f_code.co_filename, caller.f_lineno),
+        (frame.f_code.co_filename, frame.f_lineno),
+    ]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cheap_shared_arrays():
+    """Under the simulator: find a shared array's call site without formatting the stack.
+
+    The simulator keys ``cuda.shared.array`` by the caller's file and line, which
+    it takes from ``traceback.extract_stack``: that stats every source file on the
+    thread's stack, on every call of every thread. The simulator's stand-in for
+    warp shuffles (``_cuda_backend.shfl_down3``) allocates on every shuffle, ten
+    per block reduction, so this was about half the time of a reduction block.
+    The same key, read from the two frames directly; left alone if numba-cuda
+    no longer reads it that way.
+    """
+    if not backend.SIMULATOR:
+        yield
+        return
+    import inspect
+
+    from numba.cuda.simulator import kernelapi
+
+    source = inspect.getsource(kernelapi.FakeCUDAShared.array)
+    if "traceback.extract_stack(sys._getframe())" not in source or "[-2][0:2]" not in source:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            kernelapi,
+            "traceback",
+            types.SimpleNamespace(extract_stack=_shared_array_call_site_stack),
+        )
+        yield
 
 
 def to_device(array):
