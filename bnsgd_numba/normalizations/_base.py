@@ -154,9 +154,11 @@ def check_device_out(out: Any, like: Any, others: tuple[Any, ...]) -> Any:
         raise TypeError(f"out: dtype {out.dtype} does not match x ({like.dtype})")
     if not out.is_c_contiguous():
         raise ValueError("out: on the GPU, out must be C-contiguous")
-    for other in (like, *others):
-        if other is not None and is_device_array(other) and backend.overlaps(out, other):
-            raise ValueError("out overlaps another argument; pass a separate array")
+    from bnsgd_numba.normalizations._gpu import overlaps_any
+
+    others = [a for a in (like, *others) if a is not None and is_device_array(a)]
+    if overlaps_any(out, others):
+        raise ValueError("out overlaps another argument; pass a separate array")
     return out
 
 

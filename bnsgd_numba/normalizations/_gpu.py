@@ -3,6 +3,13 @@
 Imported only when a layer receives a CUDA array. The layers check every
 argument first (shapes, dtypes, device or host) and call these functions,
 which size the grids and launch the kernels in order on one stream.
+
+A launch costs tens of microseconds of Python in numba (more per array
+argument), and so do a device allocation and a ``reshape`` of a device
+array: the drivers pass few arrays, keep each layer's statistics and
+partials in one float64 workspace per input shape (:func:`workspace`),
+allocated once, and see inputs as rows through at most one cheap view
+(:func:`view`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,14 @@ from bnsgd_numba import _cuda_backend as backend
 from bnsgd_numba import config
 
 MAX_ELEMENTWISE_BLOCKS = 4096
+MAX_WORKSPACES = 8
+"""Workspaces a layer keeps (one per input shape); past that it starts over."""
+COLUMN_ROWS_PER_THREAD = 16
+"""Rows each thread adds per column in the first stage of LayerNorm's ``grad_weight``."""
+GROUP_ITEMS_PER_THREAD = 8
+"""Values per thread of a chunk of a GroupNorm row (or channel plane) when it is split."""
+GROUP_TARGET_BLOCKS = 2048
+"""Rows (planes) are split into chunks until there are about this many blocks."""
 
 
 def _threads() -> int:
@@ -35,150 +50,256 @@ def _elementwise_grid(size: int, threads: int) -> int:
     return max(1, min(MAX_ELEMENTWISE_BLOCKS, -(-size // threads)))
 
 
-def _dummy(dtype: np.dtype) -> Any:
-    return backend.to_device(np.zeros(1, dtype))
-
-
 def _empty(shape: Any, dtype: Any) -> Any:
     return backend.device_empty(shape, dtype)
 
 
-def row_statistics(rows: Any, eps: float, centered: bool) -> tuple[Any, ...]:
-    """Return device (mean, var, invstd) float64 and (hi, lo, scale) in the dtype, per row."""
-    from bnsgd_numba import _norm_kernels_gpu as kernels
+def view(array: Any, shape: tuple[int, ...]) -> Any:
+    """``array`` (C-contiguous) seen with ``shape``: itself when it has it, else one cheap view.
 
-    count = rows.shape[0]
-    dtype = np.dtype(rows.dtype)
-    mean, var, invstd = (_empty(count, np.float64) for _ in range(3))
-    hi, lo, scale = (_empty(count, dtype) for _ in range(3))
-    if count:
-        kernels.row_statistics[count, _threads()](
-            rows, eps, centered, mean, var, invstd, hi, lo, scale
-        )
-    return mean, var, invstd, hi, lo, scale
+    Builds the view directly (``backend.strided_view``), not through the
+    slow ``reshape`` of numba's device arrays.
+    """
+    if tuple(array.shape) == shape:
+        return array
+    step = np.dtype(array.dtype).itemsize
+    strides = []
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return backend.strided_view(array, shape, tuple(reversed(strides)))
+
+
+def _cache(owner: Any) -> dict:
+    cache = owner.__dict__.get("_gpu_workspaces")
+    if cache is None or len(cache) > MAX_WORKSPACES:
+        cache = owner.__dict__["_gpu_workspaces"] = {}
+    return cache
+
+
+def workspace(owner: Any, key: tuple, size: int) -> Any:
+    """The float64 device buffer of ``owner`` for ``key``, allocated on first use.
+
+    It holds the statistics a backward needs and the kernels' partials: one
+    allocation per layer and shape instead of several per call. A forward
+    saves it with its input; the next forward of the same shape overwrites it.
+    """
+    cache = _cache(owner)
+    work = cache.get(key)
+    if work is None:
+        work = cache[key] = _empty(max(1, size), np.float64)
+    return work
+
+
+def dummy(owner: Any, dtype: Any) -> Any:
+    """A one-element device array of ``dtype`` standing in for an absent weight or bias."""
+    cache = _cache(owner)
+    key = ("dummy", np.dtype(dtype).str)
+    array = cache.get(key)
+    if array is None:
+        array = cache[key] = _empty(1, dtype)
+    return array
+
+
+def cached_view(owner: Any, array: Any, shape: tuple[int, ...]) -> Any:
+    """A view of one of ``owner``'s own arrays, built once while the array stays the same."""
+    if array is None or tuple(array.shape) == shape:
+        return array
+    cache = _cache(owner)
+    key = ("view", id(array), shape)
+    hit = cache.get(key)
+    if hit is None or hit[0] is not array:
+        hit = cache[key] = (array, view(array, shape))
+    return hit[1]
+
+
+def device_output(out: Any, x: Any, rows: Any, dtype: Any, others: tuple[Any, ...]) -> Any:
+    """Return (array to return, its rows view): a new array shaped like ``x``, or ``out`` checked."""
+    from bnsgd_numba.normalizations import _base
+
+    if out is None:
+        target = _empty(tuple(rows.shape), dtype)
+        return view(target, tuple(x.shape)), target
+    out = _base.check_device_out(out, x, others)
+    return out, view(out, tuple(rows.shape))
+
+
+def overlaps_any(out: Any, others: list[Any]) -> bool:
+    """Whether the C-contiguous device array ``out`` overlaps any of ``others``.
+
+    Contiguous numba arrays are compared by their pointers and sizes (the
+    general ``backend.overlaps`` builds two ``__cuda_array_interface__``
+    dicts per pair).
+    """
+    if backend.SIMULATOR:
+        return any(backend.overlaps(out, other) for other in others)
+    start = out.device_ctypes_pointer.value or 0
+    end = start + out.size * out.dtype.itemsize
+    for other in others:
+        if getattr(type(other), "__cuda_ndarray__", False) is True and other.is_c_contiguous():
+            other_start = other.device_ctypes_pointer.value or 0
+            if other_start < end and start < other_start + other.size * other.dtype.itemsize:
+                return True
+        elif backend.overlaps(out, other):
+            return True
+    return False
+
+
+# --- rows (LayerNorm, RMSNorm) ------------------------------------------------
+
+
+def _spans(count: int, threads: int) -> int:
+    # row spans of the column partials: COLUMN_ROWS_PER_THREAD rows per thread
+    rows_per_span = (threads // backend.WARP_SIZE) * COLUMN_ROWS_PER_THREAD
+    return -(-count // rows_per_span)
 
 
 def rows_forward(
-    rows: Any, y: Any, weight: Any, bias: Any, eps: float, centered: bool
-) -> tuple[Any, Any]:
-    """Normalize the rows (R, L) into ``y``; return the float64 (mean, invstd) per row."""
-    from bnsgd_numba import _norm_kernels_gpu as kernels
+    owner: Any, rows: Any, y: Any, weight: Any, bias: Any, eps: float, centered: bool
+) -> Any:
+    """Normalize the rows (R, L) into ``y`` (R, L); one launch.
 
-    dtype = np.dtype(rows.dtype)
-    mean, _, invstd, hi, lo, scale = row_statistics(rows, eps, centered)
-    threads = _threads()
-    kernels.rows_normalize[_elementwise_grid(rows.size, threads), threads](
-        rows, y, hi, lo, scale, _dummy(dtype) if weight is None else weight,
-        _dummy(dtype) if bias is None else bias, weight is not None, bias is not None,
-    )  # fmt: skip
-    return mean, invstd
-
-
-def rows_backward(
-    dy: Any, rows: Any, dx: Any, weight: Any, mean: Any, invstd: Any, centered: bool,
-    grad_weight: Any, grad_bias: Any,
-) -> None:  # fmt: skip
-    """Write dx of the rows and the per-column ``grad_weight``/``grad_bias`` (None: not kept)."""
+    Returns ``owner``'s workspace for this shape, which holds the rows'
+    float64 (mean, invstd) for :func:`rows_backward` (and room for the
+    column partials of ``grad_weight`` when there is a weight).
+    """
     from bnsgd_numba import _norm_kernels_gpu as kernels
 
     count, length = rows.shape
-    dtype = np.dtype(rows.dtype)
     threads = _threads()
-    c1, c2 = _empty(count, np.float64), _empty(count, np.float64)
-    affine = weight is not None
-    w = weight if affine else _dummy(dtype)
+    spans = _spans(count, threads) if weight is not None else 0
+    work = workspace(owner, ("rows", count, length, threads), 4 * count + 2 * spans * length)
+    mode = (
+        (kernels.CENTERED if centered else 0)
+        | (kernels.AFFINE if weight is not None else 0)
+        | (kernels.SHIFTED if bias is not None else 0)
+    )
+    if weight is None:
+        weight = dummy(owner, rows.dtype) if bias is None else bias
     if count:
-        kernels.rows_gradient_sums[count, threads](
-            dy, rows, w, mean, invstd, centered, affine, c1, c2
+        kernels.rows_forward[count, threads](
+            rows, y, weight, weight if bias is None else bias, work, eps, mode
         )
-        kernels.rows_input_gradient[_elementwise_grid(rows.size, threads), threads](
-            dy, rows, dx, w, mean, invstd, affine, c1, c2
+    return work
+
+
+def rows_backward(
+    dy: Any, rows: Any, dx: Any, weight: Any, work: Any, centered: bool, grad_weight: Any,
+    grad_bias: Any, owner: Any,
+) -> None:  # fmt: skip
+    """Write dx of the rows and ``grad_weight``/``grad_bias`` (present with a weight).
+
+    Two launches with a weight (the column partials, then dx and the column
+    totals together), one without.
+    """
+    from bnsgd_numba import _norm_kernels_gpu as kernels
+
+    count, length = rows.shape
+    threads = _threads()
+    blocks = count
+    mode = kernels.CENTERED if centered else 0
+    if weight is None:
+        weight = grad_weight = grad_bias = dummy(owner, rows.dtype)
+    else:
+        mode |= kernels.AFFINE | (kernels.SHIFTED if grad_bias is not None else 0)
+        grad_bias = grad_weight if grad_bias is None else grad_bias
+        spans = _spans(count, threads)
+        if spans:
+            tall = threads // backend.WARP_SIZE
+            kernels.rows_column_partials[
+                (-(-length // backend.WARP_SIZE), spans), (backend.WARP_SIZE, tall)
+            ](dy, rows, work)
+        blocks += -(-length // threads)
+    if blocks:
+        kernels.rows_backward[blocks, threads](
+            dy, rows, dx, weight, work, grad_weight, grad_bias, mode
         )
-    if grad_weight is None and grad_bias is None:
-        return
-    kernels.rows_parameter_gradients[-(-length // threads), threads](
-        dy, rows, mean, invstd,
-        _empty(length, dtype) if grad_weight is None else grad_weight,
-        _empty(length, dtype) if grad_bias is None else grad_bias,
-    )  # fmt: skip
+
+
+# --- groups (GroupNorm, InstanceNorm) -------------------------------------------
+
+
+def _chunk(length: int, lines: int, threads: int) -> int:
+    # values per block when each of ``lines`` lines of ``length`` values is split
+    # until there are about GROUP_TARGET_BLOCKS blocks (a multiple of the warp)
+    parts = max(1, min(-(-length // (threads * GROUP_ITEMS_PER_THREAD)),
+                       -(-GROUP_TARGET_BLOCKS // max(1, lines))))  # fmt: skip
+    chunk = -(-length // parts)
+    return max(1, -(-chunk // backend.WARP_SIZE) * backend.WARP_SIZE)
+
+
+def _group_work(owner: Any, rows: Any, spatial: int, threads: int) -> tuple[Any, int, int]:
+    count, length = rows.shape
+    planes = count * (length // max(1, spatial))
+    forward_chunk = _chunk(length, count, threads)
+    backward_chunk = _chunk(spatial, planes, threads)
+    # per block: two partials and two broadcast values
+    scratch = 2 * max(count * -(-length // forward_chunk), planes * -(-spatial // backward_chunk))
+    work = workspace(owner, ("groups", count, length, spatial, threads), 3 * count + 2 * scratch)
+    return work, forward_chunk, backward_chunk
 
 
 def group_forward(
-    x3: Any, y3: Any, weight: Any, bias: Any, groups: int, eps: float
-) -> tuple[Any, ...]:
-    """Normalize x (N, C, S) per (sample, group) into ``y3``.
+    owner: Any, rows: Any, y: Any, weight: Any, bias: Any, groups: int, spatial: int,
+    eps: float, stats_only: bool = False, partials_done: bool = False,
+) -> Any:  # fmt: skip
+    """Normalize the N * G rows (R, L) of GroupNorm into ``y`` (two launches).
 
-    Returns the device (mean, var, invstd) float64 and (hi, lo) per row.
+    Returns ``owner``'s workspace, whose first ``3 R`` values are the rows'
+    float64 (mean, invstd, var). ``stats_only``: write those, not ``y``;
+    ``partials_done``: the chunk partials are there already (from a
+    ``stats_only`` call on the same rows).
     """
-    mean, var, invstd, hi, lo = group_statistics(x3, groups, eps)
-    group_normalize(x3, y3, weight, bias, groups, invstd, hi, lo)
-    return mean, var, invstd, hi, lo
-
-
-def group_statistics(x3: Any, groups: int, eps: float) -> tuple[Any, ...]:
-    """Device (mean, var, invstd, hi, lo) of the N * G rows of x (N, C, S)."""
-    n, channels, s = x3.shape
-    rows = x3.reshape(n * groups, (channels // groups) * s)
-    mean, var, invstd, hi, lo, _ = row_statistics(rows, eps, True)
-    return mean, var, invstd, hi, lo
-
-
-def group_normalize(
-    x3: Any, y3: Any, weight: Any, bias: Any, groups: int, invstd: Any, hi: Any, lo: Any
-) -> None:
-    """y = ((x - hi) - lo) * (weight * invstd) + bias with the rows' statistics."""
     from bnsgd_numba import _norm_kernels_gpu as kernels
 
-    n, channels, _ = x3.shape
-    dtype = np.dtype(x3.dtype)
+    count, length = rows.shape
     threads = _threads()
-    affine = weight is not None
-    scale, offset = _empty((n, channels), dtype), _empty(channels, dtype)
-    if n == 0:
-        return
-    kernels.group_constants[-(-(n * channels) // threads), threads](
-        invstd, weight if affine else _dummy(dtype), bias if affine else _dummy(dtype),
-        groups, affine, scale, offset,
-    )  # fmt: skip
-    kernels.group_normalize[_elementwise_grid(x3.size, threads), threads](
-        x3, y3, groups, hi, lo, scale, offset
+    work, chunk, _ = _group_work(owner, rows, spatial, threads)
+    if not rows.size:
+        return work
+    grid = (-(-length // chunk), count)
+    if not partials_done:
+        kernels.group_partials[grid, threads](rows, work, chunk)
+    mode = (kernels.AFFINE if weight is not None else 0) | (kernels.STATS_ONLY if stats_only else 0)
+    if weight is None:
+        weight = bias = dummy(owner, rows.dtype)
+    kernels.group_forward[grid, threads](
+        rows, y, weight, bias, work, groups, spatial, chunk, eps, mode
     )
+    return work
+
+
+def group_statistics(owner: Any, rows: Any, groups: int, spatial: int, eps: float) -> Any:
+    """Host float64 (mean, invstd, var) of the rows, shape (R, 3); the workspace keeps them."""
+    work = group_forward(owner, rows, rows, None, None, groups, spatial, eps, stats_only=True)
+    count = rows.shape[0]
+    return work.copy_to_host()[: 3 * count].reshape(count, 3)
 
 
 def group_backward(
-    dy3: Any, x3: Any, dx3: Any, weight: Any, groups: int, invstd: Any, mean: Any, hi: Any,
-    lo: Any, grad_weight: Any, grad_bias: Any,
+    dy: Any, rows: Any, dx: Any, weight: Any, work: Any, groups: int, spatial: int,
+    grad_weight: Any, grad_bias: Any, owner: Any,
 ) -> None:  # fmt: skip
-    """Write dx of GroupNorm and the per-channel ``grad_weight``/``grad_bias`` (None: not kept)."""
+    """Write dx of GroupNorm and ``grad_weight``/``grad_bias`` (with a weight); two launches."""
     from bnsgd_numba import _norm_kernels_gpu as kernels
 
-    n, channels, s = x3.shape
-    dtype = np.dtype(x3.dtype)
-    threads = _threads()
-    affine = weight is not None
-    w = weight if affine else _dummy(dtype)
-    sum_dy, sum_dy_xmu = _empty((n, channels), np.float64), _empty((n, channels), np.float64)
-    rows = n * groups
-    dy_scale = _empty((n, channels), dtype)
-    shift, xmu_scale = _empty(rows, dtype), _empty(rows, dtype)
-    if n:
-        kernels.group_channel_sums[(n, channels), threads](
-            dy3, x3, groups, mean, sum_dy, sum_dy_xmu
-        )
-        kernels.group_gradient_constants[-(-rows // threads), threads](
-            sum_dy, sum_dy_xmu, w, invstd, groups, float((channels // groups) * s), affine,
-            dy_scale, shift, xmu_scale,
-        )  # fmt: skip
-        kernels.group_input_gradient[_elementwise_grid(x3.size, threads), threads](
-            dy3, x3, dx3, groups, hi, lo, dy_scale, shift, xmu_scale
-        )
-    if grad_weight is None and grad_bias is None:
+    count, length = rows.shape
+    if not rows.size:
+        for grad in (grad_weight, grad_bias):
+            if grad is not None:
+                grad.copy_to_device(np.zeros(grad.shape, grad.dtype))
         return
-    kernels.group_parameter_gradients[-(-channels // threads), threads](
-        sum_dy, sum_dy_xmu, invstd, groups,
-        _empty(channels, dtype) if grad_weight is None else grad_weight,
-        _empty(channels, dtype) if grad_bias is None else grad_bias,
-    )  # fmt: skip
+    threads = _threads()
+    planes = count * (length // spatial)
+    chunk = _chunk(spatial, planes, threads)
+    grid = (-(-spatial // chunk), planes)
+    kernels.group_channel_sums[grid, threads](dy, rows, work, spatial, chunk)
+    mode = kernels.AFFINE if weight is not None else 0
+    if weight is None:
+        weight = grad_weight = grad_bias = dummy(owner, rows.dtype)
+    kernels.group_backward[grid, threads](
+        dy, rows, dx, weight, work, grad_weight, grad_bias, groups, spatial, chunk, mode
+    )
 
 
 def contiguous(array: Any, name: str, what: str) -> Any:

@@ -208,7 +208,8 @@ class GroupedNorm(NormLayer):
 
     # --- GPU -------------------------------------------------------------------------
 
-    def _device_ncs(self, a: Any, name: str) -> Any:
+    def _device_rows(self, a: Any, name: str, groups: int | None = None) -> Any:
+        """Return ``a`` (checked) seen as the (N * G, C / G * S) rows of its groups."""
         from bnsgd_numba.normalizations import _gpu
 
         shape = tuple(a.shape)
@@ -223,43 +224,46 @@ class GroupedNorm(NormLayer):
                 f"{self.channel_axis} of a rank-{len(shape)} array)"
             )
         a = _gpu.contiguous(a, name, "(N, C, ...)")
-        return a.reshape(shape[0], self.num_channels, math.prod(shape[2:]))
+        groups = self.num_groups if groups is None else groups
+        return _gpu.view(a, (shape[0] * groups, math.prod(shape[1:]) // groups))
 
-    def _device_output(self, out: Any, x: Any, others: tuple[Any, ...]) -> Any:
-        from bnsgd_numba import _cuda_backend as backend
-        from bnsgd_numba.normalizations import _base
+    def _device_output(self, out: Any, x: Any, rows: Any, others: tuple[Any, ...]) -> Any:
+        from bnsgd_numba.normalizations import _gpu
 
-        if out is None:
-            return backend.device_empty(tuple(x.shape), self.dtype)
-        return _base.check_device_out(out, x, others)
+        return _gpu.device_output(out, x, rows, self.dtype, others)
 
-    def _checked_device_input(self, x: Any, caller: str) -> tuple[Any, Any]:
+    def _checked_device_input(self, x: Any, caller: str, groups: int | None = None) -> Any:
         from bnsgd_numba.normalizations import _base
 
         x = _base.device_input(x, "x", self.dtype, self.MIN_RANK, caller)
-        return x, self._device_ncs(x, "x")
+        return x, self._device_rows(x, "x", groups)
 
-    def _forward_device(self, x: Any, out: Any) -> Any:
+    def _spatial(self, x: Any) -> int:
+        return math.prod(tuple(x.shape)[2:])
+
+    def _forward_device(self, x: Any, out: Any, rows: Any = None) -> Any:
         from bnsgd_numba.normalizations import _gpu
 
-        x, x3 = self._checked_device_input(x, f"{type(self).__name__}.forward")
-        y = self._device_output(out, x, (self.weight, self.bias))
-        mean, _, invstd, hi, lo = _gpu.group_forward(
-            x3, y.reshape(*x3.shape), self.weight, self.bias, self.num_groups, self.eps
-        )
-        self._saved = ("gpu_groups", x, x3, mean, invstd, hi, lo)
+        if rows is None:
+            x, rows = self._checked_device_input(x, f"{type(self).__name__}.forward")
+        y, y_rows = self._device_output(out, x, rows, (self.weight, self.bias))
+        work = _gpu.group_forward(
+            self, rows, y_rows, self.weight, self.bias, self.num_groups, self._spatial(x),
+            self.eps,
+        )  # fmt: skip
+        self._saved = ("gpu_groups", x, rows, work, self.num_groups)
         return y
 
     def _backward_device(self, dy: Any, out: Any) -> Any:
         from bnsgd_numba.normalizations import _gpu
 
-        _, x, x3, mean, invstd, hi, lo = self._saved_input()
+        _, x, rows, work, groups = self._saved_input()
         dy = matching_dy(dy, x)
-        dy3 = self._device_ncs(dy, "dy")
-        dx = self._device_output(out, x, (dy, self.weight, self.bias))
+        dy_rows = self._device_rows(dy, "dy", groups)
+        dx, dx_rows = self._device_output(out, x, rows, (dy, self.weight, self.bias))
         _gpu.group_backward(
-            dy3, x3, dx.reshape(*x3.shape), self.weight, self.num_groups, invstd, mean, hi, lo,
-            self.grad_weight, self.grad_bias,
+            dy_rows, rows, dx_rows, self.weight, work, groups, self._spatial(x),
+            self.grad_weight, self.grad_bias, self,
         )  # fmt: skip
         return dx
 

@@ -123,9 +123,11 @@ class InstanceNorm(GroupedNorm):
             )  # fmt: skip
             self._saved = ("running", x, result.save_mean, result.save_invstd)
             return result.y
-        if not on_device:
+        if on_device:
+            s = self._spatial(x)
+        else:
             x3, axis = self._ncs(x, "x")
-        n, c, s = x3.shape
+            n, c, s = x3.shape
         if training and s <= 1:
             raise ValueError(
                 f"x: expected more than 1 spatial element when training, got shape {x.shape}"
@@ -142,17 +144,19 @@ class InstanceNorm(GroupedNorm):
         self._update_running(mean.reshape(n, c), var.reshape(n, c), s)
         return self._normalize(x, x3, axis, mean, invstd, out)
 
-    def _instance_forward_device(self, x: Any, x3: Any, out: Any, training: bool) -> Any:
+    def _instance_forward_device(self, x: Any, rows: Any, out: Any, training: bool) -> Any:
         from bnsgd_numba.normalizations import _gpu
 
         if not (training and self.track_running_stats):
-            return self._forward_device(x, out)
-        y = self._device_output(out, x, (self.weight, self.bias))
-        n, c, s = x3.shape
-        mean, var, invstd, hi, lo = _gpu.group_statistics(x3, c, self.eps)
-        self._update_running(mean.copy_to_host().reshape(n, c), var.copy_to_host().reshape(n, c), s)
-        _gpu.group_normalize(x3, y.reshape(n, c, s), self.weight, self.bias, c, invstd, hi, lo)
-        self._saved = ("gpu_groups", x, x3, mean, invstd, hi, lo)
+            return self._forward_device(x, out, rows)
+        y, y_rows = self._device_output(out, x, rows, (self.weight, self.bias))
+        n, c, s = x.shape[0], self.num_channels, rows.shape[1]
+        stats = _gpu.group_statistics(self, rows, c, s, self.eps)
+        self._update_running(stats[:, 0].reshape(n, c), stats[:, 2].reshape(n, c), s)
+        work = _gpu.group_forward(
+            self, rows, y_rows, self.weight, self.bias, c, s, self.eps, partials_done=True
+        )
+        self._saved = ("gpu_groups", x, rows, work, c)
         return y
 
     def _update_running(self, mean: np.ndarray, var: np.ndarray, spatial: int) -> None:

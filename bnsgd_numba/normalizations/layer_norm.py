@@ -260,43 +260,41 @@ class RowNorm(NormLayer):
                 f"{name}: shape {shape} does not end with normalized_shape {self.normalized_shape}"
             )
         a = _gpu.contiguous(a, name, "the rows")
-        return a.reshape(math.prod(shape) // self.features, self.features)
+        return _gpu.view(a, (math.prod(shape) // self.features, self.features))
 
     def _device_flat(self, array: Any) -> Any:
-        return None if array is None else array.reshape(self.features)
+        from bnsgd_numba.normalizations import _gpu
+
+        return _gpu.cached_view(self, array, (self.features,))
+
+    def _device_output(self, out: Any, x: Any, rows: Any, others: tuple[Any, ...]) -> Any:
+        from bnsgd_numba.normalizations import _gpu
+
+        return _gpu.device_output(out, x, rows, self.dtype, others)
 
     def _forward_device(self, x: Any, out: Any) -> Any:
-        from bnsgd_numba import _cuda_backend as backend
         from bnsgd_numba.normalizations import _base, _gpu
 
         name = type(self).__name__
         x = _base.device_input(x, "x", self.dtype, 1, f"{name}.forward")
         rows = self._device_rows(x, "x")
-        if out is None:
-            y = backend.device_empty(tuple(x.shape), self.dtype)
-        else:
-            y = _base.check_device_out(out, x, (self.weight, self.bias))
-        mean, invstd = _gpu.rows_forward(
-            rows, y.reshape(*rows.shape), self._device_flat(self.weight),
-            self._device_flat(self.bias), self._eps(), self.CENTERED,
+        y, y_rows = self._device_output(out, x, rows, (self.weight, self.bias))
+        work = _gpu.rows_forward(
+            self, rows, y_rows, self._device_flat(self.weight), self._device_flat(self.bias),
+            self._eps(), self.CENTERED,
         )  # fmt: skip
-        self._saved = (x, rows, None, mean, invstd)
+        self._saved = (x, rows, None, work, None)
         return y
 
     def _backward_device(self, dy: Any, out: Any) -> Any:
-        from bnsgd_numba import _cuda_backend as backend
-        from bnsgd_numba.normalizations import _base, _gpu
+        from bnsgd_numba.normalizations import _gpu
 
-        x, rows, _, mean, invstd = self._saved_input()
+        x, rows, _, work, _ = self._saved_input()
         dy_rows = self._device_rows(dy, "dy")
-        if out is None:
-            dx = backend.device_empty(tuple(x.shape), self.dtype)
-        else:
-            dx = _base.check_device_out(out, x, (dy, self.weight, self.bias))
+        dx, dx_rows = self._device_output(out, x, rows, (dy, self.weight, self.bias))
         _gpu.rows_backward(
-            dy_rows, rows, dx.reshape(*rows.shape), self._device_flat(self.weight), mean,
-            invstd, self.CENTERED, self._device_flat(self.grad_weight),
-            self._device_flat(self.grad_bias),
+            dy_rows, rows, dx_rows, self._device_flat(self.weight), work, self.CENTERED,
+            self._device_flat(self.grad_weight), self._device_flat(self.grad_bias), self,
         )  # fmt: skip
         return dx
 

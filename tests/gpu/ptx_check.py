@@ -71,44 +71,28 @@ def _signatures(dt):
 
 
 def _normalization_signatures(dt):
-    f64, i64, b1 = nt.float64, nt.int64, nt.boolean
+    f64, i64 = nt.float64, nt.int64
 
     def c(dtype, ndim=1):
         return nt.Array(dtype, ndim, "C")
 
     from bnsgd_numba import _norm_kernels_gpu as norm
 
-    rows, stats = c(dt, 2), (c(f64),) * 3
+    rows, work, vector = c(dt, 2), c(f64), c(dt)
     return [
-        (norm.row_statistics, (rows, f64, b1, *stats, *(c(dt),) * 3), True),
-        (norm.rows_normalize, (rows, rows, *(c(dt),) * 5, b1, b1), False),
+        (norm.rows_forward, (rows, rows, vector, vector, work, f64, i64), True),
+        (norm.rows_column_partials, (rows, rows, work), False),
+        (norm.rows_backward, (rows, rows, rows, vector, work, vector, vector, i64), True),
+        (norm.group_partials, (rows, work, i64), True),
+        (norm.group_forward, (rows, rows, vector, vector, work, i64, i64, i64, f64, i64), True),
+        (norm.group_channel_sums, (rows, rows, work, i64, i64), True),
         (
-            norm.rows_gradient_sums,
-            (rows, rows, c(dt), c(f64), c(f64), b1, b1, c(f64), c(f64)),
+            norm.group_backward,
+            (rows, rows, rows, vector, work, vector, vector, i64, i64, i64, i64),
             True,
         ),
-        (
-            norm.rows_input_gradient,
-            (rows, rows, rows, c(dt), c(f64), c(f64), b1, c(f64), c(f64)),
-            False,
-        ),
-        (norm.rows_parameter_gradients, (rows, rows, c(f64), c(f64), c(dt), c(dt)), False),
-        (norm.group_constants, (c(f64), c(dt), c(dt), i64, b1, c(dt, 2), c(dt)), False),
-        (norm.group_normalize, (c(dt, 3), c(dt, 3), i64, c(dt), c(dt), c(dt, 2), c(dt)), False),
-        (norm.group_channel_sums, (c(dt, 3), c(dt, 3), i64, c(f64), c(f64, 2), c(f64, 2)), True),
-        (
-            norm.group_gradient_constants,
-            (c(f64, 2), c(f64, 2), c(dt), c(f64), i64, f64, b1, c(dt, 2), c(dt), c(dt)),
-            False,
-        ),
-        (norm.group_parameter_gradients, (c(f64, 2), c(f64, 2), c(f64), i64, c(dt), c(dt)), False),
         (norm.channel_moments, (c(dt, 3), c(f64), c(f64)), True),
         (norm.channel_normalize, (c(dt, 3), c(dt, 3), *(c(dt),) * 4), False),
-        (
-            norm.group_input_gradient,
-            (*(c(dt, 3),) * 3, i64, c(dt), c(dt), c(dt, 2), c(dt), c(dt)),
-            False,
-        ),
     ]
 
 
