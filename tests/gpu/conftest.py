@@ -4,15 +4,17 @@ Every test here is marked ``gpu`` and skipped when neither a GPU nor the
 simulator is there. Under the simulator, which runs one Python thread per
 CUDA thread, blocks are shrunk to one or two warps, the interpreter's
 thread switch interval is shortened so that barriers are cheap, and shared
-arrays find their call site cheaply.
+arrays are created thread-safely (:func:`_shared_array`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
-import types
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bnsgd_numba import _cuda_backend as backend
@@ -50,51 +52,60 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch):
         return
     monkeypatch.setattr(config, "GPU_THREADS_PER_BLOCK", SIMULATOR_THREADS_PER_BLOCK)
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(2e-4)
+    sys.setswitchinterval(float(os.environ.get("BNSGD_SIM_SWITCH", "2e-4")))
     try:
         yield
     finally:
         sys.setswitchinterval(interval)
 
 
-def _shared_array_call_site_stack(frame, limit=None):
-    # the two entries numba-cuda's simulator reads, straight from the frames
-    caller = frame.f_back
-    return [
-        (caller.f_code.co_filename, caller.f_lineno),
-        (frame.f_code.co_filename, frame.f_lineno),
-    ]
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_array(self, shape, dtype, alignment=None):
+    """numba-cuda's simulated ``cuda.shared.array``, thread-safe and cheaper.
+
+    The simulator keys a block's shared arrays by the caller's (file, line)
+    and creates one on first use with a check-then-set that is not atomic:
+    two threads of a block reaching the line together can each create their
+    own array, and the block then reads values its other threads never wrote
+    (rare, load-dependent wrong results in the reduction tests). It also takes
+    the caller from ``traceback.extract_stack``, which stats every source file
+    on the stack on every call. Same key and same arrays here, under a lock,
+    with the caller read from the frame.
+    """
+    if alignment is not None or shape == 0:
+        return _SIMULATOR_SHARED_ARRAY(self, shape, dtype, alignment)
+    caller = sys._getframe(1)
+    key = (caller.f_code.co_filename, caller.f_lineno)
+    with _SHARED_LOCK:
+        array = self._allocations.get(key)
+        if array is None:
+            if isinstance(dtype, _NUMBA_TYPE):
+                dtype = _AS_DTYPE(dtype)  # a numba type such as float64
+            array = self._allocations[key] = np.empty(shape, dtype)
+    return array
+
+
+_SIMULATOR_SHARED_ARRAY = None
+_AS_DTYPE = None
+_NUMBA_TYPE = None
 
 
 @pytest.fixture(autouse=True, scope="session")
-def cheap_shared_arrays():
-    """Under the simulator: find a shared array's call site without formatting the stack.
-
-    The simulator keys ``cuda.shared.array`` by the caller's file and line, which
-    it takes from ``traceback.extract_stack``: that stats every source file on the
-    thread's stack, on every call of every thread. The simulator's stand-in for
-    warp shuffles (``_cuda_backend.shfl_down3``) allocates on every shuffle, ten
-    per block reduction, so this was about half the time of a reduction block.
-    The same key, read from the two frames directly; left alone if numba-cuda
-    no longer reads it that way.
-    """
+def thread_safe_shared_arrays():
+    """Under the simulator: :func:`_shared_array` in place of numba-cuda's own."""
+    global _SIMULATOR_SHARED_ARRAY, _AS_DTYPE, _NUMBA_TYPE
     if not backend.SIMULATOR:
         yield
         return
-    import inspect
-
     from numba.cuda.simulator import kernelapi
 
-    source = inspect.getsource(kernelapi.FakeCUDAShared.array)
-    if "traceback.extract_stack(sys._getframe())" not in source or "[-2][0:2]" not in source:
-        yield
-        return
+    _SIMULATOR_SHARED_ARRAY = kernelapi.FakeCUDAShared.array
+    _AS_DTYPE = kernelapi.numpy_support.as_dtype
+    _NUMBA_TYPE = kernelapi.types.Type
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            kernelapi,
-            "traceback",
-            types.SimpleNamespace(extract_stack=_shared_array_call_site_stack),
-        )
+        patch.setattr(kernelapi.FakeCUDAShared, "array", _shared_array)
         yield
 
 

@@ -40,26 +40,33 @@ def _signatures(dt):
     from bnsgd_numba import _batch_norm_gpu as bn
     from bnsgd_numba import _sgd_gpu as sgd
 
-    part = (c(f64, 2),) * 3
     return [
-        (bn.moments_ncs, (c(dt, 3), i64, *part), True),
-        (bn.moments_rc, (a(dt, 2), i64, *part), False),
+        (bn.moments_ncs, (c(dt), i64, i64, i64, c(f64, 3)), True),
+        (bn.moments_rc, (c(dt), i64, i64, c(f64, 3)), False),
         (
             bn.finish_moments,
-            (*part, f64, c(dt), c(dt), b1, b1, c(f64), c(f64), *(c(dt),) * 6, c(i32)),
+            (c(f64, 3), f64, c(dt), c(dt), b1, b1, c(f64, 2), c(dt, 2), c(dt, 2), c(i32)),
             True,
-        ),  # noqa: E501
+        ),
         (
             bn.finish_running,
-            (c(i32), f64, f64, b1, b1, c(f64), c(f64), c(dt), c(dt), c(i32)),
+            (c(i32), f64, f64, b1, b1, c(f64, 2), c(dt), c(dt), c(i32)),
             False,
-        ),  # noqa: E501
-        (bn.eval_constants, (c(dt), c(dt), f64, c(dt), c(dt), b1, b1, *(c(dt),) * 6), False),
-        (bn.normalize, (a(dt), a(dt), *(i64,) * 4, *(c(dt),) * 4, c(i32)), False),
-        (bn.input_gradient, (a(dt), a(dt), a(dt), *(i64,) * 4, *(c(dt),) * 5), False),
-        (bn.gradient_sums_ncs, (c(dt, 3), c(dt, 3), c(dt), i64, c(f64, 3)), True),
-        (bn.gradient_sums_rc, (a(dt, 2), a(dt, 2), c(dt), i64, c(f64, 3)), False),
-        (bn.finish_gradient_sums, (c(f64, 3), f64, b1, c(dt), b1, c(dt), *(c(dt),) * 6), True),
+        ),
+        (bn.eval_constants, (c(dt), c(dt), f64, c(dt), c(dt), b1, b1, c(dt, 2), c(dt, 2)), False),
+        (bn.normalize, (c(dt), c(dt), *(i64,) * 4, c(dt, 2), c(i32)), False),
+        (bn.normalize_planes, (c(dt), c(dt), i64, i64, c(dt, 2), c(i32)), False),
+        (bn.normalize_columns, (c(dt), c(dt), i64, c(dt, 2), c(i32)), False),
+        (bn.input_gradient, (*(c(dt),) * 3, *(i64,) * 4, c(dt), c(dt, 2)), False),
+        (bn.input_gradient_planes, (*(c(dt),) * 3, i64, i64, c(dt), c(dt, 2)), False),
+        (bn.input_gradient_columns, (*(c(dt),) * 3, i64, c(dt), c(dt, 2)), False),
+        (bn.gradient_sums_ncs, (c(dt), c(dt), i64, i64, c(dt), i64, c(f64, 3)), True),
+        (bn.gradient_sums_rc, (c(dt), c(dt), i64, c(dt), i64, c(f64, 3)), False),
+        (
+            bn.finish_gradient_sums,
+            (c(f64, 3), f64, b1, c(dt), b1, c(dt), c(dt, 2), c(dt, 2)),
+            True,
+        ),
         (sgd.sgd_update, (c(dt), c(dt), c(dt), *(dt,) * 6, i64, b1, b1, b1), False),
         (sgd.flag_nonfinite, (c(dt), c(i32)), False),
         (sgd.norm_partials, (c(dt), i64, f64, c(f64)), True),
