@@ -46,7 +46,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch: pytest.MonkeyPatch):
-    """Under the simulator: one-warp blocks and a short thread switch interval."""
+    """Under the simulator: one-warp blocks and a short thread switch interval.
+
+    ``BNSGD_SIM_SWITCH`` sets the interval (seconds, default 2e-4); a much
+    shorter one, such as 1e-6, switches threads far more often and so shakes
+    out races between a block's threads.
+    """
     if not backend.SIMULATOR:
         yield
         return
