@@ -1,20 +1,25 @@
 """CUDA BatchNorm kernels (``@cuda.jit``) on the two canonical layouts.
 
-The layouts are those of :mod:`bnsgd_numba._batch_norm_cpu`: ``ncs``, a
-C-contiguous ``(N, C, S)`` view, and ``rc``, a ``(R, C)`` view whose channel
-varies fastest in memory. :mod:`bnsgd_numba.gpu_batch_norm` validates the
-input and launches these kernels in order.
+The layouts are those of :mod:`bnsgd_numba._batch_norm_cpu`: ``ncs``, an
+``(N, C, S)`` array, and ``rc``, an ``(R, C)`` array whose channel varies
+fastest in memory; the kernels take them as flat 1-D views of the dense
+memory plus the dimensions (a view per call costs host time with
+numba-cuda). :mod:`bnsgd_numba.gpu_batch_norm` validates the input and
+launches these kernels in order. Per-channel intermediates travel packed:
+``parts`` (3, C, B), ``stats`` (2, C), ``saved`` (2, C), ``constants`` (4, C).
 
 Reductions (forward statistics and the backward sums) have two stages:
 
 1. ``moments_*``/``gradient_sums_*``: each block reduces a fixed span of one
    channel (``ncs``: grid ``(C, B)``, one block per channel span; ``rc``: a
    2-D tiling, ``blockDim = (32, TY)``, 32 channels wide and a span of rows
-   high). Each thread runs Welford's update (or plain sums) in float64 over
-   its strided elements; the threads' partials are merged with Chan's
-   formula through warp shuffles (``ncs``) or a shared-memory tree over the
-   rows of the tile (``rc``), then across warps through shared memory. One
-   partial per (channel, span) is written, never accumulated with atomics.
+   high). Each thread reads its strided elements several at a time and
+   accumulates in float64 (moments: statistics about its first value, four
+   values merged at a time, see :func:`_add_values`; sums: plain sums); the
+   threads' partials are merged with Chan's formula (or added) through warp
+   shuffles (``ncs``) or a shared-memory tree over the rows of the tile
+   (``rc``), then across warps through shared memory. One partial per
+   (channel, span) is written, never accumulated with atomics.
 2. ``finish_*``: one block per channel merges its partials, again per thread
    in a fixed order and then through the same block merge, and computes the
    per-channel constants.
@@ -29,7 +34,10 @@ The elementwise kernels compute, in the data's dtype,
 carries the float64 mean, so a constant channel gives exactly ``offset`` and
 |mean| >> std keeps its accuracy) and
 ``dx = ((dy - shift) - ((x - saved_mean) - center_lo) * xmu_scale) * dy_scale``,
-exactly as the CPU kernels do.
+exactly as the CPU kernels do: one (n, c) plane per block for ``ncs`` with
+long rows (``*_planes``), a fixed channel per thread for ``rc`` when the
+grid's stride is a multiple of C (``*_columns``), a grid-stride loop that
+steps the channel otherwise.
 """
 
 from __future__ import annotations
