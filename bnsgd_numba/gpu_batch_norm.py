@@ -41,14 +41,15 @@ from bnsgd_numba.batch_norm import (
 )
 
 ITEMS_PER_THREAD = 16
-"""Elements each thread reduces per span of a channel-first reduction.
+"""Least elements each thread reduces per span of a channel-first reduction.
 
-Together with ``config.GPU_THREADS_PER_BLOCK`` it fixes the number of blocks
-per channel, so the reduction order depends on the shape and these two
-settings only (tests lower it to get several blocks per channel).
+Together with ``config.GPU_THREADS_PER_BLOCK`` and
+:data:`TARGET_REDUCTION_BLOCKS` it fixes the number of blocks per channel,
+so the reduction order depends on the shape and these settings only, not on
+the device (tests lower it to get several blocks per channel).
 """
 RC_ROWS_PER_THREAD = 32
-"""Rows each thread reduces per span of a channels-last reduction."""
+"""Least rows each thread reduces per span of a channels-last reduction."""
 MAX_SPANS = 65535
 """Most blocks per channel (the grid's y limit)."""
 TARGET_REDUCTION_BLOCKS = 2048
