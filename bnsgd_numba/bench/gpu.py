@@ -289,42 +289,14 @@ def _sgd_case(shapes, torch, synchronize, probe, repeat, calls) -> Row:
 
 def _torch_variant(variant: str, layer: Any, x_host: np.ndarray, dy_host: np.ndarray, torch: Any):
     """PyTorch's forward and backward of one variant on CUDA tensors: {operation: call}."""
-    xt = torch.from_numpy(x_host).cuda()
-    dyt = torch.from_numpy(dy_host).cuda()
-    wt = torch.from_numpy(np.ascontiguousarray(layer.weight.copy_to_host())).cuda()
-    aten = torch.ops.aten
-    if variant == "layer_norm":
-        bt = torch.from_numpy(np.ascontiguousarray(layer.bias.copy_to_host())).cuda()
-        shape = list(layer.normalized_shape)
-        _, mean, rstd = aten.native_layer_norm(xt, shape, wt, bt, layer.eps)
-        return {
-            "forward": lambda: aten.native_layer_norm(xt, shape, wt, bt, layer.eps),
-            "backward": lambda: aten.native_layer_norm_backward(
-                dyt, xt, shape, mean, rstd, wt, bt, [True, True, True]
-            ),
-        }
-    if variant == "group_norm":
-        bt = torch.from_numpy(np.ascontiguousarray(layer.bias.copy_to_host())).cuda()
-        n, c = x_host.shape[:2]
-        hw = x_host[0, 0].size
-        groups = layer.num_groups
-        _, mean, rstd = aten.native_group_norm(xt, wt, bt, n, c, hw, groups, layer.eps)
-        return {
-            "forward": lambda: aten.native_group_norm(xt, wt, bt, n, c, hw, groups, layer.eps),
-            "backward": lambda: aten.native_group_norm_backward(
-                dyt, xt, mean, rstd, wt, n, c, hw, groups, [True, True, True]
-            ),
-        }
-    # rms_norm: autograd through F.rms_norm (what a PyTorch user runs)
-    shape = list(layer.normalized_shape)
-    eps = layer._eps()
-    xg = xt.clone().requires_grad_()
-    wg = wt.clone().requires_grad_()
-    yg = torch.nn.functional.rms_norm(xg, shape, wg, eps)
-    return {
-        "forward": lambda: torch.nn.functional.rms_norm(xg, shape, wg, eps),
-        "backward": lambda: torch.autograd.grad(yg, (xg, wg), dyt, retain_graph=True),
-    }
+    from bnsgd_numba.bench.normalizations import torch_calls
+
+    bias = getattr(layer, "bias", None)
+    return torch_calls(
+        torch, variant, layer, torch.from_numpy(x_host).cuda(), torch.from_numpy(dy_host).cuda(),
+        torch.from_numpy(layer.weight.copy_to_host()).cuda(),
+        None if bias is None else torch.from_numpy(bias.copy_to_host()).cuda(),
+    )  # fmt: skip
 
 
 def _variant_case(name, variant, shape, arguments, torch, synchronize, probe, repeat, calls):

@@ -67,11 +67,26 @@ def _torch_functions(variant: str, layer: Any, x: np.ndarray, dy: np.ndarray) ->
     import numba
 
     torch.set_num_threads(numba.get_num_threads())
-    xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
-    wt = torch.from_numpy(np.ascontiguousarray(layer.weight))
+    bias = getattr(layer, "bias", None)
+    return torch_calls(
+        torch, variant, layer, torch.from_numpy(x), torch.from_numpy(dy),
+        torch.from_numpy(np.ascontiguousarray(layer.weight)),
+        None if bias is None else torch.from_numpy(np.ascontiguousarray(bias)),
+    )  # fmt: skip
+
+
+def torch_calls(
+    torch: Any, variant: str, layer: Any, xt: Any, dyt: Any, wt: Any, bt: Any
+) -> dict[str, Any]:
+    """PyTorch's forward and backward of ``layer``'s variant on tensors (any device).
+
+    layer_norm and group_norm: the ATen training ops (``native_layer_norm``,
+    ``native_group_norm`` and their backwards); rms_norm: autograd through
+    ``F.rms_norm`` (no fused ATen pair on the CPU). Returns
+    ``{"forward": call, "backward": call}``.
+    """
     aten = torch.ops.aten
     if variant == "layer_norm":
-        bt = torch.from_numpy(np.ascontiguousarray(layer.bias))
         shape = list(layer.normalized_shape)
         _, mean, rstd = aten.native_layer_norm(xt, shape, wt, bt, layer.eps)
         return {
@@ -81,9 +96,8 @@ def _torch_functions(variant: str, layer: Any, x: np.ndarray, dy: np.ndarray) ->
             ),
         }
     if variant == "group_norm":
-        bt = torch.from_numpy(np.ascontiguousarray(layer.bias))
-        n, c = x.shape[:2]
-        hw = x[0, 0].size
+        n, c = xt.shape[:2]
+        hw = xt[0, 0].numel()
         groups = layer.num_groups
         _, mean, rstd = aten.native_group_norm(xt, wt, bt, n, c, hw, groups, layer.eps)
         return {
@@ -92,20 +106,15 @@ def _torch_functions(variant: str, layer: Any, x: np.ndarray, dy: np.ndarray) ->
                 dyt, xt, mean, rstd, wt, n, c, hw, groups, [True, True, True]
             ),
         }
-    # rms_norm: no ATen forward/backward pair on the CPU; autograd through F.rms_norm
     shape = list(layer.normalized_shape)
     eps = layer._eps()
     xg = xt.clone().requires_grad_()
     wg = wt.clone().requires_grad_()
     yg = torch.nn.functional.rms_norm(xg, shape, wg, eps)
-
-    def forward() -> Any:
-        return torch.nn.functional.rms_norm(xg, shape, wg, eps)
-
-    def backward() -> Any:
-        return torch.autograd.grad(yg, (xg, wg), dyt, retain_graph=True)
-
-    return {"forward": forward, "backward": backward}
+    return {
+        "forward": lambda: torch.nn.functional.rms_norm(xg, shape, wg, eps),
+        "backward": lambda: torch.autograd.grad(yg, (xg, wg), dyt, retain_graph=True),
+    }
 
 
 def measure_case(
