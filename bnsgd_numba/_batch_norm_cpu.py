@@ -7,10 +7,12 @@ Every input reaches these kernels as one of two C-contiguous views:
 - ``rc``: shape ``(R, C)``, the channel last (channels-last, and ``(N, C)``).
 
 Reductions are split into work items whose boundaries depend on the shape
-only (``config.CPU_ITEM_ELEMENTS``), each item computes its statistics with
-two passes over data that is still in cache, and the items of a channel are
-merged in a fixed order with Chan's formula. The results therefore do not
-depend on the number of threads, and never come from E[x^2] - E[x]^2.
+only (``config.CPU_ITEM_ELEMENTS``); each item sums the deviations of its
+values from the mean of its first rows (:data:`SHIFT_SAMPLE_DIVISOR`), and
+the items of a channel are merged in a fixed order with Chan's formula. The
+results therefore do not depend on the number of threads, and never come
+from E[x^2] - E[x]^2. Parallel tasks read several channels' items at once
+(:data:`CHANNELS_PER_TASK`), in memory order.
 
 The loops over the data are :class:`KernelPair` builds (parallel, and serial
 for tiny inputs); the per-channel arithmetic between them is serial.
@@ -25,86 +27,113 @@ import numpy as np
 from numba import prange
 
 from bnsgd_numba._compile import KernelPair, cpu_kernel
-from bnsgd_numba._reductions import (
-    merge_chan,
-    sum_and_sum_of_squares,
-    sum_of_products,
-    sum_values,
-)
+from bnsgd_numba._reductions import gradient_row_sums, merge_chan, shifted_sums, sum_values
+
+SHIFT_SAMPLE_DIVISOR = 16
+"""A float32 work item sums its deviations about the mean of its first rows.
+
+The first ceil(rows / 16) rows: the sample is part of the item, so
+M2 >= m (shift - mean)^2 for its m values, and the shifted sum of squares is
+at most (1 + 16) M2; its rounding costs at most 17 float64 eps of M2 whatever
+the data, far below a float32 ulp, and the pass that would find the item's
+exact mean first is saved. A float64 item uses all its rows (the two-pass
+algorithm). A constant item gives an exact shift (a sum of equal values
+divided by their count) and exact zero deviations.
+"""
+
+CHANNELS_PER_TASK = 8
+"""NCS channels one parallel task reads, a row block of each in memory order.
+
+Consecutive channels of a row are adjacent in memory: a task reads runs of
+CHANNELS_PER_TASK * S values instead of rows S apart. The results do not
+depend on it (every item is summed in the same order).
+"""
 
 
 @cpu_kernel()
-def channel_constants(mean, invstd, weight, bias, shift_hi, shift_lo, scale, offset):
-    """Per-channel constants of y = ((x - shift_hi) - shift_lo) * scale + offset.
+def channel_constants(mean, invstd, weight, bias, shift, scale, offset):
+    """Per-channel constants of y = (x - shift) * scale + offset.
 
-    The outputs have the data's dtype. shift_hi + shift_lo carries the
-    float64 mean, so a float32 channel with |mean| >> std keeps its accuracy
-    (the subtraction rounds relative to the deviation, not to the mean), and
-    a constant channel gives exactly ``offset``.
+    The outputs have the data's dtype. ``shift`` is the float64 mean rounded
+    to that dtype and ``offset`` carries what the rounding dropped
+    (``bias - (mean - shift) * scale``), so a float32 channel with
+    |mean| >> std keeps its accuracy (x - shift is exact for x near the
+    mean), and a constant channel gives exactly ``bias``.
     """
     for c in range(mean.shape[0]):
-        shift_hi[c] = mean[c]
-        shift_lo[c] = mean[c] - np.float64(shift_hi[c])
+        shift[c] = mean[c]
+        rounding = mean[c] - np.float64(shift[c])
         w = np.float64(weight[c]) if weight.shape[0] > 0 else 1.0
+        b = np.float64(bias[c]) if bias.shape[0] > 0 else 0.0
         scale[c] = w * invstd[c]
-        offset[c] = bias[c] if bias.shape[0] > 0 else 0.0
+        offset[c] = b - rounding * (w * invstd[c])
 
 
 @cpu_kernel()
-def _item_span(item, items_per_channel, rows_per_item, rows):
-    channel = item // items_per_channel
-    start = (item % items_per_channel) * rows_per_item
-    return channel, start, min(start + rows_per_item, rows)
+def _shift_sample_rows(itemsize, rows):
+    # Leading rows of a work item whose mean is its shift (SHIFT_SAMPLE_DIVISOR).
+    if itemsize >= 8:
+        return rows
+    return (rows + SHIFT_SAMPLE_DIVISOR - 1) // SHIFT_SAMPLE_DIVISOR
+
+
+@cpu_kernel()
+def _row_block(block, rows_per_item, rows):
+    start = block * rows_per_item
+    return start, min(start + rows_per_item, rows)
 
 
 def _moments_ncs(x, rows_per_item, mean, m2):
     # Per-channel mean and M2 of x (N, C, S) into float64 ``mean``/``m2``.
+    # Work item (c, j): rows j*rows_per_item... of channel c, summed about the
+    # mean of its first rows (see SHIFT_SAMPLE_DIVISOR): mean = shift + S1/m,
+    # M2 = S2 - S1^2/m. Items merge per channel in a fixed order (Chan).
     n, channels, s = x.shape
     items_per_channel = (n + rows_per_item - 1) // rows_per_item
-    items = channels * items_per_channel
-    part_mean = np.empty(items, dtype=np.float64)
-    part_m2 = np.empty(items, dtype=np.float64)
-    part_count = np.empty(items, dtype=np.float64)
-    for item in prange(items):
-        c, start, stop = _item_span(item, items_per_channel, rows_per_item, n)
-        # Corrected two-pass (Chan, Golub & LeVeque 1983): a rough mean from a
-        # plain sum, then the deviations d = x - rough, stored before they are
-        # summed, give mean = rough + sum(d)/n and M2 = sum(d^2) - sum(d)^2/n.
-        # A constant channel comes out exact: d is the same exact difference
-        # everywhere, so rough + sum(d)/n is x itself and M2 is 0.
-        scratch = np.empty(s, dtype=np.float64)
-        total = 0.0
+    groups = (channels + CHANNELS_PER_TASK - 1) // CHANNELS_PER_TASK
+    part_mean = np.empty((channels, items_per_channel), dtype=np.float64)
+    part_m2 = np.empty((channels, items_per_channel), dtype=np.float64)
+    for task in prange(items_per_channel * groups):
+        j = task // groups
+        c0 = (task % groups) * CHANNELS_PER_TASK
+        c1 = min(c0 + CHANNELS_PER_TASK, channels)
+        start, stop = _row_block(j, rows_per_item, n)
+        sample = _shift_sample_rows(x.itemsize, stop - start)
+        shift = np.empty(c1 - c0, dtype=np.float64)
+        deviations = np.zeros(c1 - c0, dtype=np.float64)
+        squares = np.zeros(c1 - c0, dtype=np.float64)
+        for c in range(c0, c1):
+            total = 0.0
+            for i in range(start, start + sample):
+                total += sum_values(x[i, c])
+            shift[c - c0] = total / np.float64(sample * s)
         for i in range(start, stop):
-            total += sum_values(x[i, c])
+            for c in range(c0, c1):
+                row_deviation, row_squares = shifted_sums(x[i, c], shift[c - c0])
+                deviations[c - c0] += row_deviation
+                squares[c - c0] += row_squares
         count = np.float64((stop - start) * s)
-        rough = total / count
-        deviation = 0.0
-        squares = 0.0
-        for i in range(start, stop):
-            row = x[i, c]
-            for k in range(s):
-                scratch[k] = row[k] - rough
-            row_sum, row_squares = sum_and_sum_of_squares(scratch)
-            deviation += row_sum
-            squares += row_squares
-        item_mean = rough + deviation / count
-        squares = max(squares - deviation * deviation / count, 0.0)
-        part_mean[item] = item_mean
-        part_m2[item] = squares
-        part_count[item] = count
+        for c in range(c0, c1):
+            d = deviations[c - c0]
+            part_mean[c, j] = shift[c - c0] + d / count
+            part_m2[c, j] = max(squares[c - c0] - d * d / count, 0.0)
     for c in prange(channels):
         count, running_mean, running_m2 = 0.0, 0.0, 0.0
         for j in range(items_per_channel):
-            item = c * items_per_channel + j
+            start, stop = _row_block(j, rows_per_item, n)
             count, running_mean, running_m2 = merge_chan(
-                count, running_mean, running_m2, part_count[item], part_mean[item], part_m2[item]
-            )
+                count, running_mean, running_m2,
+                np.float64((stop - start) * s), part_mean[c, j], part_m2[c, j],
+            )  # fmt: skip
         mean[c] = running_mean
         m2[c] = running_m2
 
 
 def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
-    # Per-channel mean and M2 of x (R, C) into float64 ``mean``/``m2``.
+    # Per-channel mean and M2 of x (R, C) into float64 ``mean``/``m2``: the
+    # items of _moments_ncs, a block of rows of a block of columns each,
+    # four rows at a time into per-column totals (the loop over columns
+    # vectorizes without reassociation).
     rows, channels = x.shape
     row_blocks = (rows + rows_per_item - 1) // rows_per_item
     column_blocks = (channels + columns_per_item - 1) // columns_per_item
@@ -114,92 +143,105 @@ def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
         rb = item // column_blocks
         c0 = (item % column_blocks) * columns_per_item
         c1 = min(c0 + columns_per_item, channels)
-        r0 = rb * rows_per_item
-        r1 = min(r0 + rows_per_item, rows)
-        sums = part_mean[rb, c0:c1]
-        # sums shifted by the block's first row: a constant channel gives
-        # exactly 0 (the loop over channels vectorizes without reassoc)
-        shift = x[r0, c0:c1]
-        for r in range(r0, r1):
+        r0, r1 = _row_block(rb, rows_per_item, rows)
+        width = c1 - c0
+        sample = _shift_sample_rows(x.itemsize, r1 - r0)
+        shift = part_mean[rb, c0:c1]
+        for r in range(r0, r0 + sample):
             row = x[r, c0:c1]
-            for j in range(c1 - c0):
-                sums[j] += row[j] - np.float64(shift[j])
-        inverse_count = 1.0 / (r1 - r0)
-        for j in range(c1 - c0):
-            sums[j] = shift[j] + sums[j] * inverse_count
+            for j in range(width):
+                shift[j] += row[j]
+        for j in range(width):
+            shift[j] = shift[j] / np.float64(sample)
+        deviations = np.zeros(width, dtype=np.float64)
         squares = part_m2[rb, c0:c1]
-        for r in range(r0, r1):
+        quads = r0 + (r1 - r0) // 4 * 4
+        for r in range(r0, quads, 4):
+            x0, x1, x2, x3 = x[r, c0:c1], x[r + 1, c0:c1], x[r + 2, c0:c1], x[r + 3, c0:c1]
+            for j in range(width):
+                d0 = x0[j] - shift[j]
+                d1 = x1[j] - shift[j]
+                d2 = x2[j] - shift[j]
+                d3 = x3[j] - shift[j]
+                deviations[j] += (d0 + d1) + (d2 + d3)
+                squares[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        for r in range(quads, r1):
             row = x[r, c0:c1]
-            for j in range(c1 - c0):
-                d = row[j] - sums[j]
+            for j in range(width):
+                d = row[j] - shift[j]
+                deviations[j] += d
                 squares[j] += d * d
+        count = np.float64(r1 - r0)
+        for j in range(width):
+            d = deviations[j]
+            shift[j] = shift[j] + d / count
+            squares[j] = max(squares[j] - d * d / count, 0.0)
     for c in prange(channels):
         count, running_mean, running_m2 = 0.0, 0.0, 0.0
         for rb in range(row_blocks):
-            block_count = np.float64(min(rows_per_item, rows - rb * rows_per_item))
+            r0, r1 = _row_block(rb, rows_per_item, rows)
             count, running_mean, running_m2 = merge_chan(
-                count, running_mean, running_m2, block_count, part_mean[rb, c], part_m2[rb, c]
+                count,
+                running_mean,
+                running_m2,
+                np.float64(r1 - r0),
+                part_mean[rb, c],
+                part_m2[rb, c],
             )
         mean[c] = running_mean
         m2[c] = running_m2
 
 
-def _normalize_ncs(x, y, shift_hi, shift_lo, scale, offset):
+def _normalize_ncs(x, y, shift, scale, offset):
     n, channels, s = x.shape
     for item in prange(n * channels):
         i = item // channels
         c = item % channels
-        hi, lo, a, b = shift_hi[c], shift_lo[c], scale[c], offset[c]
+        center, a, b = shift[c], scale[c], offset[c]
         source = x[i, c]
         target = y[i, c]
         for k in range(s):
-            target[k] = ((source[k] - hi) - lo) * a + b
+            target[k] = (source[k] - center) * a + b
 
 
-def _normalize_rc(x, y, rows_per_item, shift_hi, shift_lo, scale, offset):
+def _normalize_rc(x, y, rows_per_item, shift, scale, offset):
     rows, channels = x.shape
     for block in prange((rows + rows_per_item - 1) // rows_per_item):
-        r0 = block * rows_per_item
-        for r in range(r0, min(r0 + rows_per_item, rows)):
+        r0, r1 = _row_block(block, rows_per_item, rows)
+        for r in range(r0, r1):
             source = x[r]
             target = y[r]
             for c in range(channels):
-                target[c] = ((source[c] - shift_hi[c]) - shift_lo[c]) * scale[c] + offset[c]
+                target[c] = (source[c] - shift[c]) * scale[c] + offset[c]
 
 
 def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
+    # Items and task order of _moments_ncs; the sums are about ``mean``.
     n, channels, s = x.shape
     items_per_channel = (n + rows_per_item - 1) // rows_per_item
-    items = channels * items_per_channel
-    part_dy = np.empty(items, dtype=np.float64)
-    part_dy_xmu = np.empty(items, dtype=np.float64)
-    part_xmu = np.empty(items, dtype=np.float64)
-    for item in prange(items):
-        c, start, stop = _item_span(item, items_per_channel, rows_per_item, n)
-        mu = mean[c]
-        total_dy = 0.0
-        total_dy_xmu = 0.0
-        total_xmu = 0.0
-        xmu = np.empty(s, dtype=np.float64)
+    groups = (channels + CHANNELS_PER_TASK - 1) // CHANNELS_PER_TASK
+    part_dy = np.zeros((channels, items_per_channel), dtype=np.float64)
+    part_dy_xmu = np.zeros((channels, items_per_channel), dtype=np.float64)
+    part_xmu = np.zeros((channels, items_per_channel), dtype=np.float64)
+    for task in prange(items_per_channel * groups):
+        j = task // groups
+        c0 = (task % groups) * CHANNELS_PER_TASK
+        c1 = min(c0 + CHANNELS_PER_TASK, channels)
+        start, stop = _row_block(j, rows_per_item, n)
         for i in range(start, stop):
-            g = dy[i, c]
-            v = x[i, c]
-            for k in range(s):
-                xmu[k] = v[k] - mu
-            total_dy += sum_values(g)
-            total_dy_xmu += sum_of_products(g, xmu)
-            total_xmu += sum_values(xmu)
-        part_dy[item] = total_dy
-        part_dy_xmu[item] = total_dy_xmu
-        part_xmu[item] = total_xmu
+            for c in range(c0, c1):
+                row_dy, row_dy_xmu, row_xmu = gradient_row_sums(dy[i, c], x[i, c], mean[c])
+                part_dy[c, j] += row_dy
+                part_dy_xmu[c, j] += row_dy_xmu
+                part_xmu[c, j] += row_xmu
     for c in prange(channels):
         total_dy = 0.0
         total_dy_xmu = 0.0
         total_xmu = 0.0
         for j in range(items_per_channel):
-            total_dy += part_dy[c * items_per_channel + j]
-            total_dy_xmu += part_dy_xmu[c * items_per_channel + j]
-            total_xmu += part_xmu[c * items_per_channel + j]
+            total_dy += part_dy[c, j]
+            total_dy_xmu += part_dy_xmu[c, j]
+            total_xmu += part_xmu[c, j]
         sum_dy[c] = total_dy
         sum_dy_xmu[c] = total_dy_xmu
         sum_xmu[c] = total_xmu
@@ -208,6 +250,7 @@ def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
 def _gradient_sums_rc(
     dy, x, mean, rows_per_item, columns_per_item, sum_dy, sum_dy_xmu, sum_xmu
 ):  # fmt: skip
+    # Items of _moments_rc, four rows at a time.
     rows, channels = x.shape
     row_blocks = (rows + rows_per_item - 1) // rows_per_item
     column_blocks = (channels + columns_per_item - 1) // columns_per_item
@@ -218,12 +261,23 @@ def _gradient_sums_rc(
         rb = item // column_blocks
         c0 = (item % column_blocks) * columns_per_item
         c1 = min(c0 + columns_per_item, channels)
-        r0 = rb * rows_per_item
+        r0, r1 = _row_block(rb, rows_per_item, rows)
         totals_dy = part_dy[rb, c0:c1]
         totals_dy_xmu = part_dy_xmu[rb, c0:c1]
         totals_xmu = part_xmu[rb, c0:c1]
         mu = mean[c0:c1]
-        for r in range(r0, min(r0 + rows_per_item, rows)):
+        quads = r0 + (r1 - r0) // 4 * 4
+        for r in range(r0, quads, 4):
+            g0, g1, g2, g3 = dy[r, c0:c1], dy[r + 1, c0:c1], dy[r + 2, c0:c1], dy[r + 3, c0:c1]
+            x0, x1, x2, x3 = x[r, c0:c1], x[r + 1, c0:c1], x[r + 2, c0:c1], x[r + 3, c0:c1]
+            for j in range(c1 - c0):
+                e0, e1 = np.float64(g0[j]), np.float64(g1[j])
+                e2, e3 = np.float64(g2[j]), np.float64(g3[j])
+                d0, d1, d2, d3 = x0[j] - mu[j], x1[j] - mu[j], x2[j] - mu[j], x3[j] - mu[j]
+                totals_dy[j] += (e0 + e1) + (e2 + e3)
+                totals_dy_xmu[j] += (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3)
+                totals_xmu[j] += (d0 + d1) + (d2 + d3)
+        for r in range(quads, r1):
             g = dy[r, c0:c1]
             v = x[r, c0:c1]
             for j in range(c1 - c0):
@@ -363,22 +417,21 @@ _input_rc_parallel, _input_rc_serial = input_gradient_rc.parallel, input_gradien
 @cpu_kernel()
 def _normalize(x, y, channels_last, parallel, rows_per_item, mean, invstd, weight, bias):
     channels = x.shape[1]
-    shift_hi = np.empty(channels, dtype=x.dtype)
-    shift_lo = np.empty(channels, dtype=x.dtype)
+    shift = np.empty(channels, dtype=x.dtype)
     scale = np.empty(channels, dtype=x.dtype)
     offset = np.empty(channels, dtype=x.dtype)
-    channel_constants(mean, invstd, weight, bias, shift_hi, shift_lo, scale, offset)
+    channel_constants(mean, invstd, weight, bias, shift, scale, offset)
     if channels_last:
         x2 = x.reshape((x.shape[0], channels))
         y2 = y.reshape((y.shape[0], channels))
         if parallel:
-            _normalize_rc_parallel(x2, y2, rows_per_item, shift_hi, shift_lo, scale, offset)
+            _normalize_rc_parallel(x2, y2, rows_per_item, shift, scale, offset)
         else:
-            _normalize_rc_serial(x2, y2, rows_per_item, shift_hi, shift_lo, scale, offset)
+            _normalize_rc_serial(x2, y2, rows_per_item, shift, scale, offset)
     elif parallel:
-        _normalize_ncs_parallel(x, y, shift_hi, shift_lo, scale, offset)
+        _normalize_ncs_parallel(x, y, shift, scale, offset)
     else:
-        _normalize_ncs_serial(x, y, shift_hi, shift_lo, scale, offset)
+        _normalize_ncs_serial(x, y, shift, scale, offset)
 
 
 @cpu_kernel()

@@ -1,15 +1,42 @@
 """Small reductions the CPU kernels share: Chan's merge and row sums.
 
-The row sums are compiled with ``config.REDUCTION_FASTMATH`` (``reassoc``) so
-that they vectorize: their terms are loaded from memory, so no algebra can
-move a shift or a rounding across them. Everything sums in float64.
+The plain row sums are compiled with ``config.REDUCTION_FASTMATH``
+(``reassoc``) so that they vectorize: their terms are loaded from memory, so
+no algebra can move a shift or a rounding across them. The row sums of
+deviations (:func:`shifted_sums`, :func:`gradient_row_sums`) subtract in
+strict arithmetic and only their additions into the totals carry the flags
+(:func:`reassociable_add`), so they vectorize without a scratch row and LLVM
+still cannot move the shift across an addition. Everything sums in float64.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import types
+from numba.core.extending import intrinsic
 
+from bnsgd_numba import config
 from bnsgd_numba._compile import cpu_kernel
+
+
+@intrinsic
+def reassociable_add(typingctx, total, term):
+    """``total + term``, the one addition of a loop LLVM may reorder.
+
+    The addition carries ``config.REDUCTION_FASTMATH`` (``reassoc``), so the
+    loop that accumulates ``total`` vectorizes; everything else in that loop
+    keeps the caller's flags. LLVM rewrites ``total + (x - shift)`` as
+    ``(total + x) - shift`` only when the subtraction may be reassociated
+    too, so a deviation computed in the caller stays a deviation.
+    """
+    if not (isinstance(total, types.Float) and total == term):
+        return None
+
+    def codegen(context, builder, signature, args):
+        flags = tuple(sorted(config.REDUCTION_FASTMATH))
+        return builder.fadd(args[0], args[1], flags=flags)
+
+    return total(total, term), codegen
 
 
 @cpu_kernel()
@@ -62,3 +89,34 @@ def sum_of_products(a, b):
     for k in range(a.shape[0]):
         total += np.float64(a[k]) * np.float64(b[k])
     return total
+
+
+@cpu_kernel()
+def shifted_sums(values, shift):
+    """(sum(d), sum(d**2)) in float64 with d = values - shift, for one row.
+
+    ``d`` is computed in float64 without reassociation: a constant row equal
+    to ``shift`` gives exactly (0, 0).
+    """
+    total = 0.0
+    squares = 0.0
+    for k in range(values.shape[0]):
+        d = np.float64(values[k]) - shift
+        total = reassociable_add(total, d)
+        squares = reassociable_add(squares, d * d)
+    return total, squares
+
+
+@cpu_kernel()
+def gradient_row_sums(dy, x, center):
+    """(sum(dy), sum(dy * d), sum(d)) in float64 with d = x - center, for one row."""
+    total_dy = 0.0
+    total_dy_d = 0.0
+    total_d = 0.0
+    for k in range(x.shape[0]):
+        g = np.float64(dy[k])
+        d = np.float64(x[k]) - center
+        total_dy = reassociable_add(total_dy, g)
+        total_dy_d = reassociable_add(total_dy_d, g * d)
+        total_d = reassociable_add(total_d, d)
+    return total_dy, total_dy_d, total_d

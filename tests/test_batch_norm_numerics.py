@@ -14,6 +14,8 @@ import pytest
 
 import bnsgd_numba as bn
 from bnsgd_numba import config
+from bnsgd_numba._batch_norm_cpu import SHIFT_SAMPLE_DIVISOR
+from bnsgd_numba._layouts import rows_per_item
 from tests import naive
 
 pytestmark = pytest.mark.usefixtures("warm_batch_norm")
@@ -50,6 +52,28 @@ def test_float32_with_large_mean_and_small_spread_is_accurate(shape, axis):
     assert np.max(np.abs(y - y_ref)) <= 1e-3
     # stronger than the issue asks: a few float32 ulps of the output
     assert np.max(np.abs(y - y_ref)) <= 8 * np.finfo(np.float32).eps * np.max(np.abs(y_ref))
+
+
+@pytest.mark.parametrize("shape", [(512, 3, 64), (20000, 3)])
+def test_items_whose_first_rows_are_outliers_keep_float32_statistics_accurate(shape):
+    # A float32 work item sums deviations about the mean of its first rows
+    # (SHIFT_SAMPLE_DIVISOR): those rows 100 standard deviations away from
+    # the rest, at a mean of 1e4, are the worst case for that shift.
+    # Unshifted float64 sums would be off by ~1e-4 of the variance here.
+    x = (1e4 + 1e-2 * np.random.default_rng(1).standard_normal(shape)).astype(np.float32)
+    layout = "ncs" if x.ndim == 3 else "rc"
+    view = x.reshape(shape[0], 3, -1) if layout == "ncs" else x.reshape(-1, 3, 1)
+    per_item = rows_per_item(view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
+    sample = -(-per_item // SHIFT_SAMPLE_DIVISOR)
+    assert 1 <= sample < per_item < shape[0]
+    for start in range(0, shape[0], per_item):
+        x[start : start + sample] += np.float32(1.0)
+    y, save_mean, save_invstd = bn.batch_norm_forward(x, training=True)
+    y_ref, mean_ref, invstd_ref = naive.batch_norm_forward(x)
+    eps32 = np.finfo(np.float32).eps
+    np.testing.assert_allclose(save_mean, mean_ref, rtol=eps32)
+    np.testing.assert_allclose(save_invstd, invstd_ref, rtol=2 * eps32)
+    assert np.max(np.abs(y - y_ref)) <= 8 * eps32 * np.max(np.abs(y_ref))
 
 
 @pytest.mark.parametrize(
