@@ -86,7 +86,9 @@ def test_training_forward_and_backward_match_float64_reference(layout, dtype, af
     expected_mean = 0.9 * batches_mean + 0.1 * mean_ref
     expected_var = 0.9 * batches_var + 0.1 * var_ref * m / (m - 1)
     # tolerance relative to the terms of the sum: old and new may cancel
-    terms_mean = 0.9 * np.abs(batches_mean) + 0.1 * (np.abs(mean_ref) + atol / np.finfo(dtype).eps / 4)
+    terms_mean = 0.9 * np.abs(batches_mean) + 0.1 * (
+        np.abs(mean_ref) + atol / np.finfo(dtype).eps / 4
+    )
     assert np.all(np.abs(running_mean - expected_mean) <= 4 * np.finfo(dtype).eps * terms_mean)
     np.testing.assert_allclose(running_var, expected_var, rtol=4 * np.finfo(dtype).eps)
 
