@@ -133,10 +133,12 @@ def batch_norm_forward(
         running_mean = (1 - momentum) * running_mean + momentum * mean
         running_var = (1 - momentum) * running_var + momentum * var * m / (m - 1)
 
-    The statistics are accumulated in float64 with two passes per cache-sized
-    block merged with Chan's formula (Chan, Golub & LeVeque 1979), never as
-    E[x^2] - E[x]^2; they do not depend on the number of threads. Ioffe &
-    Szegedy (2015), "Batch Normalization".
+    The statistics are accumulated in float64 per cache-sized block, as
+    sums of deviations from a shift (the mean of the block's first rows for
+    float32, of the whole block for float64), and the blocks are merged with
+    Chan's formula (Chan, Golub & LeVeque 1979); never E[x^2] - E[x]^2.
+    They do not depend on the number of threads. Ioffe & Szegedy (2015),
+    "Batch Normalization".
     """
     # positional: keywords cost a tiny call a measurable share of its time
     return _forward(
