@@ -31,9 +31,10 @@ FASTMATH: frozenset[str] = _DEFAULTS["FASTMATH"]
 """LLVM fastmath flags of every kernel: FMA contraction only."""
 
 REDUCTION_FASTMATH: frozenset[str] = _DEFAULTS["REDUCTION_FASTMATH"]
-"""Flags of the row-sum helpers (``cpu_kernel(reduction=True)``): ``reassoc``
-lets LLVM vectorize a sum; their terms are loaded from memory, so no algebra
-can move across them. The order stays fixed for a given build: results do not
+"""Flags of the row-sum helpers (``cpu_kernel(reduction=True)``) and of
+``_reductions.reassociable_add``: ``reassoc`` lets LLVM vectorize a sum;
+their terms are loaded from memory or computed in strict arithmetic, so no
+algebra can move across them. The order stays fixed for a given build: results do not
 depend on the number of threads."""
 
 CPU_ITEM_ELEMENTS: int = _DEFAULTS["CPU_ITEM_ELEMENTS"]
