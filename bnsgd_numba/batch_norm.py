@@ -176,6 +176,7 @@ def _forward(
     x, weight, bias, running_mean, running_var, training, momentum, eps, channel_axis,
     out, on_nonfinite, warn_stacklevel,
 ):  # fmt: skip
+    # forward_with_status's body, with positional arguments (a tiny call pays for keywords)
     if any_device_array(x, weight, bias, running_mean, running_var, out):
         from bnsgd_numba import gpu_batch_norm
 
