@@ -27,6 +27,7 @@ import numpy as np
 from numba import prange
 
 from bnsgd_numba._compile import KernelPair, cpu_kernel
+from bnsgd_numba._layouts import item_rows
 from bnsgd_numba._reductions import gradient_row_sums, merge_chan, shifted_sums, sum_values
 
 SHIFT_SAMPLE_DIVISOR = 16
@@ -392,6 +393,7 @@ def gradient_constants(
             xmu_scale[c] = 0.0
 
 
+_item_rows = cpu_kernel()(item_rows)
 moments_ncs = KernelPair(_moments_ncs)
 moments_rc = KernelPair(_moments_rc)
 normalize_ncs = KernelPair(_normalize_ncs)
@@ -417,9 +419,8 @@ _input_rc_parallel, _input_rc_serial = input_gradient_rc.parallel, input_gradien
 @cpu_kernel()
 def _normalize(x, y, channels_last, parallel, rows_per_item, mean, invstd, weight, bias):
     channels = x.shape[1]
-    shift = np.empty(channels, dtype=x.dtype)
-    scale = np.empty(channels, dtype=x.dtype)
-    offset = np.empty(channels, dtype=x.dtype)
+    constants = np.empty((3, channels), dtype=x.dtype)
+    shift, scale, offset = constants[0], constants[1], constants[2]
     channel_constants(mean, invstd, weight, bias, shift, scale, offset)
     if channels_last:
         x2 = x.reshape((x.shape[0], channels))
@@ -437,20 +438,21 @@ def _normalize(x, y, channels_last, parallel, rows_per_item, mean, invstd, weigh
 @cpu_kernel()
 def forward_train(
     x, y, weight, bias, running_mean, running_var, save_mean, save_invstd,
-    momentum, eps, stop_on_nonfinite, channels_last, parallel, rows_per_item, columns_per_item,
+    momentum, eps, stop_on_nonfinite, channels_last, parallel, item_elements, columns_per_item,
 ):  # fmt: skip
     """Training forward pass; returns the number of non-finite channels.
 
-    ``x``/``y`` are ``(N, C, S)`` views, ``(R, C, 1)`` when ``channels_last``.
+    ``x``/``y`` are ``(N, C, S)`` views, ``(R, C, 1)`` when ``channels_last``;
+    work items have about ``item_elements`` values (:func:`item_rows`).
     Empty ``weight``/``bias``/running arrays mean "not given". When a channel
     is not finite and ``stop_on_nonfinite`` is set, only ``save_mean`` and
     ``save_invstd`` are written; otherwise ``y`` is written, and the running
     statistics are updated only if every channel is finite.
     """
     channels = x.shape[1]
-    mean = np.empty(channels, dtype=np.float64)
-    m2 = np.empty(channels, dtype=np.float64)
-    invstd = np.empty(channels, dtype=np.float64)
+    rows_per_item = _item_rows(channels, x.shape[2], channels_last, item_elements, columns_per_item)
+    statistics = np.empty((3, channels), dtype=np.float64)
+    mean, m2, invstd = statistics[0], statistics[1], statistics[2]
     if channels_last:
         x2 = x.reshape((x.shape[0], channels))
         count = np.float64(x.shape[0])
@@ -479,12 +481,13 @@ def forward_train(
 @cpu_kernel()
 def forward_eval(
     x, y, weight, bias, running_mean, running_var, save_mean, save_invstd,
-    eps, channels_last, parallel, rows_per_item,
+    eps, channels_last, parallel, item_elements, columns_per_item,
 ):  # fmt: skip
     """Eval forward pass: normalize with the running statistics."""
     channels = x.shape[1]
-    mean = np.empty(channels, dtype=np.float64)
-    invstd = np.empty(channels, dtype=np.float64)
+    rows_per_item = _item_rows(channels, x.shape[2], channels_last, item_elements, columns_per_item)
+    statistics = np.empty((2, channels), dtype=np.float64)
+    mean, invstd = statistics[0], statistics[1]
     running_invstd(running_var, eps, invstd)
     for c in range(channels):
         mean[c] = running_mean[c]
@@ -496,19 +499,19 @@ def forward_eval(
 @cpu_kernel()
 def backward(
     dy, x, dx, weight, save_mean, save_invstd, grad_weight, grad_bias,
-    training, channels_last, parallel, rows_per_item, columns_per_item,
+    training, channels_last, parallel, item_elements, columns_per_item,
 ):  # fmt: skip
     """Backward pass: fills ``dx``, ``grad_weight`` and ``grad_bias``.
 
-    Views as in :func:`forward_train`. See :func:`gradient_constants`.
+    Views and work items as in :func:`forward_train`. See
+    :func:`gradient_constants`.
     """
     channels = x.shape[1]
-    mean = np.empty(channels, dtype=np.float64)
+    rows_per_item = _item_rows(channels, x.shape[2], channels_last, item_elements, columns_per_item)
+    sums = np.empty((4, channels), dtype=np.float64)
+    mean, sum_dy, sum_dy_xmu, sum_xmu = sums[0], sums[1], sums[2], sums[3]
     for c in range(channels):
         mean[c] = save_mean[c]
-    sum_dy = np.empty(channels, dtype=np.float64)
-    sum_dy_xmu = np.empty(channels, dtype=np.float64)
-    sum_xmu = np.empty(channels, dtype=np.float64)
     rows = x.shape[0]
     if channels_last:
         count = np.float64(rows)
@@ -528,10 +531,8 @@ def backward(
             _sums_ncs_parallel(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu)
         else:
             _sums_ncs_serial(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu)
-    dy_scale = np.empty(channels, dtype=x.dtype)
-    shift = np.empty(channels, dtype=x.dtype)
-    xmu_scale = np.empty(channels, dtype=x.dtype)
-    center_lo = np.empty(channels, dtype=x.dtype)
+    constants = np.empty((4, channels), dtype=x.dtype)
+    dy_scale, shift, xmu_scale, center_lo = constants[0], constants[1], constants[2], constants[3]
     gradient_constants(
         sum_dy, sum_dy_xmu, sum_xmu, weight, save_invstd, count, training,
         grad_weight, grad_bias, dy_scale, shift, xmu_scale, center_lo,

@@ -104,6 +104,17 @@ def empty_in_layout(a: np.ndarray, axis: int, layout: str) -> np.ndarray:
 
 def rows_per_item(view: np.ndarray, layout: str, item_elements: int, rc_columns: int) -> int:
     """Rows of ``view`` per reduction work item (a function of the shape only)."""
-    if layout == NCS:
-        return max(1, item_elements // view.shape[2])
-    return max(1, item_elements // max(1, min(view.shape[1], rc_columns)))
+    return item_rows(view.shape[1], view.shape[2], layout != NCS, item_elements, rc_columns)
+
+
+def item_rows(
+    channels: int, inner: int, channels_last: bool, item_elements: int, rc_columns: int
+) -> int:
+    """Rows per reduction work item of an ``(N, C, inner)`` or ``(R, C, 1)`` view.
+
+    Plain integer arithmetic, so the kernels compile it too. An empty inner
+    size counts as 1 (an input with a zero-length spatial axis).
+    """
+    if channels_last:
+        return max(1, item_elements // max(1, min(channels, rc_columns)))
+    return max(1, item_elements // max(1, inner))

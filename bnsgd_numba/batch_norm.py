@@ -22,7 +22,6 @@ from bnsgd_numba._layouts import (
     kernel_view,
     native_layout,
     normalize_channel_axis,
-    rows_per_item,
     to_layout,
     view_in_layout,
 )
@@ -226,7 +225,6 @@ def _forward(
     no_array = _NO_ARRAY[x.dtype]
     weight = no_array if weight is None else weight
     bias = no_array if bias is None else bias
-    rows = rows_per_item(x_view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
     parallel = x.size >= config.CPU_SERIAL_BELOW
     kernels = _kernels()
     if training:
@@ -235,7 +233,7 @@ def _forward(
             x_view, y_kernel, weight, bias,
             running_mean if tracked else no_array, running_var if tracked else no_array,
             save_mean, save_invstd, momentum, eps, tracked and on_nonfinite == "raise",
-            layout != NCS, parallel, rows, config.CPU_RC_COLUMNS,
+            layout != NCS, parallel, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS,
         )  # fmt: skip
         if bad and tracked:
             if on_nonfinite == "raise":
@@ -250,7 +248,7 @@ def _forward(
     else:
         kernels.forward_eval(
             x_view, y_kernel, weight, bias, running_mean, running_var, save_mean, save_invstd,
-            eps, layout != NCS, parallel, rows,
+            eps, layout != NCS, parallel, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS,
         )  # fmt: skip
     if y_view is None:
         np.copyto(y, _from_layout(y_kernel, x.shape, axis, layout))
@@ -332,13 +330,12 @@ def batch_norm_backward(
     dx = out if out is not None else empty_in_layout(x, axis, layout)
     dx_view = view_in_layout(dx, axis, layout)
     dx_kernel = dx_view if dx_view is not None else np.empty_like(x_view)
-    rows = rows_per_item(x_view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
     dweight = np.empty(channels, dtype=x.dtype)
     dbias = np.empty(channels, dtype=x.dtype)
     _kernels().backward(
         dy_view, x_view, dx_kernel, _NO_ARRAY[x.dtype] if weight is None else weight,
         save_mean, save_invstd, dweight, dbias, training, layout != NCS,
-        x.size >= config.CPU_SERIAL_BELOW, rows, config.CPU_RC_COLUMNS,
+        x.size >= config.CPU_SERIAL_BELOW, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS,
     )  # fmt: skip
     if dx_view is None:
         np.copyto(dx, _from_layout(dx_kernel, x.shape, axis, layout))

@@ -220,3 +220,24 @@ def test_channels_last_output_keeps_the_input_memory_layout():
     y = bn.batch_norm_forward(x, None, None, np.zeros(3, np.float32), np.ones(3, np.float32),
                               training=True).y  # fmt: skip
     assert np.moveaxis(y, 1, -1).flags.c_contiguous
+
+
+@pytest.mark.parametrize(
+    "shape,axis", [((4, 3, 0), 1), ((0, 3), 1), ((0, 3, 5), 1), ((2, 0, 4, 3), -1)]
+)
+def test_empty_input_gives_empty_output_in_eval_and_backward(shape, axis):
+    # PyTorch returns empty outputs here; a zero-length spatial axis once
+    # divided by zero when the work items were sized.
+    x = np.ones(shape, np.float32)
+    rm, rv = np.zeros(3, np.float32), np.full(3, 4.0, np.float32)
+    y = bn.batch_norm_forward(x, None, None, rm, rv, training=False, channel_axis=axis).y
+    moved = np.moveaxis(x, axis, 1) if axis != 1 else x
+    y_t = F.batch_norm(torch.from_numpy(np.ascontiguousarray(moved)), torch.from_numpy(rm),
+                       torch.from_numpy(rv), training=False)  # fmt: skip
+    assert y.shape == shape and tuple(y_t.shape) == moved.shape
+    dx, dweight, dbias = bn.batch_norm_backward(
+        x, x, None, rm, np.full(3, 0.5, np.float32), training=False, channel_axis=axis
+    )
+    assert dx.shape == shape
+    np.testing.assert_array_equal(dweight, np.zeros(3, np.float32))
+    np.testing.assert_array_equal(dbias, np.zeros(3, np.float32))
