@@ -8,7 +8,7 @@ Every input reaches these kernels as one of two C-contiguous views:
 
 Reductions are split into work items whose boundaries depend on the shape
 only (``config.CPU_ITEM_ELEMENTS``); each item sums the deviations of its
-values from the mean of its first rows (:data:`SHIFT_SAMPLE_DIVISOR`), and
+values from the mean of its first rows (``_reductions.SHIFT_SAMPLE_DIVISOR``), and
 the items of a channel are merged in a fixed order with Chan's formula. The
 results therefore do not depend on the number of threads, and never come
 from E[x^2] - E[x]^2. Parallel tasks read several channels' items at once
@@ -28,19 +28,13 @@ from numba import prange
 
 from bnsgd_numba._compile import KernelPair, cpu_kernel
 from bnsgd_numba._layouts import item_rows
-from bnsgd_numba._reductions import gradient_row_sums, merge_chan, shifted_sums, sum_values
-
-SHIFT_SAMPLE_DIVISOR = 16
-"""A float32 work item sums its deviations about the mean of its first rows.
-
-The first ceil(rows / 16) rows: the sample is part of the item, so
-M2 >= m (shift - mean)^2 for its m values, and the shifted sum of squares is
-at most (1 + 16) M2; its rounding costs at most 17 float64 eps of M2 whatever
-the data, far below a float32 ulp, and the pass that would find the item's
-exact mean first is saved. A float64 item uses all its rows (the two-pass
-algorithm). A constant item gives an exact shift (a sum of equal values
-divided by their count) and exact zero deviations.
-"""
+from bnsgd_numba._reductions import (
+    gradient_row_sums,
+    merge_chan,
+    shift_sample_size,
+    shifted_sums,
+    sum_values,
+)
 
 CHANNELS_PER_TASK = 8
 """NCS channels one parallel task reads, a row block of each in memory order.
@@ -71,14 +65,6 @@ def channel_constants(mean, invstd, weight, bias, shift, scale, offset):
 
 
 @cpu_kernel()
-def _shift_sample_rows(itemsize, rows):
-    # Leading rows of a work item whose mean is its shift (SHIFT_SAMPLE_DIVISOR).
-    if itemsize >= 8:
-        return rows
-    return (rows + SHIFT_SAMPLE_DIVISOR - 1) // SHIFT_SAMPLE_DIVISOR
-
-
-@cpu_kernel()
 def _row_block(block, rows_per_item, rows):
     start = block * rows_per_item
     return start, min(start + rows_per_item, rows)
@@ -99,7 +85,7 @@ def _moments_ncs(x, rows_per_item, mean, m2):
         c0 = (task % groups) * CHANNELS_PER_TASK
         c1 = min(c0 + CHANNELS_PER_TASK, channels)
         start, stop = _row_block(j, rows_per_item, n)
-        sample = _shift_sample_rows(x.itemsize, stop - start)
+        sample = shift_sample_size(x.itemsize, stop - start)
         shift = np.empty(c1 - c0, dtype=np.float64)
         deviations = np.zeros(c1 - c0, dtype=np.float64)
         squares = np.zeros(c1 - c0, dtype=np.float64)
@@ -146,7 +132,7 @@ def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
         c1 = min(c0 + columns_per_item, channels)
         r0, r1 = _row_block(rb, rows_per_item, rows)
         width = c1 - c0
-        sample = _shift_sample_rows(x.itemsize, r1 - r0)
+        sample = shift_sample_size(x.itemsize, r1 - r0)
         shift = part_mean[rb, c0:c1]
         for r in range(r0, r0 + sample):
             row = x[r, c0:c1]

@@ -7,9 +7,10 @@ Two families, each on C-contiguous views prepared by the layers:
 - groups ``(N, C, S)`` read as rows ``(N * G, (C / G) * S)``: GroupNorm and
   InstanceNorm (``G == C``) normalize each row, with a per-channel affine.
 
-Statistics are float64, the row's two passes (shifted sum, then squared
-deviations) run per cache-sized block (``block`` elements) and the blocks
-of a row are merged with Chan's formula in a fixed order; each row is one
+Statistics are float64, sums of deviations from the mean of a sample of
+each cache-sized block (``block`` elements; see
+``_reductions.SHIFT_SAMPLE_DIVISOR``), and the blocks of a row are
+merged with Chan's formula in a fixed order; each row is one
 work item, so results do not depend on the number of threads. The column
 sums of the backward passes (``grad_weight``/``grad_bias`` of LayerNorm and
 RMSNorm) go into one partial row per block of rows, added in block order.
@@ -27,34 +28,34 @@ import numpy as np
 from numba import prange
 
 from bnsgd_numba._compile import KernelPair, cpu_kernel
-from bnsgd_numba._reductions import merge_chan, sum_of_products, sum_of_squares, sum_values
+from bnsgd_numba._reductions import (
+    gradient_row_sums,
+    merge_chan,
+    reassociable_add,
+    shift_sample_size,
+    shifted_sums,
+    sum_of_squares,
+    sum_values,
+)
 
 
 @cpu_kernel()
-def _shifted_sum(row, shift, scratch):
-    # sum(row - shift) in float64; the differences go through memory so that
-    # the reassociating sum cannot fold the shift back in.
-    for k in range(row.shape[0]):
-        scratch[k] = row[k] - shift
-    return sum_values(scratch)
-
-
-@cpu_kernel()
-def _row_moments(row, block, scratch):
-    # (mean, M2) of one row in float64: two passes per block, Chan-merged.
+def _row_moments(row, block):
+    # (mean, M2) of one row in float64, per block of ``block`` values: sums of
+    # the deviations from the mean of the block's first values (a 1/16
+    # sample for float32, the whole block for float64; see
+    # _reductions.SHIFT_SAMPLE_DIVISOR), Chan-merged in block order.
     n = row.shape[0]
     count, mean, m2 = 0.0, 0.0, 0.0
     for b in range((n + block - 1) // block):
         part = row[b * block : min(n, (b + 1) * block)]
         size = part.shape[0]
-        shift = np.float64(part[0])
-        work = scratch[:size]
-        part_mean = shift + _shifted_sum(part, shift, work) / size
-        for k in range(size):
-            work[k] = part[k] - part_mean
-        count, mean, m2 = merge_chan(
-            count, mean, m2, np.float64(size), part_mean, sum_of_squares(work)
-        )
+        sample = shift_sample_size(row.itemsize, size)
+        shift = sum_values(part[:sample]) / np.float64(sample)
+        deviation, squares = shifted_sums(part, shift)
+        part_mean = shift + deviation / size
+        part_m2 = max(squares - deviation * deviation / size, 0.0)
+        count, mean, m2 = merge_chan(count, mean, m2, np.float64(size), part_mean, part_m2)
     return mean, m2
 
 
@@ -62,8 +63,7 @@ def _row_statistics(x, block, eps, mean, var, invstd):
     # mean[r], biased var[r] and invstd[r] = 1/sqrt(var + eps) of each row of x (R, L).
     rows, length = x.shape
     for r in prange(rows):
-        scratch = np.empty(min(block, length), dtype=np.float64)
-        mu, m2 = _row_moments(x[r], block, scratch)
+        mu, m2 = _row_moments(x[r], block)
         mean[r] = mu
         var[r] = m2 / length
         invstd[r] = 1.0 / math.sqrt(var[r] + eps)
@@ -77,12 +77,11 @@ def _layer_forward(x, y, rows_per_item, block, eps, weight, bias, mean, invstd):
     shifted = bias.shape[0] > 0
     for item in prange((rows + rows_per_item - 1) // rows_per_item):
         r0 = item * rows_per_item
-        scratch = np.empty(min(block, length), dtype=np.float64)
         constants = np.empty(3, dtype=x.dtype)
         for r in range(r0, min(r0 + rows_per_item, rows)):
             source = x[r]
             target = y[r]
-            mu, m2 = _row_moments(source, block, scratch)
+            mu, m2 = _row_moments(source, block)
             s64 = 1.0 / math.sqrt(m2 / length + eps)
             mean[r] = mu
             invstd[r] = s64
@@ -123,19 +122,37 @@ def _rms_forward(x, y, rows_per_item, eps, weight, invrms):
                     target[k] = source[k] * s
 
 
+@cpu_kernel()
+def _weighted_gradient_sums(dy, x, weight, center):
+    # (sum(g), sum(g * (x - center))) in float64 with g = dy * weight (weight
+    # empty: 1), the additions reassociable, the subtraction strict.
+    total_g = 0.0
+    total_gx = 0.0
+    if weight.shape[0] > 0:
+        for k in range(x.shape[0]):
+            g = np.float64(dy[k]) * weight[k]
+            total_g = reassociable_add(total_g, g)
+            total_gx = reassociable_add(total_gx, g * (np.float64(x[k]) - center))
+    else:
+        for k in range(x.shape[0]):
+            g = np.float64(dy[k])
+            total_g = reassociable_add(total_g, g)
+            total_gx = reassociable_add(total_gx, g * (np.float64(x[k]) - center))
+    return total_g, total_gx
+
+
 def _layer_backward(
     dy, x, dx, rows_per_item, mean, invstd, weight, centered, part_gw, part_gb
 ):  # fmt: skip
-    # One pass per row of (dy, x): with g = dy * weight and xmu = x - mean,
-    # dx = invstd * (g - sum(g)/D - xmu * invstd**2 * sum(g * xmu)/D); the
-    # block's column sums of dy * xmu * invstd and dy go to part_gw/part_gb.
-    # ``centered`` False is RMSNorm: mean is 0 and the sum(g)/D term drops.
+    # One pass per row of (dy, x) for the sums, one for dx: with g = dy * weight
+    # and xmu = x - mean, dx = invstd * (g - sum(g)/D - xmu * invstd**2 *
+    # sum(g * xmu)/D), in float64; the block's column sums of dy * xmu * invstd
+    # and dy go to part_gw/part_gb. ``centered`` False is RMSNorm: mean is 0
+    # and the sum(g)/D term drops.
     rows, length = x.shape
     affine = weight.shape[0] > 0
     for item in prange((rows + rows_per_item - 1) // rows_per_item):
         r0 = item * rows_per_item
-        g = np.empty(length, dtype=np.float64)
-        xmu = np.empty(length, dtype=np.float64)
         gw = part_gw[item]
         gb = part_gb[item]
         for k in range(length):
@@ -147,20 +164,23 @@ def _layer_backward(
             out = dx[r]
             mu = mean[r] if centered else 0.0
             s = invstd[r]
+            total_g, total_gx = _weighted_gradient_sums(d, v, weight, mu)
+            c1 = total_g / length if centered else 0.0
+            c2 = s * s * total_gx / length
             if affine:
                 for k in range(length):
-                    xmu[k] = v[k] - mu
-                    g[k] = np.float64(d[k]) * weight[k]
+                    g = np.float64(d[k]) * weight[k]
+                    xmu = v[k] - mu
+                    out[k] = ((g - c1) - xmu * c2) * s
+                    gw[k] += np.float64(d[k]) * (xmu * s)
+                    gb[k] += d[k]
             else:
                 for k in range(length):
-                    xmu[k] = v[k] - mu
-                    g[k] = d[k]
-            c1 = sum_values(g) / length if centered else 0.0
-            c2 = s * s * sum_of_products(g, xmu) / length
-            for k in range(length):
-                out[k] = ((g[k] - c1) - xmu[k] * c2) * s
-                gw[k] += np.float64(d[k]) * (xmu[k] * s)
-                gb[k] += d[k]
+                    g = np.float64(d[k])
+                    xmu = v[k] - mu
+                    out[k] = ((g - c1) - xmu * c2) * s
+                    gw[k] += g * (xmu * s)
+                    gb[k] += d[k]
 
 
 def _column_sums(part, total, columns_per_item):
@@ -209,8 +229,7 @@ def _group_forward(x, y, groups, block, eps, weight, bias, mean, var, invstd):
     rows = x.reshape((n * groups, length))
     affine = weight.shape[0] > 0
     for row in prange(n * groups):
-        scratch = np.empty(min(block, length), dtype=np.float64)
-        mu, m2 = _row_moments(rows[row], block, scratch)
+        mu, m2 = _row_moments(rows[row], block)
         mean[row] = mu
         var[row] = m2 / length
         invstd[row] = 1.0 / math.sqrt(var[row] + eps)
@@ -244,16 +263,11 @@ def _group_backward(dy, x, dx, groups, mean, invstd, weight, sum_dy, sum_dy_xmu)
         first = (row % groups) * per_group
         mu = mean[row]
         inv = invstd[row]
-        xmu = np.empty(s, dtype=np.float64)
         total_g = 0.0
         total_gx = 0.0
         for j in range(per_group):
             c = first + j
-            v = x[i, c]
-            for k in range(s):
-                xmu[k] = v[k] - mu
-            a = sum_values(dy[i, c])
-            b = sum_of_products(xmu, dy[i, c])
+            a, b, _ = gradient_row_sums(dy[i, c], x[i, c], mu)
             sum_dy[i, c] = a
             sum_dy_xmu[i, c] = b
             w = np.float64(weight[c]) if affine else 1.0

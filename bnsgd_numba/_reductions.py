@@ -18,6 +18,29 @@ from numba.core.extending import intrinsic
 from bnsgd_numba import config
 from bnsgd_numba._compile import cpu_kernel
 
+SHIFT_SAMPLE_DIVISOR = 16
+"""A float32 work item sums its deviations about the mean of its first values.
+
+The first ceil(rows / 16) rows (or values): the sample is part of the item, so
+M2 >= m (shift - mean)^2 for its m values, and the shifted sum of squares is
+at most (1 + 16) M2; its rounding costs at most 17 float64 eps of M2 whatever
+the data, far below a float32 ulp, and the pass that would find the item's
+exact mean first is saved. A float64 item uses all its rows (the two-pass
+algorithm). A constant item gives an exact shift (a sum of equal values
+divided by their count) and exact zero deviations.
+"""
+
+
+@cpu_kernel()
+def shift_sample_size(itemsize, size):
+    """Leading rows (or values) of a work item whose mean is its shift.
+
+    All of them for float64 data, ceil(size / SHIFT_SAMPLE_DIVISOR) otherwise.
+    """
+    if itemsize >= 8:
+        return size
+    return (size + SHIFT_SAMPLE_DIVISOR - 1) // SHIFT_SAMPLE_DIVISOR
+
 
 @intrinsic
 def reassociable_add(typingctx, total, term):
