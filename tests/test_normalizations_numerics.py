@@ -87,6 +87,37 @@ def test_float32_accuracy_with_a_large_offset(name):
     assert np.abs(y - y64).max() <= 8 * eps32 * (1 + 1e3)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["layer_norm", "group_norm"])
+def test_rows_whose_first_values_are_outliers_keep_the_statistics_accurate(name, dtype):
+    # Rows are summed per block about the mean of the block's first values:
+    # 1/16 of them for float32, all of them for float64
+    # (_reductions.SHIFT_SAMPLE_DIVISOR). Those values far from the rest, at
+    # a mean much larger than the spread, are the worst case for the shift;
+    # for float64 (mean 1e8, spread 1e-3) unshifted sums would be garbage.
+    rng = np.random.default_rng(3)
+    mean, spread = (1e4, 1e-2) if dtype == np.float32 else (1e8, 1e-3)
+    shape = (4, 1024) if name == "layer_norm" else (4, 8, 256)
+    x = (mean + spread * rng.standard_normal(shape)).astype(dtype)
+    rows = x.reshape(4, 2, -1) if name == "group_norm" else x.reshape(4, 1, -1)
+    rows[..., : rows.shape[-1] // 16] += dtype(100 * spread)  # the float32 sample
+    if name == "layer_norm":
+        layer = bnsgd_numba.create_normalization(name, 1024, dtype=dtype)
+    else:
+        layer = _layer(name, dtype)
+    y = layer.forward(x)
+    x64 = rows.astype(np.float64)
+    mu = x64.mean(axis=-1, keepdims=True)  # two passes in float64
+    invstd = 1 / np.sqrt(((x64 - mu) ** 2).mean(axis=-1, keepdims=True) + 1e-5)
+    y_ref = (x64 - mu) * invstd
+    error = np.abs(y.reshape(y_ref.shape) - y_ref).max()
+    # a few ulps of y, plus the float64 rounding of the mean (ours and the
+    # reference's) seen through invstd
+    eps64 = float(np.finfo(np.float64).eps)
+    bound = 8 * float(np.finfo(dtype).eps) * np.abs(y_ref).max() + 4 * eps64 * mean * invstd.max()
+    assert error <= bound
+
+
 @given(
     x=hnp.arrays(
         np.float32,
