@@ -93,27 +93,6 @@ def sum_of_squares(values):
     return total
 
 
-@cpu_kernel(reduction=True)
-def sum_and_sum_of_squares(values):
-    """(sum(values), sum(values**2)) in float64, in one pass."""
-    total = 0.0
-    squares = 0.0
-    for k in range(values.shape[0]):
-        v = np.float64(values[k])
-        total += v
-        squares += v * v
-    return total, squares
-
-
-@cpu_kernel(reduction=True)
-def sum_of_products(a, b):
-    """sum(a * b) in float64."""
-    total = 0.0
-    for k in range(a.shape[0]):
-        total += np.float64(a[k]) * np.float64(b[k])
-    return total
-
-
 @cpu_kernel()
 def shifted_sums(values, shift):
     """(sum(d), sum(d**2)) in float64 with d = values - shift, for one row.
