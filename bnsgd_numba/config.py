@@ -11,9 +11,10 @@ kernel uses (``tests/test_package.py`` checks that no kernel hard-codes its
 own). Neither has ``nnan``/``ninf``: those would let LLVM delete the
 finiteness checks that keep a NaN batch out of the running statistics.
 ``reassoc`` is confined to the small loops that sum values already stored in
-memory, and to single additions (``_reductions.reassociable_add``): elsewhere it lets LLVM rewrite a + (b - a) * (n / n) as
-a + ((b - a) * n) / n, or acc + (x - s) as (acc + x) - s, and exact results
-(a constant channel normalizing to exactly ``bias``) stop being exact.
+memory, and to single additions (``_reductions.reassociable_add``):
+elsewhere it lets LLVM rewrite a + (b - a) * (n / n) as a + ((b - a) * n) / n,
+or acc + (x - s) as (acc + x) - s, and exact results (a constant channel
+normalizing to exactly ``bias``) stop being exact.
 """
 
 from __future__ import annotations
