@@ -70,6 +70,24 @@ def _row_block(block, rows_per_item, rows):
     return start, min(start + rows_per_item, rows)
 
 
+@cpu_kernel()
+def _ncs_task(task, groups, channels, rows_per_item, rows):
+    # (row block j, channels c0..c1, rows start..stop) of an NCS parallel task
+    j = task // groups
+    c0 = (task % groups) * CHANNELS_PER_TASK
+    start, stop = _row_block(j, rows_per_item, rows)
+    return j, c0, min(c0 + CHANNELS_PER_TASK, channels), start, stop
+
+
+@cpu_kernel()
+def _rc_item(item, column_blocks, columns_per_item, channels, rows_per_item, rows):
+    # (row block rb, columns c0..c1, rows r0..r1) of an RC work item
+    rb = item // column_blocks
+    c0 = (item % column_blocks) * columns_per_item
+    r0, r1 = _row_block(rb, rows_per_item, rows)
+    return rb, c0, min(c0 + columns_per_item, channels), r0, r1
+
+
 def _moments_ncs(x, rows_per_item, mean, m2):
     # Per-channel mean and M2 of x (N, C, S) into float64 ``mean``/``m2``.
     # Work item (c, j): rows j*rows_per_item... of channel c, summed about the
@@ -81,10 +99,7 @@ def _moments_ncs(x, rows_per_item, mean, m2):
     part_mean = np.empty((channels, items_per_channel), dtype=np.float64)
     part_m2 = np.empty((channels, items_per_channel), dtype=np.float64)
     for task in prange(items_per_channel * groups):
-        j = task // groups
-        c0 = (task % groups) * CHANNELS_PER_TASK
-        c1 = min(c0 + CHANNELS_PER_TASK, channels)
-        start, stop = _row_block(j, rows_per_item, n)
+        j, c0, c1, start, stop = _ncs_task(task, groups, channels, rows_per_item, n)
         sample = shift_sample_size(x.itemsize, stop - start)
         shift = np.empty(c1 - c0, dtype=np.float64)
         deviations = np.zeros(c1 - c0, dtype=np.float64)
@@ -127,10 +142,9 @@ def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
     part_mean = np.zeros((row_blocks, channels), dtype=np.float64)
     part_m2 = np.zeros((row_blocks, channels), dtype=np.float64)
     for item in prange(row_blocks * column_blocks):
-        rb = item // column_blocks
-        c0 = (item % column_blocks) * columns_per_item
-        c1 = min(c0 + columns_per_item, channels)
-        r0, r1 = _row_block(rb, rows_per_item, rows)
+        rb, c0, c1, r0, r1 = _rc_item(
+            item, column_blocks, columns_per_item, channels, rows_per_item, rows
+        )
         width = c1 - c0
         sample = shift_sample_size(x.itemsize, r1 - r0)
         shift = part_mean[rb, c0:c1]
@@ -211,10 +225,7 @@ def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
     part_dy_xmu = np.zeros((channels, items_per_channel), dtype=np.float64)
     part_xmu = np.zeros((channels, items_per_channel), dtype=np.float64)
     for task in prange(items_per_channel * groups):
-        j = task // groups
-        c0 = (task % groups) * CHANNELS_PER_TASK
-        c1 = min(c0 + CHANNELS_PER_TASK, channels)
-        start, stop = _row_block(j, rows_per_item, n)
+        j, c0, c1, start, stop = _ncs_task(task, groups, channels, rows_per_item, n)
         for i in range(start, stop):
             for c in range(c0, c1):
                 row_dy, row_dy_xmu, row_xmu = gradient_row_sums(dy[i, c], x[i, c], mean[c])
@@ -245,10 +256,9 @@ def _gradient_sums_rc(
     part_dy_xmu = np.zeros((row_blocks, channels), dtype=np.float64)
     part_xmu = np.zeros((row_blocks, channels), dtype=np.float64)
     for item in prange(row_blocks * column_blocks):
-        rb = item // column_blocks
-        c0 = (item % column_blocks) * columns_per_item
-        c1 = min(c0 + columns_per_item, channels)
-        r0, r1 = _row_block(rb, rows_per_item, rows)
+        rb, c0, c1, r0, r1 = _rc_item(
+            item, column_blocks, columns_per_item, channels, rows_per_item, rows
+        )
         totals_dy = part_dy[rb, c0:c1]
         totals_dy_xmu = part_dy_xmu[rb, c0:c1]
         totals_xmu = part_xmu[rb, c0:c1]
