@@ -13,18 +13,19 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (relative to this package)
 _LAZY_NAMES = {
-    # BatchNorm (CPU; dispatches CUDA arrays to the GPU kernels)
+    # BatchNorm (NumPy arrays on the CPU, CUDA arrays on the GPU)
     "batch_norm_forward": "batch_norm",
     "batch_norm_backward": "batch_norm",
     "BatchNormOutput": "batch_norm",
     "BatchNormGrads": "batch_norm",
-    "BatchNorm": "batch_norm_layer",
+    "BatchNorm": "batch_norm",
     # SGD
     "sgd_step": "sgd",
-    "SGD": "sgd_optimizer",
-    "ParameterArena": "arena",
-    "clip_grad_norm": "clipping",
-    "clip_grad_value": "clipping",
+    "SGD": "sgd",
+    "ParameterArena": "sgd",
+    "DeviceParameterArena": "sgd",
+    "clip_grad_norm": "sgd",
+    "clip_grad_value": "sgd",
     # plugin registry and schedulers
     "hookimpl": "hookspecs",
     "register_plugin": "registry",
@@ -37,8 +38,7 @@ _LAZY_NAMES = {
     "plugin_manager": "registry",
     "Scheduler": "schedulers.base",
     # CUDA
-    "cuda_available": "_cuda_backend",
-    "DeviceParameterArena": "gpu_sgd",
+    "cuda_available": "_core.cuda",
 }
 
 __all__ = sorted(_LAZY_NAMES) + ["__version__"]

@@ -11,7 +11,7 @@ kernel uses (``tests/test_package.py`` checks that no kernel hard-codes its
 own). Neither has ``nnan``/``ninf``: those would let LLVM delete the
 finiteness checks that keep a NaN batch out of the running statistics.
 ``reassoc`` is confined to the small loops that sum values already stored in
-memory, and to single additions (``_reductions.reassociable_add``):
+memory, and to single additions (``_core.reductions.reassociable_add``):
 elsewhere it lets LLVM rewrite a + (b - a) * (n / n) as a + ((b - a) * n) / n,
 or acc + (x - s) as (acc + x) - s, and exact results (a constant channel
 normalizing to exactly ``bias``) stop being exact.
@@ -33,7 +33,7 @@ FASTMATH: frozenset[str] = _DEFAULTS["FASTMATH"]
 
 REDUCTION_FASTMATH: frozenset[str] = _DEFAULTS["REDUCTION_FASTMATH"]
 """Flags of the row-sum helpers (``cpu_kernel(reduction=True)``) and of
-``_reductions.reassociable_add``: ``reassoc`` lets LLVM vectorize a sum;
+``_core.reductions.reassociable_add``: ``reassoc`` lets LLVM vectorize a sum;
 their terms are loaded from memory or computed in strict arithmetic, so no
 algebra can move across them. The order stays fixed for a given build: results do not
 depend on the number of threads."""

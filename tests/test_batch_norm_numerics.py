@@ -14,8 +14,8 @@ import pytest
 
 import bnsgd_numba as bn
 from bnsgd_numba import config
-from bnsgd_numba._layouts import rows_per_item
-from bnsgd_numba._reductions import SHIFT_SAMPLE_DIVISOR
+from bnsgd_numba._core.layouts import rows_per_item
+from bnsgd_numba._core.reductions import SHIFT_SAMPLE_DIVISOR
 from tests import naive
 
 pytestmark = pytest.mark.usefixtures("warm_batch_norm")

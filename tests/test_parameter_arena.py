@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import bnsgd_numba as bn
-from bnsgd_numba.arena import work_items
+from bnsgd_numba.sgd.arena import work_items
 
 
 def test_views_lie_one_after_another_in_two_contiguous_buffers():

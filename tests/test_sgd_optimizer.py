@@ -517,7 +517,7 @@ class _FakeDeviceArray:
 
 
 def test_device_parameters_without_cuda_support_give_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "bnsgd_numba.gpu_sgd", None)
+    monkeypatch.setitem(sys.modules, "bnsgd_numba.sgd._cuda_driver", None)
     optimizer = bn.SGD([_FakeDeviceArray()], lr=0.1)
     with pytest.raises(ImportError, match="SGD.step: got a CUDA array, but CUDA support is not"):
         optimizer.step([_FakeDeviceArray()])
@@ -529,13 +529,27 @@ def test_device_parameters_without_cuda_support_give_a_clear_error(monkeypatch):
 
 def test_device_lists_and_arenas_are_handed_to_the_gpu_module(monkeypatch):
     calls = []
-    fake = types.ModuleType("bnsgd_numba.gpu_sgd")
+    fake = types.ModuleType("bnsgd_numba.sgd._cuda_driver")
     fake.sgd_optimizer_step = lambda optimizer, grads, *, skip_if_nonfinite: (
         calls.append(("step", optimizer, grads, skip_if_nonfinite)) or False
     )
-    fake.clip_grad_norm = lambda *args: calls.append(("norm", *args)) or 2.5
-    fake.clip_grad_value = lambda *args: calls.append(("value", *args))
-    monkeypatch.setitem(sys.modules, "bnsgd_numba.gpu_sgd", fake)
+
+    class DeviceGradients:  # the clipping backend: partials, scale and clamp
+        def __init__(self, grads, name, caller):
+            calls.append(("gradients", grads, caller))
+
+        def norm_partials(self, kind, order):
+            calls.append(("partials", kind, order))
+            return np.array([6.25])
+
+        def scale(self, factor):
+            calls.append(("scale", factor))
+
+        def clamp(self, limit):
+            calls.append(("clamp", limit))
+
+    fake.DeviceGradients = DeviceGradients
+    monkeypatch.setitem(sys.modules, "bnsgd_numba.sgd._cuda_driver", fake)
 
     listed = bn.SGD([_FakeDeviceArray()], lr=0.1, momentum=0.9)
     grads = [_FakeDeviceArray()]
@@ -548,7 +562,13 @@ def test_device_lists_and_arenas_are_handed_to_the_gpu_module(monkeypatch):
     assert fused.step() is False
     assert calls.pop() == ("step", fused, None, False)
 
+    calls.clear()
     assert bn.clip_grad_norm(arena, 1.0) == 2.5
-    assert calls.pop() == ("norm", arena, 1.0, 2.0, False)
+    assert calls == [
+        ("gradients", arena, "clip_grad_norm"),
+        ("partials", 0, 2.0),
+        ("scale", 1.0 / (2.5 + 1e-6)),
+    ]
+    calls.clear()
     bn.clip_grad_value(grads, 0.5)
-    assert calls.pop() == ("value", grads, 0.5)
+    assert calls == [("gradients", grads, "clip_grad_value"), ("clamp", 0.5)]

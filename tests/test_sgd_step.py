@@ -374,16 +374,16 @@ class _FakeDeviceArray:
 
 def test_device_array_without_cuda_support_gives_a_clear_error(monkeypatch):
     # None in sys.modules makes the import fail, as when numba-cuda is absent.
-    monkeypatch.setitem(sys.modules, "bnsgd_numba.gpu_sgd", None)
+    monkeypatch.setitem(sys.modules, "bnsgd_numba.sgd._cuda_driver", None)
     with pytest.raises(ImportError, match="sgd_step: got a CUDA array, but CUDA support is not"):
         bn.sgd_step(_FakeDeviceArray(), _FakeDeviceArray(), lr=0.1)
 
 
 def test_device_arrays_are_handed_to_the_gpu_module(monkeypatch):
     calls = []
-    fake = types.ModuleType("bnsgd_numba.gpu_sgd")
+    fake = types.ModuleType("bnsgd_numba.sgd._cuda_driver")
     fake.sgd_step = lambda *args, **kwargs: calls.append((args, kwargs)) or "device buffer"
-    monkeypatch.setitem(sys.modules, "bnsgd_numba.gpu_sgd", fake)
+    monkeypatch.setitem(sys.modules, "bnsgd_numba.sgd._cuda_driver", fake)
     param, grad = _FakeDeviceArray(), _FakeDeviceArray()
     assert bn.sgd_step(param, grad, lr=0.1, momentum=0.9, nesterov=True) == "device buffer"
     ((args, kwargs),) = calls

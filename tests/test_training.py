@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from bnsgd_numba.data import load_digits, load_npz
-from bnsgd_numba.training import TrainConfig, train
+from bnsgd_numba.nn.data import load_digits, load_npz
+from bnsgd_numba.nn.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from bnsgd_numba.data import Dataset, load_digits
-from bnsgd_numba.training import TrainConfig, batch_order_rng, build_network, train
+from bnsgd_numba.nn.data import Dataset, load_digits
+from bnsgd_numba.nn.training import TrainConfig, batch_order_rng, build_network, train
 
 
 @pytest.fixture(scope="module")

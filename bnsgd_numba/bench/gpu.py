@@ -4,7 +4,7 @@ Measured side by side in one process on one GPU: BatchNorm forward-train
 (with running statistics, as a layer in training) and backward in float32,
 NCHW and channels-last, against ``torch.nn.functional.batch_norm`` and
 ``torch.ops.aten.native_batch_norm_backward`` (cuDNN when PyTorch uses it);
-the SGD step over a :class:`~bnsgd_numba.gpu_sgd.DeviceParameterArena`
+the SGD step over a :class:`~bnsgd_numba.sgd._cuda_driver.DeviceParameterArena`
 against ``torch.optim.SGD(fused=True)`` over the same tensors; and a
 device-to-device copy probe. Each time is the best of several rounds of
 back-to-back calls closed by a device synchronization, so launch and Python
@@ -154,7 +154,7 @@ def _torch_cuda() -> Any:
 
 
 def _sync_all(torch: Any) -> Callable[[], None]:
-    from bnsgd_numba import _cuda_backend as backend
+    from bnsgd_numba._core import cuda as backend
 
     def synchronize() -> None:
         backend.synchronize()
@@ -166,7 +166,7 @@ def _sync_all(torch: Any) -> Callable[[], None]:
 
 def copy_probe(nbytes: int, synchronize: Callable[[], None], repeat: int, calls: int) -> float:
     """Device-to-device copy bandwidth in bytes/s (one read and one write per byte)."""
-    from bnsgd_numba import _cuda_backend as backend
+    from bnsgd_numba._core import cuda as backend
 
     count = nbytes // 4
     source = backend.device_empty(count, np.float32)
@@ -179,7 +179,7 @@ def copy_probe(nbytes: int, synchronize: Callable[[], None], repeat: int, calls:
 
 def _bn_case(name, shape, channels_last, torch, synchronize, probe, repeat, calls) -> list[Row]:
     import bnsgd_numba as bn
-    from bnsgd_numba import _cuda_backend as backend
+    from bnsgd_numba._core import cuda as backend
 
     rng = np.random.default_rng(0)
     channels = shape[1]
@@ -264,7 +264,7 @@ def _bn_case(name, shape, channels_last, torch, synchronize, probe, repeat, call
 
 def _sgd_case(shapes, torch, synchronize, probe, repeat, calls) -> Row:
     import bnsgd_numba as bn
-    from bnsgd_numba.gpu_sgd import DeviceParameterArena
+    from bnsgd_numba.sgd.arena import DeviceParameterArena
 
     rng = np.random.default_rng(1)
     arrays = [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
@@ -300,7 +300,7 @@ def _torch_variant(variant: str, layer: Any, x_host: np.ndarray, dy_host: np.nda
 
 
 def _variant_case(name, variant, shape, arguments, torch, synchronize, probe, repeat, calls):
-    from bnsgd_numba import _cuda_backend as backend
+    from bnsgd_numba._core import cuda as backend
     from bnsgd_numba.registry import create_normalization
 
     args, kwargs = arguments
@@ -348,7 +348,7 @@ def _variant_case(name, variant, shape, arguments, torch, synchronize, probe, re
 
 
 def _versions(torch: Any) -> list[str]:
-    from bnsgd_numba import _cuda_backend as backend
+    from bnsgd_numba._core import cuda as backend
 
     lines = [f"- device: {backend.device_name()}"]
     try:
@@ -419,7 +419,7 @@ def format_report(rows: list[Row], probe: float, versions: list[str], notes: lis
 
 def run(*, smoke: bool, repeat: int, calls: int) -> tuple[list[Row], float, Any]:
     """Run every measurement; return (rows, probe bytes/s, torch or None)."""
-    from bnsgd_numba import _cuda_backend as backend
+    from bnsgd_numba._core import cuda as backend
 
     backend.require_cuda("bnsgd_numba.bench.gpu")
     if smoke and backend.SIMULATOR:

@@ -210,7 +210,7 @@ def format_table(rows: list[Row], probe: float) -> str:
 
 def format_machine() -> str:
     """Return the machine and versions as Markdown lines."""
-    from bnsgd_numba.bench.report import machine_description
+    from bnsgd_numba.bench.machine import machine_description
 
     machine = machine_description()
     return "\n".join(f"- {key}: {value}" for key, value in machine.items())

@@ -10,60 +10,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
+from bnsgd_numba.bench.machine import machine_description
 from bnsgd_numba.bench.timing import copy_bandwidth, interleaved_best_seconds
 
 SCALING_SIZES = (10**3, 10**4, 10**5, 10**6, 10**7, 10**8)
-
-
-def machine_description() -> dict[str, str]:
-    """CPU model, cores, threads and library versions."""
-    import numba
-
-    model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions = {
-        "python": platform.python_version(),
-        "numba": numba.__version__,
-        "numpy": np.__version__,
-    }
-    try:
-        import torch
-
-        versions["torch"] = torch.__version__
-    except ImportError:
-        versions["torch"] = "not installed"
-    import os
-
-    return {
-        "cpu": model,
-        "cores": str(os.cpu_count()),
-        "threads": str(numba.get_num_threads()),
-        "threading_layer": _threading_layer(),
-        **versions,
-    }
-
-
-def _threading_layer() -> str:
-    import numba
-
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        return "not started"
 
 
 def scaling(sizes=SCALING_SIZES, repeat: int = 3) -> list[dict[str, Any]]:

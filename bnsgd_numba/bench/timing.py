@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numba import prange as numba_prange
 
-from bnsgd_numba._compile import cpu_kernel
+from bnsgd_numba._core.compile import cpu_kernel
 
 
 def best_seconds(function: Callable[[], Any], *, repeat: int = 7, min_time: float = 0.05) -> float:

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any
 
+from bnsgd_numba.cli._progress import ProgressBar, summary_table
 from bnsgd_numba.cli.schedule import parse_params
 
 
@@ -57,53 +58,14 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-class ProgressBar:
-    """One line per epoch, redrawn in place on a terminal."""
-
-    def __init__(self, epochs: int, stream: TextIO, label: str = "") -> None:
-        self.epochs = epochs
-        self.stream = stream
-        self.label = label
-        self.interactive = stream.isatty()
-        self.batches = 1
-
-    def batch(self, epoch: int, done: int, total: int, loss: float, accuracy: float) -> None:
-        """Redraw the bar (terminals only)."""
-        self.batches = total
-        if self.interactive:
-            self.stream.write("\r" + self._line(epoch, done, total, loss, accuracy))
-            self.stream.flush()
-
-    def epoch(self, record: Any) -> None:
-        """Finish the epoch's line with the validation figures."""
-        line = self._line(
-            record.epoch, self.batches, self.batches, record.train_loss, record.train_accuracy
-        )
-        self.stream.write(
-            ("\r" if self.interactive else "")
-            + f"{line}  val_loss {record.val_loss:.4f}  val_acc {record.val_accuracy:.4f}"
-            + f"  lr {record.lr:.4g}\n"
-        )
-        self.stream.flush()
-
-    def _line(self, epoch: int, done: int, total: int, loss: float, accuracy: float) -> str:
-        width = 24
-        filled = int(width * done / total)
-        bar = "#" * filled + "-" * (width - filled)
-        return (
-            f"{self.label}epoch {epoch:>3}/{self.epochs} [{bar}] {done:>4}/{total}"
-            f"  loss {loss:.4f}  acc {accuracy:.4f}"
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     """Train, print the summary, write the JSON and the picture."""
     if args.distributed:  # data-parallel over MPI: bnsgd_numba.distributed
-        from bnsgd_numba.distributed.cli import run_distributed
+        from bnsgd_numba.cli.distributed import run_distributed
 
         return run_distributed(args)
-    from bnsgd_numba.data import load_digits, load_npz
-    from bnsgd_numba.training import TrainConfig, train
+    from bnsgd_numba.nn.data import load_digits, load_npz
+    from bnsgd_numba.nn.training import TrainConfig, train
 
     try:
         params = parse_params(args.param)
@@ -113,14 +75,14 @@ def run(args: argparse.Namespace) -> int:
             scheduler_params=params, seed=args.seed, dtype=args.dtype,
         )  # fmt: skip
         if args.device == "cuda":
-            from bnsgd_numba._cuda_backend import cuda_available, unavailable_reason
+            from bnsgd_numba._core.cuda import cuda_available, unavailable_reason
 
             if not cuda_available():
                 raise RuntimeError(
                     f"--device cuda: CUDA kernels cannot run here: {unavailable_reason()}"
                 )
         data = load_npz(args.data) if args.data else load_digits()
-        from bnsgd_numba.training import make_scheduler
+        from bnsgd_numba.nn.training import make_scheduler
 
         make_scheduler(config, 1 + len(data.x_train) // config.batch_size)  # checked up front
     except (ValueError, TypeError, KeyError, ImportError, RuntimeError) as error:
@@ -162,31 +124,3 @@ def run(args: argparse.Namespace) -> int:
         plot_training(results, args.plot)
     print(f"test accuracy {results['bn'].test_accuracy:.4f} in {seconds:.1f} s", file=sys.stderr)
     return 0
-
-
-def summary_table(results: dict[str, Any]) -> str:
-    """Per-epoch figures, one column group per run, as a text table."""
-    keys = list(results)
-    names = {"bn": "with BN", "no_bn": "without BN"}
-    head = "epoch | " + " | ".join(f"{names[k]:^40}" for k in keys)
-    sub = "      | " + " | ".join(
-        f"{'train_loss':>10} {'val_loss':>9} {'val_acc':>8} {'lr':>9}" for _ in keys
-    )
-    lines = [head, sub, "-" * len(sub)]
-    for i, record in enumerate(results[keys[0]].epochs):
-        cells = []
-        for k in keys:
-            r = results[k].epochs[i]
-            cells.append(
-                f"{r.train_loss:>10.4f} {r.val_loss:>9.4f} {r.val_accuracy:>8.4f} {r.lr:>9.4g}"
-            )
-        lines.append(f"{record.epoch:>5} | " + " | ".join(cells))
-    lines.append("-" * len(sub))
-    lines.append(
-        "test  | "
-        + " | ".join(
-            f"{'loss ' + format(results[k].test_loss, '.4f'):>20} {'acc ' + format(results[k].test_accuracy, '.4f'):>19}"
-            for k in keys
-        )
-    )
-    return "\n".join(lines)

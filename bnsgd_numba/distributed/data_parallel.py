@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba._arrays import is_device_array
-from bnsgd_numba.arena import ParameterArena
+from bnsgd_numba._core.arrays import is_device_array
 from bnsgd_numba.distributed._mpi import resolve_comm
 from bnsgd_numba.distributed.errors import (
     RankGuard,
@@ -17,7 +16,8 @@ from bnsgd_numba.distributed.errors import (
     broadcast,
     resolve_timeout,
 )
-from bnsgd_numba.sgd_optimizer import SGD
+from bnsgd_numba.sgd.arena import ParameterArena
+from bnsgd_numba.sgd.optimizer import SGD
 
 
 class DataParallelSGD(SGD):

@@ -28,27 +28,26 @@ from typing import Any, Literal
 import numpy as np
 
 from bnsgd_numba import config
-from bnsgd_numba._arrays import is_device_array
-from bnsgd_numba._compile import cpu_kernel
-from bnsgd_numba._layouts import (
+from bnsgd_numba._core.arrays import check_out, is_device_array
+from bnsgd_numba._core.compile import cpu_kernel
+from bnsgd_numba._core.layouts import (
     NCS,
     empty_in_layout,
+    from_layout,
     native_layout,
     normalize_channel_axis,
     rows_per_item,
     to_layout,
     view_in_layout,
 )
-from bnsgd_numba._reductions import merge_chan
-from bnsgd_numba.batch_norm import (
+from bnsgd_numba._core.reductions import merge_chan
+from bnsgd_numba.batch_norm._common import (
     NonFiniteStatisticsError,
-    _channel_vector,
-    _check_out,
-    _float_input,
-    _from_layout,
-    _nonfinite_channels,
+    host_channel_vector,
+    host_input,
+    nonfinite_channels,
 )
-from bnsgd_numba.batch_norm_layer import BatchNorm
+from bnsgd_numba.batch_norm.layer import BatchNorm
 from bnsgd_numba.distributed._mpi import resolve_comm
 from bnsgd_numba.distributed.errors import RankGuard, allgather, resolve_timeout
 
@@ -217,7 +216,7 @@ class SyncBatchNorm(BatchNorm):
                 f"{count:g} in the global batch over {ranks} rank(s) (this rank's input has "
                 f"shape {x.shape})"
             )
-        from bnsgd_numba import _batch_norm_cpu as kernels
+        from bnsgd_numba.batch_norm import _cpu as kernels
 
         invstd = np.empty(channels, np.float64)
         bad = kernels.finish_statistics(mean, m2, count, self.eps, invstd)
@@ -225,10 +224,10 @@ class SyncBatchNorm(BatchNorm):
         save_invstd = invstd.astype(x.dtype)
         if bad and tracking:
             if self.on_nonfinite == "raise":
-                raise NonFiniteStatisticsError(_nonfinite_channels(save_mean, save_invstd))
+                raise NonFiniteStatisticsError(nonfinite_channels(save_mean, save_invstd))
             warnings.warn(
                 f"batch statistics are not finite in {bad} channel(s) "
-                f"{_nonfinite_channels(save_mean, save_invstd).tolist()}; "
+                f"{nonfinite_channels(save_mean, save_invstd).tolist()}; "
                 "the running statistics were not updated",
                 RuntimeWarning,
                 stacklevel=2,
@@ -243,7 +242,7 @@ class SyncBatchNorm(BatchNorm):
             empty if weight is None else weight, empty if bias is None else bias,
         )  # fmt: skip
         if y_view is None:
-            np.copyto(y, _from_layout(y_kernel, x.shape, axis, layout))
+            np.copyto(y, from_layout(y_kernel, x.shape, axis, layout))
         if tracking:
             if bad:
                 self.skipped_updates += 1
@@ -262,25 +261,25 @@ class SyncBatchNorm(BatchNorm):
         """Validate (nothing written yet) and compute the local moments."""
         if self.on_device or is_device_array(x):
             raise TypeError("SyncBatchNorm: x must be a host (NumPy) array")
-        x = _float_input(x, "x")
+        x = host_input(x, "x")
         axis = normalize_channel_axis(self.channel_axis, x.ndim)
         channels = x.shape[axis]
         if channels != self.num_features:
             raise ValueError(
                 f"x: expected {self.num_features} channels on axis {axis}, got shape {x.shape}"
             )
-        weight = _channel_vector(self.weight, "weight", x.dtype, channels)
-        bias = _channel_vector(self.bias, "bias", x.dtype, channels)
+        weight = host_channel_vector(self.weight, "weight", x.dtype, channels)
+        bias = host_channel_vector(self.bias, "bias", x.dtype, channels)
         for name in ("running_mean", "running_var"):
-            _channel_vector(getattr(self, name), name, x.dtype, channels, writable=tracking)
+            host_channel_vector(getattr(self, name), name, x.dtype, channels, writable=tracking)
         if out is not None:
-            _check_out(out, x, "out", (self.running_mean, self.running_var, weight, bias))
+            check_out(out, x, "out", (self.running_mean, self.running_var, weight, bias))
         layout = native_layout(x, axis)
         view = to_layout(x, axis, layout)
         send = np.empty(1 + 2 * channels, np.float64)
         send[0] = x.size // channels
         mean, m2 = send[1 : 1 + channels], send[1 + channels :]
-        from bnsgd_numba import _batch_norm_cpu as kernels
+        from bnsgd_numba.batch_norm import _cpu as kernels
 
         rows = rows_per_item(view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
         if layout == NCS:
@@ -341,7 +340,7 @@ class SyncBatchNorm(BatchNorm):
             totals += table[r]
         _, save_mean, save_invstd, _ = self._saved
         count = self._global_count
-        from bnsgd_numba import _batch_norm_cpu as kernels
+        from bnsgd_numba.batch_norm import _cpu as kernels
 
         dtype = x.dtype
         weight = self.weight if self.weight is not None else np.empty(0, dtype)
@@ -369,7 +368,7 @@ class SyncBatchNorm(BatchNorm):
                 save_mean, center_lo, dy_scale, shift, xmu_scale,
             )  # fmt: skip
         if dx_view is None:
-            np.copyto(dx, _from_layout(dx_kernel, x.shape, axis, layout))
+            np.copyto(dx, from_layout(dx_kernel, x.shape, axis, layout))
         if self.affine:
             # this rank's share, about the global batch's exact mean (see gradient_constants)
             local_dy = send[:channels]
@@ -383,13 +382,13 @@ class SyncBatchNorm(BatchNorm):
         if self._saved is None:
             raise RuntimeError("backward() called before forward()")
         x = self._saved[0]
-        dy = _float_input(dy, "dy")
+        dy = host_input(dy, "dy")
         if dy.shape != x.shape:
             raise ValueError(f"dy: shape {dy.shape} does not match x {x.shape}")
         if dy.dtype != x.dtype:
             raise TypeError(f"dy: dtype {dy.dtype} does not match x {x.dtype}")
         if out is not None:
-            _check_out(out, x, "out", (dy, self.weight, self._saved[1], self._saved[2]))
+            check_out(out, x, "out", (dy, self.weight, self._saved[1], self._saved[2]))
         axis = normalize_channel_axis(self.channel_axis, x.ndim)
         layout = native_layout(x, axis)
         x_view = to_layout(x, axis, layout)
@@ -400,7 +399,7 @@ class SyncBatchNorm(BatchNorm):
         sum_dy, sum_dy_xmu, sum_xmu = (send[k * channels : (k + 1) * channels] for k in range(3))
         rows = rows_per_item(x_view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
         mean = self._saved[1].astype(np.float64)
-        from bnsgd_numba import _batch_norm_cpu as kernels
+        from bnsgd_numba.batch_norm import _cpu as kernels
 
         if layout == NCS:
             kernels.gradient_sums_ncs.for_size(x.size)(

@@ -1,6 +1,6 @@
 """Data-parallel training of the seed network: the batch split across MPI ranks.
 
-:func:`train_distributed` is :func:`bnsgd_numba.training.train` with every
+:func:`train_distributed` is :func:`bnsgd_numba.nn.training.train` with every
 global batch cut into one contiguous slice per rank, the BatchNorm layers
 replaced by :class:`~bnsgd_numba.distributed.SyncBatchNorm` and the optimizer
 by :class:`~bnsgd_numba.distributed.DataParallelSGD`. Its parameters after N
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba.data import Dataset
 from bnsgd_numba.distributed._mpi import resolve_comm
 from bnsgd_numba.distributed.errors import RankGuard, allgather, resolve_timeout
-from bnsgd_numba.nn import Sequential, softmax_cross_entropy
-from bnsgd_numba.training import (
+from bnsgd_numba.nn.data import Dataset
+from bnsgd_numba.nn.layers import Sequential, softmax_cross_entropy
+from bnsgd_numba.nn.training import (
     EpochRecord,
     TrainConfig,
     TrainResult,
@@ -52,7 +52,7 @@ def synchronize_batch_norm(model: Sequential, comm: Any, *, timeout: Any = "defa
     which are views into the model's arena, and running statistics) and
     settings.
     """
-    from bnsgd_numba.batch_norm_layer import BatchNorm
+    from bnsgd_numba.batch_norm.layer import BatchNorm
     from bnsgd_numba.distributed.sync_batch_norm import SyncBatchNorm
 
     for i, layer in enumerate(model.layers):
@@ -90,7 +90,7 @@ def train_distributed(
     data : Dataset
         The whole data set, on every rank.
     config : TrainConfig
-        As for :func:`~bnsgd_numba.training.train`; ``batch_size`` is the
+        As for :func:`~bnsgd_numba.nn.training.train`; ``batch_size`` is the
         global batch.
     comm : mpi4py communicator, optional
         Default ``MPI.COMM_WORLD``.

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bnsgd_numba.arena import ParameterArena
-from bnsgd_numba.sgd_optimizer import SGD
+from bnsgd_numba.sgd.arena import ParameterArena
+from bnsgd_numba.sgd.optimizer import SGD
 
 
 @dataclass

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 import operator
 from typing import Any
 
 import numpy as np
 
-from bnsgd_numba._layer_state import load_checked_state
-from bnsgd_numba.batch_norm import FLOAT_DTYPES, _momentum, _positive_eps
+from bnsgd_numba._core.checks import (
+    FLOAT_DTYPES,
+    check_nonfinite_policy,
+    check_positive_int,
+    check_real,
+    check_unit_momentum,
+)
+from bnsgd_numba._core.checks import check_float_dtype as check_dtype
+from bnsgd_numba._core.checks import check_positive_eps as check_positive_eps
+from bnsgd_numba._core.state import load_checked_state
 
 NO_ARRAY = {dtype: np.empty(0, dtype=dtype) for dtype in FLOAT_DTYPES}
 
@@ -28,54 +34,12 @@ __all__ = [
     "float_input",
     "matching_dy",
     "device_input",
-    "check_device_out",
 ]
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    """Return ``value`` as an int >= 1, or raise TypeError/ValueError naming it."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if number < 1:
-        raise ValueError(f"{name} must be positive, got {number}")
-    return number
-
-
-def check_dtype(dtype: Any) -> np.dtype:
-    """Return ``dtype`` as float32 or float64, or raise TypeError."""
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
-
-
-def check_positive_eps(eps: Any) -> float:
-    """Return ``eps`` as a finite float > 0, or raise ValueError."""
-    return _positive_eps(eps)
 
 
 def check_momentum(momentum: Any) -> float | None:
     """Return ``momentum`` (None, or a float in [0, 1]), or raise ValueError."""
-    return None if momentum is None else _momentum(momentum)
-
-
-def check_nonfinite_policy(policy: Any) -> str:
-    """Return ``policy`` if it is ``"raise"`` or ``"skip"``, else raise ValueError."""
-    if policy not in ("raise", "skip"):
-        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {policy!r}")
-    return policy
-
-
-def check_real(value: Any, name: str, *, minimum: float) -> float:
-    """Return ``value`` as a finite float >= ``minimum``, or raise ValueError."""
-    if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
-    return float(value)
+    return None if momentum is None else check_unit_momentum(momentum)
 
 
 def float_input(value: Any, name: str, dtype: np.dtype, min_rank: int = 2) -> np.ndarray:
@@ -100,7 +64,7 @@ def float_input(value: Any, name: str, dtype: np.dtype, min_rank: int = 2) -> np
 
 def device_input(value: Any, name: str, dtype: np.dtype, min_rank: int, caller: str) -> Any:
     """Return ``value`` as a numba device array of ``dtype`` and rank >= ``min_rank``."""
-    from bnsgd_numba import _cuda_backend as backend
+    from bnsgd_numba._core import cuda as backend
 
     backend.require_cuda(caller)
     array = backend.as_device_array(value)
@@ -117,7 +81,7 @@ def device_input(value: Any, name: str, dtype: np.dtype, min_rank: int, caller: 
 
 def matching_dy(dy: Any, x: Any) -> Any:
     """Return ``dy`` as an array shaped and typed like the saved input ``x``, on its side."""
-    from bnsgd_numba._arrays import is_device_array
+    from bnsgd_numba._core.arrays import is_device_array
 
     on_device = is_device_array(x)
     if is_device_array(dy) != on_device:
@@ -126,7 +90,7 @@ def matching_dy(dy: Any, x: Any) -> Any:
             + ("a CUDA array" if on_device else "a host array")
         )
     if on_device:
-        from bnsgd_numba import _cuda_backend as backend
+        from bnsgd_numba._core import cuda as backend
 
         dy = backend.as_device_array(dy)
     else:
@@ -138,28 +102,6 @@ def matching_dy(dy: Any, x: Any) -> Any:
             f"dy: shape {tuple(dy.shape)} does not match the forward input {tuple(x.shape)}"
         )
     return dy
-
-
-def check_device_out(out: Any, like: Any, others: tuple[Any, ...]) -> Any:
-    """Return ``out`` as a C-contiguous device array shaped and typed like ``like``."""
-    from bnsgd_numba import _cuda_backend as backend
-    from bnsgd_numba._arrays import is_device_array
-
-    if not is_device_array(out):
-        raise TypeError("out: the input is a CUDA array, so out must be one too")
-    out = backend.as_device_array(out)
-    if tuple(out.shape) != tuple(like.shape):
-        raise ValueError(f"out: shape {tuple(out.shape)} does not match x {tuple(like.shape)}")
-    if np.dtype(out.dtype) != np.dtype(like.dtype):
-        raise TypeError(f"out: dtype {out.dtype} does not match x ({like.dtype})")
-    if not out.is_c_contiguous():
-        raise ValueError("out: on the GPU, out must be C-contiguous")
-    from bnsgd_numba.normalizations._gpu import overlaps_any
-
-    others = [a for a in (like, *others) if a is not None and is_device_array(a)]
-    if overlaps_any(out, others):
-        raise ValueError("out overlaps another argument; pass a separate array")
-    return out
 
 
 def check_axis(channel_axis: Any) -> int:
@@ -175,7 +117,7 @@ def check_axis(channel_axis: Any) -> int:
 
 def channel_axis_index(channel_axis: Any, ndim: int, *, allow_batch: bool = False) -> int:
     """Return ``channel_axis`` in ``range(ndim)``; axis 0 is the batch unless allowed."""
-    from bnsgd_numba._layouts import normalize_channel_axis
+    from bnsgd_numba._core.layouts import normalize_channel_axis
 
     axis = normalize_channel_axis(channel_axis, ndim)
     if axis == 0 and not allow_batch:
@@ -217,7 +159,7 @@ class NormLayer:
         CudaUnavailableError
             When CUDA kernels cannot run here (no GPU, no simulator).
         """
-        from bnsgd_numba import _cuda_backend as backend
+        from bnsgd_numba._core import cuda as backend
 
         name = type(self).__name__
         backend.require_cuda(f"{name}.to_device")
@@ -239,7 +181,7 @@ class NormLayer:
 
     def _check_side(self, x: Any, name: str = "x") -> bool:
         """Return whether ``x`` is a CUDA array; raise TypeError if the layer is elsewhere."""
-        from bnsgd_numba._arrays import is_device_array
+        from bnsgd_numba._core.arrays import is_device_array
 
         device = is_device_array(x)
         if device != self._on_device:
@@ -298,7 +240,7 @@ class NormLayer:
                 continue
             target = getattr(self, f"grad_{name}")
             if self._on_device:
-                from bnsgd_numba._arrays import is_device_array
+                from bnsgd_numba._core.arrays import is_device_array
 
                 if not is_device_array(value):
                     value = np.ascontiguousarray(value, dtype=self.dtype).reshape(target.shape)

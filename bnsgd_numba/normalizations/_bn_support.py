@@ -3,7 +3,7 @@
 ``batch_renorm`` and ``ghost_batch_norm`` need the batch statistics before
 they normalize (to clip r and d, or to check every virtual batch before
 anything is written), so they call the statistics and the normalization
-kernels of :mod:`bnsgd_numba._batch_norm_cpu` separately instead of its
+kernels of :mod:`bnsgd_numba.batch_norm._cpu` separately instead of its
 fused ``forward_train``. The arithmetic is BatchNorm's, bit for bit.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bnsgd_numba import config
-from bnsgd_numba._layouts import (
+from bnsgd_numba._core.layouts import (
     NCS,
     empty_in_layout,
     native_layout,
@@ -42,7 +42,7 @@ class Moments:
     """
 
     def __init__(self, x_view: np.ndarray, layout: str, eps: float) -> None:
-        from bnsgd_numba import _batch_norm_cpu as kernels
+        from bnsgd_numba.batch_norm import _cpu as kernels
 
         channels = x_view.shape[1]
         self.mean = np.empty(channels, dtype=np.float64)
@@ -67,7 +67,7 @@ class Moments:
 
 
 def layout_of(x: np.ndarray, axis: int) -> str:
-    """Return the kernel layout to read ``x`` in (see :mod:`bnsgd_numba._layouts`)."""
+    """Return the kernel layout to read ``x`` in (see :mod:`bnsgd_numba._core.layouts`)."""
     return native_layout(x, axis)
 
 
@@ -95,7 +95,7 @@ def normalize(
 
     ``mean``/``invstd`` are float64; empty ``weight``/``bias`` mean 1 and 0.
     """
-    from bnsgd_numba import _batch_norm_cpu as kernels
+    from bnsgd_numba.batch_norm import _cpu as kernels
 
     y_view = view_in_layout(y, axis, layout)
     rows = rows_per_item(x_view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
@@ -131,7 +131,7 @@ def update_running(
     momentum: float,
 ) -> None:
     """running = (1 - momentum) * running + momentum * batch, var = m2 / (unbiased_count - 1)."""
-    from bnsgd_numba import _batch_norm_cpu as kernels
+    from bnsgd_numba.batch_norm import _cpu as kernels
 
     kernels.update_running_statistics(running_mean, running_var, mean, m2, unbiased_count, momentum)
 

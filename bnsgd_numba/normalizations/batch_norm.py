@@ -21,7 +21,7 @@ def batch_norm(*args: Any, **kwargs: Any) -> Any:
     BatchNorm
         The layer.
     """
-    from bnsgd_numba.batch_norm_layer import BatchNorm
+    from bnsgd_numba.batch_norm.layer import BatchNorm
 
     return BatchNorm(*args, **kwargs)
 

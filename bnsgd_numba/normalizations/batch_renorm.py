@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bnsgd_numba.batch_norm import batch_norm_backward, forward_with_status
+from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
 from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations import _bn_support as support
 from bnsgd_numba.normalizations._base import NormLayer, check_real, matching_dy
@@ -183,17 +183,17 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
         # then one elementwise kernel: the CPU path's arithmetic.
         import math
 
-        from bnsgd_numba import _cuda_backend as backend
-        from bnsgd_numba.normalizations import _gpu
+        from bnsgd_numba._core import cuda as backend
+        from bnsgd_numba.normalizations import _cuda_driver
 
         if axis != 1:
             raise ValueError(
                 f"x: on the GPU the channels must be on axis 1 (channel_axis={self.channel_axis})"
             )
-        x = _gpu.contiguous(x, "x", "(N, C, ...)")
+        x = _cuda_driver.contiguous(x, "x", "(N, C, ...)")
         shape = tuple(x.shape)
         x3 = x.reshape(shape[0], shape[1], math.prod(shape[2:]))
-        mean, m2 = _gpu.channel_moments(x3)
+        mean, m2 = _cuda_driver.channel_moments(x3)
         count = float(shape[0] * x3.shape[2])
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             var = m2 / count
@@ -216,7 +216,7 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
             (b + w * d).astype(self.dtype),
         )
         y = backend.device_empty(shape, self.dtype)
-        _gpu.channel_normalize(x3, y.reshape(*x3.shape), constants)
+        _cuda_driver.channel_normalize(x3, y.reshape(*x3.shape), constants)
         if skip:
             self.skipped_updates += 1
         else:
@@ -264,7 +264,7 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
         w, _ = self._affine64()
         scaled_weight = support.as_dtype(w * r, self.dtype)
         if self._on_device:
-            from bnsgd_numba import _cuda_backend as backend
+            from bnsgd_numba._core import cuda as backend
 
             scaled_weight = backend.to_device(scaled_weight)
         dx, dweight, dbias = batch_norm_backward(

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba.batch_norm import batch_norm_backward, forward_with_status
+from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
 from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations import _bn_support as support
 from bnsgd_numba.normalizations._base import NormLayer, matching_dy

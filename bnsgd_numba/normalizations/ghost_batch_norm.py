@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bnsgd_numba.batch_norm import batch_norm_backward, forward_with_status
+from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
 from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations import _bn_support as support
 from bnsgd_numba.normalizations._base import NormLayer, check_positive_int, matching_dy
@@ -133,10 +133,10 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
         # BatchNorm's GPU kernels on each virtual batch (a view of x along axis 0),
         # with throw-away running statistics at momentum 1 that come back holding
         # the virtual batch's mean and unbiased variance, for the pooled update.
-        from bnsgd_numba import _cuda_backend as backend
-        from bnsgd_numba.normalizations import _gpu
+        from bnsgd_numba._core import cuda as backend
+        from bnsgd_numba.normalizations import _cuda_driver
 
-        x = _gpu.contiguous(x, "x", "the virtual batches")
+        x = _cuda_driver.contiguous(x, "x", "the virtual batches")
         y = backend.device_empty(tuple(x.shape), self.dtype)
         tracking = self.track_running_stats
         c = self.num_features
@@ -218,7 +218,7 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
         x, axis, chunks, means, invstds, training = self._saved_input()
         dy = matching_dy(dy, x)
         if self._on_device:
-            from bnsgd_numba import _cuda_backend as backend
+            from bnsgd_numba._core import cuda as backend
 
             dx = backend.device_empty(tuple(x.shape), self.dtype)
         else:

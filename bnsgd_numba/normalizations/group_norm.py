@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from bnsgd_numba import config
-from bnsgd_numba.batch_norm import _check_out as check_out
+from bnsgd_numba._core.arrays import check_out
 from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations._base import (
     NO_ARRAY,
@@ -103,7 +103,7 @@ class GroupedNorm(NormLayer):
         return NO_ARRAY[self.dtype] if array is None else array
 
     def _statistics(self, x3: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from bnsgd_numba import _norm_kernels_cpu as kernels
+        from bnsgd_numba.normalizations import _cpu as kernels
 
         n, c, s = x3.shape
         rows = x3.reshape(n * self.num_groups, (c // self.num_groups) * s)
@@ -119,7 +119,7 @@ class GroupedNorm(NormLayer):
         self, x: np.ndarray, x3: np.ndarray, axis: int, mean: np.ndarray, invstd: np.ndarray,
         out: Any = None,
     ) -> np.ndarray:  # fmt: skip
-        from bnsgd_numba import _norm_kernels_cpu as kernels
+        from bnsgd_numba.normalizations import _cpu as kernels
 
         y3 = self._target(out, x, x3, axis, (self.weight, self.bias))
         kernels.group_normalize.for_size(x3.size)(
@@ -154,7 +154,7 @@ class GroupedNorm(NormLayer):
 
     def _fused_forward(self, x: np.ndarray, x3: np.ndarray, axis: int, out: Any) -> np.ndarray:
         """Statistics and normalization in one pass over each group (no checks between)."""
-        from bnsgd_numba import _norm_kernels_cpu as kernels
+        from bnsgd_numba.normalizations import _cpu as kernels
 
         rows = x3.shape[0] * self.num_groups
         mean = np.empty(rows, dtype=np.float64)
@@ -183,7 +183,7 @@ class GroupedNorm(NormLayer):
         ndarray
             Gradient with respect to the last input.
         """
-        from bnsgd_numba import _norm_kernels_cpu as kernels
+        from bnsgd_numba.normalizations import _cpu as kernels
 
         if self._saved_input()[0] == "gpu_groups":
             return self._backward_device(dy, out)
@@ -210,7 +210,7 @@ class GroupedNorm(NormLayer):
 
     def _device_rows(self, a: Any, name: str, groups: int | None = None) -> Any:
         """Return ``a`` (checked) seen as the (N * G, C / G * S) rows of its groups."""
-        from bnsgd_numba.normalizations import _gpu
+        from bnsgd_numba.normalizations import _cuda_driver
 
         shape = tuple(a.shape)
         axis = channel_axis_index(self.channel_axis, len(shape))
@@ -223,14 +223,14 @@ class GroupedNorm(NormLayer):
                 f"{name}: on the GPU the channels must be on axis 1 (channel_axis="
                 f"{self.channel_axis} of a rank-{len(shape)} array)"
             )
-        a = _gpu.contiguous(a, name, "(N, C, ...)")
+        a = _cuda_driver.contiguous(a, name, "(N, C, ...)")
         groups = self.num_groups if groups is None else groups
-        return _gpu.view(a, (shape[0] * groups, math.prod(shape[1:]) // groups))
+        return _cuda_driver.view(a, (shape[0] * groups, math.prod(shape[1:]) // groups))
 
     def _device_output(self, out: Any, x: Any, rows: Any, others: tuple[Any, ...]) -> Any:
-        from bnsgd_numba.normalizations import _gpu
+        from bnsgd_numba.normalizations import _cuda_driver
 
-        return _gpu.device_output(out, x, rows, self.dtype, others)
+        return _cuda_driver.device_output(out, x, rows, self.dtype, others)
 
     def _checked_device_input(self, x: Any, caller: str, groups: int | None = None) -> Any:
         from bnsgd_numba.normalizations import _base
@@ -242,12 +242,12 @@ class GroupedNorm(NormLayer):
         return math.prod(tuple(x.shape)[2:])
 
     def _forward_device(self, x: Any, out: Any, rows: Any = None) -> Any:
-        from bnsgd_numba.normalizations import _gpu
+        from bnsgd_numba.normalizations import _cuda_driver
 
         if rows is None:
             x, rows = self._checked_device_input(x, f"{type(self).__name__}.forward")
         y, y_rows = self._device_output(out, x, rows, (self.weight, self.bias))
-        work = _gpu.group_forward(
+        work = _cuda_driver.group_forward(
             self, rows, y_rows, self.weight, self.bias, self.num_groups, self._spatial(x),
             self.eps,
         )  # fmt: skip
@@ -255,13 +255,13 @@ class GroupedNorm(NormLayer):
         return y
 
     def _backward_device(self, dy: Any, out: Any) -> Any:
-        from bnsgd_numba.normalizations import _gpu
+        from bnsgd_numba.normalizations import _cuda_driver
 
         _, x, rows, work, groups = self._saved_input()
         dy = matching_dy(dy, x)
         dy_rows = self._device_rows(dy, "dy", groups)
         dx, dx_rows = self._device_output(out, x, rows, (dy, self.weight, self.bias))
-        _gpu.group_backward(
+        _cuda_driver.group_backward(
             dy_rows, rows, dx_rows, self.weight, work, groups, self._spatial(x),
             self.grad_weight, self.grad_bias, self,
         )  # fmt: skip

@@ -7,11 +7,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bnsgd_numba.batch_norm import (
-    NonFiniteStatisticsError,
-    batch_norm_backward,
-    forward_with_status,
-)
+from bnsgd_numba.batch_norm import NonFiniteStatisticsError
+from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
 from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations._base import (
     check_momentum,
@@ -145,15 +142,15 @@ class InstanceNorm(GroupedNorm):
         return self._normalize(x, x3, axis, mean, invstd, out)
 
     def _instance_forward_device(self, x: Any, rows: Any, out: Any, training: bool) -> Any:
-        from bnsgd_numba.normalizations import _gpu
+        from bnsgd_numba.normalizations import _cuda_driver
 
         if not (training and self.track_running_stats):
             return self._forward_device(x, out, rows)
         y, y_rows = self._device_output(out, x, rows, (self.weight, self.bias))
         n, c, s = x.shape[0], self.num_channels, rows.shape[1]
-        stats = _gpu.group_statistics(self, rows, c, s, self.eps)
+        stats = _cuda_driver.group_statistics(self, rows, c, s, self.eps)
         self._update_running(stats[:, 0].reshape(n, c), stats[:, 2].reshape(n, c), s)
-        work = _gpu.group_forward(
+        work = _cuda_driver.group_forward(
             self, rows, y_rows, self.weight, self.bias, c, s, self.eps, partials_done=True
         )
         self._saved = ("gpu_groups", x, rows, work, c)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from bnsgd_numba import config
-from bnsgd_numba.batch_norm import _check_out as check_out
+from bnsgd_numba._core.arrays import check_out
 from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations._base import (
     NO_ARRAY,
@@ -158,7 +158,7 @@ class RowNorm(NormLayer):
         ndarray
             Shaped like ``x`` (``out`` when given).
         """
-        from bnsgd_numba import _norm_kernels_cpu as kernels
+        from bnsgd_numba.normalizations import _cpu as kernels
 
         if self._check_side(x):
             return self._forward_device(x, out)
@@ -209,7 +209,7 @@ class RowNorm(NormLayer):
         ndarray
             Gradient with respect to the last input.
         """
-        from bnsgd_numba import _norm_kernels_cpu as kernels
+        from bnsgd_numba.normalizations import _cpu as kernels
 
         x, rows, axis, mean, invstd = self._saved_input()
         dy = matching_dy(dy, x)
@@ -240,7 +240,7 @@ class RowNorm(NormLayer):
     # --- GPU -------------------------------------------------------------------------
 
     def _device_rows(self, a: Any, name: str) -> Any:
-        from bnsgd_numba.normalizations import _gpu
+        from bnsgd_numba.normalizations import _cuda_driver
 
         shape = tuple(a.shape)
         k = len(self.normalized_shape)
@@ -259,27 +259,27 @@ class RowNorm(NormLayer):
             raise ValueError(
                 f"{name}: shape {shape} does not end with normalized_shape {self.normalized_shape}"
             )
-        a = _gpu.contiguous(a, name, "the rows")
-        return _gpu.view(a, (math.prod(shape) // self.features, self.features))
+        a = _cuda_driver.contiguous(a, name, "the rows")
+        return _cuda_driver.view(a, (math.prod(shape) // self.features, self.features))
 
     def _device_flat(self, array: Any) -> Any:
-        from bnsgd_numba.normalizations import _gpu
+        from bnsgd_numba.normalizations import _cuda_driver
 
-        return _gpu.cached_view(self, array, (self.features,))
+        return _cuda_driver.cached_view(self, array, (self.features,))
 
     def _device_output(self, out: Any, x: Any, rows: Any, others: tuple[Any, ...]) -> Any:
-        from bnsgd_numba.normalizations import _gpu
+        from bnsgd_numba.normalizations import _cuda_driver
 
-        return _gpu.device_output(out, x, rows, self.dtype, others)
+        return _cuda_driver.device_output(out, x, rows, self.dtype, others)
 
     def _forward_device(self, x: Any, out: Any) -> Any:
-        from bnsgd_numba.normalizations import _base, _gpu
+        from bnsgd_numba.normalizations import _base, _cuda_driver
 
         name = type(self).__name__
         x = _base.device_input(x, "x", self.dtype, 1, f"{name}.forward")
         rows = self._device_rows(x, "x")
         y, y_rows = self._device_output(out, x, rows, (self.weight, self.bias))
-        work = _gpu.rows_forward(
+        work = _cuda_driver.rows_forward(
             self, rows, y_rows, self._device_flat(self.weight), self._device_flat(self.bias),
             self._eps(), self.CENTERED,
         )  # fmt: skip
@@ -287,12 +287,12 @@ class RowNorm(NormLayer):
         return y
 
     def _backward_device(self, dy: Any, out: Any) -> Any:
-        from bnsgd_numba.normalizations import _gpu
+        from bnsgd_numba.normalizations import _cuda_driver
 
         x, rows, _, work, _ = self._saved_input()
         dy_rows = self._device_rows(dy, "dy")
         dx, dx_rows = self._device_output(out, x, rows, (dy, self.weight, self.bias))
-        _gpu.rows_backward(
+        _cuda_driver.rows_backward(
             dy_rows, rows, dx_rows, self._device_flat(self.weight), work, self.CENTERED,
             self._device_flat(self.grad_weight), self._device_flat(self.grad_bias), self,
         )  # fmt: skip

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnsgd_numba import _cuda_backend as backend
 from bnsgd_numba import config
+from bnsgd_numba._core import cuda as backend
 
 GPU_TESTS = Path(__file__).parent
 SIMULATOR_THREADS_PER_BLOCK = 32

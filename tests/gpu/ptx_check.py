@@ -21,7 +21,7 @@ os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
 
 from numba import types as nt  # noqa: E402
 
-from bnsgd_numba import _cuda_backend as backend  # noqa: E402
+from bnsgd_numba._core import cuda as backend  # noqa: E402
 
 CC = (9, 0)
 MISSING = 77
@@ -37,8 +37,8 @@ def _signatures(dt):
     def a(dtype, ndim=1):
         return nt.Array(dtype, ndim, "A")
 
-    from bnsgd_numba import _batch_norm_gpu as bn
-    from bnsgd_numba import _sgd_gpu as sgd
+    from bnsgd_numba.batch_norm import _cuda as bn
+    from bnsgd_numba.sgd import _cuda as sgd
 
     return [
         (bn.moments_ncs, (c(dt), i64, i64, i64, c(f64, 3)), True),
@@ -83,7 +83,7 @@ def _normalization_signatures(dt):
     def c(dtype, ndim=1):
         return nt.Array(dtype, ndim, "C")
 
-    from bnsgd_numba import _norm_kernels_gpu as norm
+    from bnsgd_numba.normalizations import _cuda as norm
 
     rows, work, vector = c(dt, 2), c(f64), c(dt)
     return [

@@ -13,9 +13,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import bnsgd_numba as bn
-from bnsgd_numba import _cuda_backend as backend
-from bnsgd_numba import gpu_batch_norm
+from bnsgd_numba._core import cuda as backend
 from bnsgd_numba.batch_norm import NonFiniteStatisticsError
+from bnsgd_numba.batch_norm import _cuda_driver as gpu_batch_norm
 from tests import naive
 from tests.gpu.conftest import to_device, to_host
 
@@ -341,7 +341,8 @@ def test_without_cuda_a_device_array_raises_one_clear_error(monkeypatch):
 
 def test_importing_the_backend_never_fails_without_a_gpu():
     code = (
-        "import bnsgd_numba as bn, bnsgd_numba.gpu_batch_norm, bnsgd_numba.gpu_sgd;"
+        "import bnsgd_numba as bn, bnsgd_numba.batch_norm._cuda_driver,"
+        " bnsgd_numba.sgd._cuda_driver;"
         "print(bn.cuda_available())"
     )
     root = Path(__file__).resolve().parents[2]
@@ -366,9 +367,10 @@ def test_bitwise_reproducible_from_run_to_run():
 
 
 def test_reductions_use_no_atomics():
-    from bnsgd_numba import _batch_norm_gpu, _sgd_gpu
+    from bnsgd_numba.batch_norm import _cuda as batch_norm_kernels
+    from bnsgd_numba.sgd import _cuda as sgd_kernels
 
-    for module in (_batch_norm_gpu, _sgd_gpu):
+    for module in (batch_norm_kernels, sgd_kernels):
         assert "cuda.atomic" not in inspect.getsource(module)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bnsgd_numba import _cuda_backend as backend
+from bnsgd_numba._core import cuda as backend
 
 SCRIPT = Path(__file__).with_name("ptx_check.py")
 

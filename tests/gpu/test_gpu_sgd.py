@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import bnsgd_numba as bn
-from bnsgd_numba import _cuda_backend as backend
-from bnsgd_numba.gpu_sgd import DeviceParameterArena
+from bnsgd_numba import DeviceParameterArena
+from bnsgd_numba._core import cuda as backend
 from tests import naive_sgd
 from tests.gpu.conftest import to_device, to_host
 
@@ -96,7 +96,7 @@ def test_sgd_over_device_list_matches_cpu_and_skips_nonfinite_steps():
 
 
 def test_sgd_over_a_device_arena_is_one_launch_and_matches_the_host_arena(monkeypatch):
-    from bnsgd_numba import _sgd_gpu
+    from bnsgd_numba.sgd import _cuda
 
     rng = np.random.default_rng(2)
     shapes = [(3, 4), (5,), (2, 3)]
@@ -106,8 +106,8 @@ def test_sgd_over_a_device_arena_is_one_launch_and_matches_the_host_arena(monkey
     options = dict(lr=LR, momentum=0.9, dampening=0.1, weight_decay=0.01)
     host_opt, device_opt = bn.SGD(host, **options), bn.SGD(device, **options)
     launches = []
-    kernel = _sgd_gpu.sgd_update
-    monkeypatch.setattr(_sgd_gpu, "sgd_update", _CountingKernel(kernel, launches), raising=True)
+    kernel = _cuda.sgd_update
+    monkeypatch.setattr(_cuda, "sgd_update", _CountingKernel(kernel, launches), raising=True)
     for _ in range(3):
         grads = rng.normal(size=host.size).astype(np.float32)
         host.flat_grads[...] = grads

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 import bnsgd_numba as bn
-from bnsgd_numba.normalizations import _gpu
+from bnsgd_numba.normalizations import _cuda_driver
 from tests.gpu.conftest import to_device, to_host
 
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(_gpu, "GROUP_ITEMS_PER_THREAD", 1)
-    monkeypatch.setattr(_gpu, "COLUMN_ROWS_PER_THREAD", 2)
+    monkeypatch.setattr(_cuda_driver, "GROUP_ITEMS_PER_THREAD", 1)
+    monkeypatch.setattr(_cuda_driver, "COLUMN_ROWS_PER_THREAD", 2)
 
 
 CASES = [

@@ -1,7 +1,7 @@
 """The normalization variants on CUDA arrays, against their CPU kernels (simulator: tiny shapes).
 
 layer_norm, rms_norm, group_norm, instance_norm and batch_renorm have their own
-CUDA kernels (:mod:`bnsgd_numba._norm_kernels_gpu`; batch_renorm's backward is
+CUDA kernels (:mod:`bnsgd_numba.normalizations._cuda`; batch_renorm's backward is
 BatchNorm's); frozen_batch_norm and ghost_batch_norm (per virtual batch) run
 BatchNorm's.
 """
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import bnsgd_numba as bn
-from bnsgd_numba import _cuda_backend as backend
-from bnsgd_numba._layouts import normalize_channel_axis
+from bnsgd_numba._core import cuda as backend
+from bnsgd_numba._core.layouts import normalize_channel_axis
 from bnsgd_numba.testing import NormalizationCase, normalization_cases
 from bnsgd_numba.testing import checks as kit
 from tests.gpu.conftest import to_device, to_host

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bnsgd_numba.data import Dataset
-from bnsgd_numba.training import TrainConfig, train
+from bnsgd_numba.nn.data import Dataset
+from bnsgd_numba.nn.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

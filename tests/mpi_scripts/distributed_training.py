@@ -14,9 +14,9 @@ import numpy as np
 from mpi4py import MPI
 
 from bnsgd_numba import ParameterArena
-from bnsgd_numba.data import Dataset
 from bnsgd_numba.distributed import DataParallelSGD, train_distributed
-from bnsgd_numba.training import TrainConfig, train
+from bnsgd_numba.nn.data import Dataset
+from bnsgd_numba.nn.training import TrainConfig, train
 
 # float64: every tensor after the run agrees to this, relative to its largest value
 # parameter (rounding of the reduction order, amplified by a few steps).

@@ -52,9 +52,9 @@ try:
         x = np.ones((3, 5 if last else 4))
         layer.forward(x, training=True)
     elif mode == "train_step":
-        from bnsgd_numba.data import Dataset
         from bnsgd_numba.distributed import train_distributed
-        from bnsgd_numba.training import TrainConfig
+        from bnsgd_numba.nn.data import Dataset
+        from bnsgd_numba.nn.training import TrainConfig
 
         rng = np.random.default_rng(0)
         x = rng.normal(size=(20, 4))

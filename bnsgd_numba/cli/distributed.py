@@ -26,9 +26,9 @@ def run_distributed(args: argparse.Namespace) -> int:
         when training failed on some rank (every rank then reports
         :class:`~bnsgd_numba.distributed.RankFailedError`, rank 0 prints it).
     """
-    from bnsgd_numba.cli.train import ProgressBar, summary_table
-    from bnsgd_numba.data import load_digits, load_npz
-    from bnsgd_numba.training import TrainConfig, make_scheduler
+    from bnsgd_numba.cli._progress import ProgressBar, summary_table
+    from bnsgd_numba.nn.data import load_digits, load_npz
+    from bnsgd_numba.nn.training import TrainConfig, make_scheduler
 
     comm = None
     try:

@@ -16,7 +16,7 @@ from numba import types
 from numba.core.extending import intrinsic
 
 from bnsgd_numba import config
-from bnsgd_numba._compile import cpu_kernel
+from bnsgd_numba._core.compile import cpu_kernel
 
 SHIFT_SAMPLE_DIVISOR = 16
 """A float32 work item sums its deviations about the mean of its first values.

@@ -1,7 +1,7 @@
 """CPU kernels of the SGD family: the fused update, the finiteness check, clipping.
 
 Every kernel works on 1-D C-contiguous arrays (a tensor's flat view, or the
-flat buffer of a :class:`~bnsgd_numba.arena.ParameterArena`), in work items of
+flat buffer of a :class:`~bnsgd_numba.sgd.arena.ParameterArena`), in work items of
 a fixed number of elements, so the same kernel serves one tensor and a whole
 arena. Elementwise kernels give each element the same arithmetic wherever it
 lies, which is why the per-tensor and the arena paths agree bitwise.
@@ -19,19 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from bnsgd_numba._compile import KernelPair
-
-MODE_PLAIN = 0
-"""No momentum: ``p -= lr * g``."""
-MODE_FIRST = 1
-"""Momentum, first step: the buffer becomes the gradient (no dampening)."""
-MODE_MOMENTUM = 2
-"""Momentum, later steps: ``buf = momentum * buf + (1 - dampening) * g``."""
-
-NORM_L2 = 0
-NORM_L1 = 1
-NORM_INF = 2
-NORM_P = 3
+from bnsgd_numba._core.compile import KernelPair
 
 
 def _sgd_update(

@@ -1,10 +1,10 @@
 """CUDA BatchNorm kernels (``@cuda.jit``) on the two canonical layouts.
 
-The layouts are those of :mod:`bnsgd_numba._batch_norm_cpu`: ``ncs``, an
+The layouts are those of :mod:`bnsgd_numba.batch_norm._cpu`: ``ncs``, an
 ``(N, C, S)`` array, and ``rc``, an ``(R, C)`` array whose channel varies
 fastest in memory; the kernels take them as flat 1-D views of the dense
 memory plus the dimensions (a view per call costs host time with
-numba-cuda). :mod:`bnsgd_numba.gpu_batch_norm` validates the input and
+numba-cuda). :mod:`bnsgd_numba.batch_norm._cuda_driver` validates the input and
 launches these kernels in order. Per-channel intermediates travel packed:
 ``parts`` (3, C, B), ``stats`` (2, C), ``saved`` (2, C), ``constants`` (4, C).
 
@@ -46,7 +46,7 @@ import math
 
 from numba import float64, int32
 
-from bnsgd_numba._cuda_backend import (
+from bnsgd_numba._core.cuda import (
     MAX_THREADS_PER_BLOCK,
     WARP_SIZE,
     cuda,

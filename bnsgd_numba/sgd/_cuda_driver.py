@@ -1,4 +1,4 @@
-"""SGD on CUDA arrays: the host drivers of :mod:`bnsgd_numba._sgd_gpu`.
+"""SGD on CUDA arrays: the host drivers of :mod:`bnsgd_numba.sgd._cuda`.
 
 :func:`bnsgd_numba.sgd_step`, ``SGD.step``, :func:`~bnsgd_numba.clip_grad_norm`
 and :func:`~bnsgd_numba.clip_grad_value` hand CUDA arrays here (numba device
@@ -14,27 +14,21 @@ launch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from bnsgd_numba import _cuda_backend as backend
 from bnsgd_numba import config
-from bnsgd_numba._arrays import is_device_array
-from bnsgd_numba.arena import ParameterArena
-from bnsgd_numba.sgd import (
-    SUPPORTED_DTYPES,
-    Hyperparameters,
-    check_flag,
-    check_hyperparameters,
-)
+from bnsgd_numba._core import cuda as backend
+from bnsgd_numba._core.arrays import is_device_array
+from bnsgd_numba._core.checks import FLOAT_DTYPES, check_flag
+from bnsgd_numba.sgd._common import Hyperparameters, check_hyperparameters, update_mode
 
 MAX_BLOCKS = 4096
 """Most blocks of a grid-stride launch (the grid depends on the size only)."""
 NORM_BLOCKS = 1024
 """Most blocks, hence float64 partials, of a norm reduction."""
-_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ adds it to the total norm
 
 
 def _grid(size: int) -> tuple[int, int]:
@@ -50,7 +44,7 @@ def _device_tensor(value: Any, name: str, caller: str) -> Any:
         )
     array = backend.as_device_array(value)
     dtype = np.dtype(array.dtype)
-    if dtype not in SUPPORTED_DTYPES:
+    if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: dtype {dtype} is not supported (float32 or float64 expected)")
     if not array.is_c_contiguous():
         raise ValueError(f"{name}: a CUDA array must be C-contiguous")
@@ -78,12 +72,6 @@ def _flat(array: Any) -> Any:
     return array.reshape(math.prod(tuple(array.shape)))
 
 
-def _mode(momentum: float, buffer_exists: bool) -> int:
-    if momentum == 0.0:
-        return 0
-    return 2 if buffer_exists else 1
-
-
 def run_update(
     param_flat: Any, grad_flat: Any, buffer_flat: Any, hyper: Hyperparameters, mode: int
 ) -> None:
@@ -100,14 +88,14 @@ def run_update(
     mode : int
         0 plain, 1 first momentum step, 2 later momentum steps.
     """
-    from bnsgd_numba import _sgd_gpu
+    from bnsgd_numba.sgd import _cuda
 
     cast = np.dtype(param_flat.dtype).type
     size = int(param_flat.shape[0])
     if size == 0:
         return
     blocks, threads = _grid(size)
-    _sgd_gpu.sgd_update[blocks, threads](
+    _cuda.sgd_update[blocks, threads](
         param_flat, grad_flat, buffer_flat, cast(hyper.lr), cast(hyper.momentum),
         cast(1.0 - hyper.dampening), cast(hyper.weight_decay),
         cast(1.0 - hyper.lr * hyper.weight_decay), cast(-1.0) if hyper.maximize else cast(1.0),
@@ -167,7 +155,7 @@ def sgd_step(
         momentum_buffer = _device_tensor(momentum_buffer, "momentum_buffer", "sgd_step")
         _like(momentum_buffer, "momentum_buffer", param, "param")
         _writable(buffer_in, "momentum_buffer")
-    mode = _mode(hyper.momentum, momentum_buffer is not None)
+    mode = update_mode(hyper.momentum, momentum_buffer is not None)
     param_flat = _flat(param)
     if mode == 0:
         buffer_flat = param_flat[:1] if param_flat.shape[0] else param_flat
@@ -181,14 +169,14 @@ def sgd_step(
 
 def any_nonfinite(flats: Sequence[Any]) -> bool:
     """Whether any of the flat device arrays holds a NaN or an infinity (one read-back)."""
-    from bnsgd_numba import _sgd_gpu
+    from bnsgd_numba.sgd import _cuda
 
     flag = backend.to_device(np.zeros(1, dtype=np.int32))
     for flat in flats:
         size = int(flat.shape[0])
         if size:
             blocks, threads = _grid(size)
-            _sgd_gpu.flag_nonfinite[blocks, threads](flat, flag)
+            _cuda.flag_nonfinite[blocks, threads](flat, flag)
     return bool(flag.copy_to_host()[0])
 
 
@@ -227,7 +215,7 @@ def sgd_optimizer_step(optimizer: Any, grads: Any, *, skip_if_nonfinite: bool) -
             # SGD.load_state_dict builds host buffers; move them to the device once.
             optimizer._flat_momentum = backend.to_device(optimizer._flat_momentum)
             optimizer.momentum_buffers = list(arena.views(optimizer._flat_momentum))
-        mode = _mode(hyper.momentum, optimizer._flat_momentum is not None)
+        mode = update_mode(hyper.momentum, optimizer._flat_momentum is not None)
         if mode == 0:
             buffer = arena.flat_params[:1]
         else:
@@ -264,7 +252,7 @@ def sgd_optimizer_step(optimizer: Any, grads: Any, *, skip_if_nonfinite: bool) -
         if isinstance(buffer, np.ndarray):  # from SGD.load_state_dict
             buffer = backend.to_device(buffer)
             optimizer.momentum_buffers[i] = buffer
-        mode = _mode(hyper.momentum, buffer is not None)
+        mode = update_mode(hyper.momentum, buffer is not None)
         param_flat = _flat(param)
         if mode == 0:
             buffer_flat = param_flat[:1] if param_flat.shape[0] else param_flat
@@ -281,220 +269,78 @@ def sgd_optimizer_step(optimizer: Any, grads: Any, *, skip_if_nonfinite: bool) -
 # --- clipping ----------------------------------------------------------------
 
 
-def _gradient_flats(grads: Any, caller: str) -> list[Any]:
-    if isinstance(grads, ParameterArena):
-        return [grads.flat_grads]
-    if is_device_array(grads):
-        array = _device_tensor(grads, "grads", caller)
-        _writable(grads, "grads")
-        return [_flat(array)]
-    if not isinstance(grads, Sequence) or isinstance(grads, (str, bytes)):
-        raise TypeError(
-            f"grads: expected an array, a list of arrays or a ParameterArena, "
-            f"got {type(grads).__name__}"
-        )
-    flats = []
-    for i, grad in enumerate(grads):
-        if grad is None:
-            continue
-        array = _device_tensor(grad, f"grads[{i}]", caller)
-        _writable(grad, f"grads[{i}]")
-        flats.append(_flat(array))
-    return flats
+class DeviceGradients:
+    """Device gradients for :mod:`bnsgd_numba.sgd.clipping`: flat views, Nones dropped.
 
-
-def clip_grad_norm(
-    grads: Any,
-    max_norm: float,
-    norm_type: float | str = 2.0,
-    error_if_nonfinite: bool = False,
-) -> float:
-    """:func:`bnsgd_numba.clip_grad_norm` on CUDA arrays.
-
-    Parameters
-    ----------
-    grads : CUDA array, sequence of CUDA arrays or None, or DeviceParameterArena
-        The gradients, scaled in place.
-    max_norm, norm_type, error_if_nonfinite
-        As :func:`bnsgd_numba.clip_grad_norm`.
-
-    Returns
-    -------
-    float
-        The total norm before clipping.
-
-    Notes
-    -----
     Each tensor is reduced by one launch into at most ``NORM_BLOCKS`` float64
-    partials (fixed by its size and ``config.GPU_THREADS_PER_BLOCK``), which
-    the host adds exactly (``math.fsum``): bitwise reproducible. The split
-    differs from the CPU's work items, so the two agree to rounding only.
+    partials, fixed by its size and ``config.GPU_THREADS_PER_BLOCK``.
     """
-    from bnsgd_numba import _sgd_gpu
-    from bnsgd_numba.clipping import _limit, _norm_type
 
-    backend.require_cuda("clip_grad_norm")
-    limit = _limit(max_norm, "max_norm")
-    order = _norm_type(norm_type)
-    if not isinstance(error_if_nonfinite, (bool, np.bool_)):
-        raise TypeError(f"error_if_nonfinite must be a bool, got {error_if_nonfinite!r}")
-    flats = _gradient_flats(grads, "clip_grad_norm")
-    if order == 2.0:
-        kind = 0
-    elif order == 1.0:
-        kind = 1
-    elif math.isinf(order):
-        kind = 2
-    else:
-        kind = 3
-    values: list[np.ndarray] = []
-    for flat in flats:
-        size = int(flat.shape[0])
-        if size == 0:
-            continue
+    def __init__(self, grads: Any, name: str, caller: str) -> None:
+        backend.require_cuda(caller)
+        if hasattr(grads, "flat_grads"):
+            self.flats = [grads.flat_grads]
+            return
+        if is_device_array(grads):
+            array = _device_tensor(grads, name, caller)
+            _writable(grads, name)
+            self.flats = [_flat(array)]
+            return
+        if not isinstance(grads, Sequence) or isinstance(grads, (str, bytes)):
+            raise TypeError(
+                f"{name}: expected an array, a list of arrays or a ParameterArena, "
+                f"got {type(grads).__name__}"
+            )
+        self.flats = []
+        for i, grad in enumerate(grads):
+            if grad is None:
+                continue
+            array = _device_tensor(grad, f"{name}[{i}]", caller)
+            _writable(grad, f"{name}[{i}]")
+            self.flats.append(_flat(array))
+
+    def norm_partials(self, kind: int, order: float) -> np.ndarray:
+        """float64 partials of the norm, copied to the host."""
+        from bnsgd_numba.sgd import _cuda
+
+        values = [np.zeros(0)]
         threads = int(config.GPU_THREADS_PER_BLOCK)
-        blocks = max(1, min(NORM_BLOCKS, -(-size // threads)))
-        partials = backend.device_empty(blocks, np.float64)
-        _sgd_gpu.norm_partials[blocks, threads](flat, kind, order, partials)
-        values.append(partials.copy_to_host())
-    merged = np.concatenate(values) if values else np.zeros(0)
-    if merged.size == 0:
-        total = 0.0
-    elif np.isnan(merged).any():
-        total = math.nan
-    elif kind == 2:
-        total = float(merged.max())
-    else:
-        try:
-            total = math.fsum(merged.tolist())
-        except OverflowError:
-            total = math.inf
-        if kind == 0:
-            total = math.sqrt(total)
-        elif kind == 3:
-            total = total ** (1.0 / order)
-    if error_if_nonfinite and not math.isfinite(total):
-        raise RuntimeError(
-            f"The total norm of order {order} for gradients is non-finite, so it cannot "
-            "be clipped. To disable this error and scale the gradients by the non-finite "
-            "norm anyway, set error_if_nonfinite=False"
-        )
-    coef = limit / (total + _EPS)
-    if coef > 1.0:
-        coef = 1.0
-    if coef != 1.0:
-        for flat in flats:
+        for flat in self.flats:
+            size = int(flat.shape[0])
+            if size:
+                blocks = max(1, min(NORM_BLOCKS, -(-size // threads)))
+                partials = backend.device_empty(blocks, np.float64)
+                _cuda.norm_partials[blocks, threads](flat, kind, order, partials)
+                values.append(partials.copy_to_host())
+        return np.concatenate(values)
+
+    def scale(self, factor: float) -> None:
+        """Multiply every gradient by ``factor`` in place."""
+        from bnsgd_numba.sgd import _cuda
+
+        for flat in self.flats:
             size = int(flat.shape[0])
             if size:
                 blocks, threads = _grid(size)
-                _sgd_gpu.scale[blocks, threads](flat, np.dtype(flat.dtype).type(coef))
-    return total
+                _cuda.scale[blocks, threads](flat, np.dtype(flat.dtype).type(factor))
+
+    def clamp(self, limit: float) -> None:
+        """Clamp every gradient to ``[-limit, limit]`` in place."""
+        from bnsgd_numba.sgd import _cuda
+
+        for flat in self.flats:
+            size = int(flat.shape[0])
+            if size:
+                cast = np.dtype(flat.dtype).type
+                blocks, threads = _grid(size)
+                _cuda.clamp[blocks, threads](flat, cast(limit), -cast(limit))
 
 
-def clip_grad_value(grads: Any, clip_value: float) -> None:
-    """:func:`bnsgd_numba.clip_grad_value` on CUDA arrays: clamp in place.
+def fill_zero(flat: Any) -> None:
+    """Set a flat device array to zero (one launch)."""
+    from bnsgd_numba.sgd import _cuda
 
-    Parameters
-    ----------
-    grads : CUDA array, sequence of CUDA arrays or None, or DeviceParameterArena
-        The gradients.
-    clip_value : float
-        As :func:`bnsgd_numba.clip_grad_value`.
-    """
-    from bnsgd_numba import _sgd_gpu
-    from bnsgd_numba.clipping import _limit
-
-    backend.require_cuda("clip_grad_value")
-    limit = _limit(clip_value, "clip_value")
-    flats = _gradient_flats(grads, "clip_grad_value")
-    if math.isinf(limit):
-        return None
-    for flat in flats:
-        size = int(flat.shape[0])
-        if size:
-            cast = np.dtype(flat.dtype).type
-            blocks, threads = _grid(size)
-            _sgd_gpu.clamp[blocks, threads](flat, cast(limit), -cast(limit))
-    return None
-
-
-# --- arena -------------------------------------------------------------------
-
-
-class DeviceParameterArena(ParameterArena):
-    """A :class:`~bnsgd_numba.ParameterArena` whose two buffers live on the GPU.
-
-    Parameters
-    ----------
-    shapes : iterable of tuple of int (or int)
-        The shape of each parameter tensor, in order.
-    dtype : numpy dtype
-        float32 (default) or float64.
-
-    Notes
-    -----
-    ``params``, ``grads``, ``flat_params`` and ``flat_grads`` are numba
-    device arrays (the views share the flat buffers). ``SGD(arena, ...)``
-    updates every tensor in one grid-stride launch over the flat buffers.
-    Build one from host arrays with :meth:`from_arrays` or from a host arena
-    with :meth:`from_host`; :meth:`to_host` copies it back.
-    """
-
-    def __init__(self, shapes: Iterable[Any], dtype: Any = np.float32) -> None:
-        backend.require_cuda("DeviceParameterArena")
-        host = ParameterArena(shapes, dtype)
-        self._adopt(host)
-
-    def _adopt(self, host: ParameterArena) -> None:
-        self.dtype = host.dtype
-        self.shapes = host.shapes
-        self.sizes = host.sizes
-        self.offsets = host.offsets
-        self.size = host.size
-        self.flat_params = backend.to_device(host.flat_params)
-        self.flat_grads = backend.to_device(host.flat_grads)
-        self.params = self.views(self.flat_params)
-        self.grads = self.views(self.flat_grads)
-        self._work_items = {}
-
-    @classmethod
-    def from_host(cls, arena: ParameterArena) -> DeviceParameterArena:
-        """Return a device copy of a host arena (parameters and gradients)."""
-        backend.require_cuda("DeviceParameterArena.from_host")
-        device = cls.__new__(cls)
-        device._adopt(arena)
-        return device
-
-    @classmethod
-    def from_arrays(cls, arrays: Sequence[np.ndarray], dtype: Any = None) -> DeviceParameterArena:
-        """Return a device arena holding copies of host ``arrays`` as its parameters."""
-        return cls.from_host(ParameterArena.from_arrays(arrays, dtype))
-
-    def to_host(self) -> ParameterArena:
-        """Return a host :class:`~bnsgd_numba.ParameterArena` with copies of both buffers."""
-        host = ParameterArena(self.shapes, self.dtype)
-        host.flat_params[...] = self.flat_params.copy_to_host()
-        host.flat_grads[...] = self.flat_grads.copy_to_host()
-        return host
-
-    def views(self, flat: Any) -> list[Any]:
-        """Return device views of ``flat`` (a buffer of :attr:`size` elements) in this layout."""
-        if tuple(flat.shape) != (self.size,):
-            raise ValueError(f"flat: shape {tuple(flat.shape)} is not ({self.size},)")
-        return [
-            flat[offset : offset + size].reshape(shape)
-            for offset, size, shape in zip(self.offsets, self.sizes, self.shapes, strict=True)
-        ]
-
-    def zero_grad(self) -> None:
-        """Set every gradient to zero (one launch)."""
-        from bnsgd_numba import _sgd_gpu
-
-        if self.size:
-            blocks, threads = _grid(self.size)
-            _sgd_gpu.fill[blocks, threads](self.flat_grads, self.dtype.type(0))
-
-    def __repr__(self) -> str:
-        return (
-            f"DeviceParameterArena({len(self)} tensors, {self.size} elements, dtype={self.dtype})"
-        )
+    size = int(flat.shape[0])
+    if size:
+        blocks, threads = _grid(size)
+        _cuda.fill[blocks, threads](flat, np.dtype(flat.dtype).type(0))

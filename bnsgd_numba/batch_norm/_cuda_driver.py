@@ -1,4 +1,4 @@
-"""BatchNorm on CUDA arrays: the host drivers of :mod:`bnsgd_numba._batch_norm_gpu`.
+"""BatchNorm on CUDA arrays: the host drivers of :mod:`bnsgd_numba.batch_norm._cuda`.
 
 :func:`bnsgd_numba.batch_norm_forward` and :func:`~bnsgd_numba.batch_norm_backward`
 hand their arguments here when any of them is a CUDA array (a numba device
@@ -24,20 +24,22 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba import _cuda_backend as backend
 from bnsgd_numba import config
-from bnsgd_numba._arrays import is_device_array
-from bnsgd_numba._layouts import NCS, RC, normalize_channel_axis
-from bnsgd_numba.batch_norm import (
-    _NONFINITE_POLICIES,
-    FLOAT_DTYPES,
+from bnsgd_numba._core import cuda as backend
+from bnsgd_numba._core.arrays import is_device_array
+from bnsgd_numba._core.checks import check_flag
+from bnsgd_numba._core.layouts import NCS, RC, normalize_channel_axis
+from bnsgd_numba.batch_norm._common import (
     BatchNormGrads,
     BatchNormOutput,
     NonFiniteStatisticsError,
-    _flag,
-    _momentum,
-    _nonfinite_channels,
-    _positive_eps,
+    check_channels,
+    check_dy,
+    check_forward_options,
+    check_input,
+    check_running_statistics,
+    check_vector,
+    nonfinite_channels,
 )
 
 ITEMS_PER_THREAD = 16
@@ -156,11 +158,7 @@ def _check_all_device(caller: str, arrays: dict[str, Any]) -> None:
 
 def _float_device(value: Any, name: str) -> Any:
     array = backend.as_device_array(value)
-    dtype = np.dtype(array.dtype)
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: dtype must be float32 or float64, got {dtype}")
-    if len(array.shape) < 2:
-        raise ValueError(f"{name}: expected an array of rank >= 2, got shape {tuple(array.shape)}")
+    check_input(tuple(array.shape), np.dtype(array.dtype), name)
     return array
 
 
@@ -180,12 +178,7 @@ def _device_vector(
     if writable and backend.readonly(value):
         raise ValueError(f"{name} is read-only, but it is updated in place when training")
     array = backend.as_device_array(value)
-    if tuple(array.shape) != (channels,):
-        raise ValueError(
-            f"{name}: expected shape ({channels},), one value per channel, got {tuple(array.shape)}"
-        )
-    if np.dtype(array.dtype) != dtype:
-        raise TypeError(f"{name}: dtype {np.dtype(array.dtype)} does not match x ({dtype})")
+    check_vector(name, tuple(array.shape), np.dtype(array.dtype), dtype, channels)
     return array
 
 
@@ -373,35 +366,19 @@ def forward_with_status(
     _check_all_device("batch_norm_forward", arrays)
     x = _float_device(x, "x")
     shape = tuple(x.shape)
-    axis = normalize_channel_axis(channel_axis, len(shape))
-    channels = shape[axis]
-    if channels == 0:
-        raise ValueError(f"x: the channel axis {axis} of shape {shape} is empty")
+    axis, channels = check_channels(shape, channel_axis)
     dtype = np.dtype(x.dtype)
-    per_channel = math.prod(shape) // channels
-    training = _flag(training, "training")
-    eps = _positive_eps(eps)
-    momentum = _momentum(momentum)
-    if on_nonfinite not in _NONFINITE_POLICIES:
-        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+    training, momentum, eps = check_forward_options(training, momentum, eps, on_nonfinite)
     weight = _device_vector(weight, "weight", dtype, channels)
     bias = _device_vector(bias, "bias", dtype, channels)
     running_mean = _device_vector(running_mean, "running_mean", dtype, channels, writable=training)
     running_var = _device_vector(running_var, "running_var", dtype, channels, writable=training)
-    if (running_mean is None) != (running_var is None):
-        missing = "running_var" if running_var is None else "running_mean"
-        raise ValueError(f"{missing} is None but the other running statistic is given")
-    if training and per_channel <= 1:
-        raise ValueError(
-            f"x: expected more than 1 value per channel when training, got input of shape {shape}"
-        )
-    if not training and running_mean is None:
-        raise ValueError("running_mean and running_var are required when training=False")
+    check_running_statistics(shape, channels, training, running_mean, running_var)
     layout = _layout(x, axis, "x")
     if out is not None:
         out = _check_out(out, x, "out", (running_mean, running_var, weight, bias))
 
-    from bnsgd_numba import _batch_norm_gpu as kernels
+    from bnsgd_numba.batch_norm import _cuda as kernels
 
     launch = _Launch(layout, _kernel_shape(shape, axis, layout))
     x_flat = backend.flat_view(x)
@@ -448,7 +425,7 @@ def forward_with_status(
     if tracked:
         n_bad = int(status.copy_to_host()[0])
         if n_bad:
-            channels_bad = _nonfinite_channels(save_mean.copy_to_host(), save_invstd.copy_to_host())
+            channels_bad = nonfinite_channels(save_mean.copy_to_host(), save_invstd.copy_to_host())
             if on_nonfinite == "raise":
                 raise NonFiniteStatisticsError(channels_bad)
             warnings.warn(
@@ -499,14 +476,11 @@ def batch_norm_backward(
     x = _float_device(x, "x")
     dy = _float_device(dy, "dy")
     shape = tuple(x.shape)
-    if tuple(dy.shape) != shape:
-        raise ValueError(f"dy: shape {tuple(dy.shape)} does not match x {shape}")
     dtype = np.dtype(x.dtype)
-    if np.dtype(dy.dtype) != dtype:
-        raise TypeError(f"dy: dtype {np.dtype(dy.dtype)} does not match x {dtype}")
+    check_dy(tuple(dy.shape), np.dtype(dy.dtype), shape, dtype)
     axis = normalize_channel_axis(channel_axis, len(shape))
     channels = shape[axis]
-    training = _flag(training, "training")
+    training = check_flag(training, "training")
     weight = _device_vector(weight, "weight", dtype, channels)
     save_mean = _device_vector(save_mean, "save_mean", dtype, channels, required=True)
     save_invstd = _device_vector(save_invstd, "save_invstd", dtype, channels, required=True)
@@ -516,7 +490,7 @@ def batch_norm_backward(
     if out is not None:
         out = _check_out(out, x, "out", (dy, weight, save_mean, save_invstd))
 
-    from bnsgd_numba import _batch_norm_gpu as kernels
+    from bnsgd_numba.batch_norm import _cuda as kernels
 
     launch = _Launch(layout, _kernel_shape(shape, axis, layout))
     x_flat = backend.flat_view(x)

@@ -8,7 +8,7 @@ Every input reaches these kernels as one of two C-contiguous views:
 
 Reductions are split into work items whose boundaries depend on the shape
 only (``config.CPU_ITEM_ELEMENTS``); each item sums the deviations of its
-values from the mean of its first rows (``_reductions.SHIFT_SAMPLE_DIVISOR``), and
+values from the mean of its first rows (``_core.reductions.SHIFT_SAMPLE_DIVISOR``), and
 the items of a channel are merged in a fixed order with Chan's formula. The
 results therefore do not depend on the number of threads, and never come
 from E[x^2] - E[x]^2. Parallel tasks read several channels' items at once
@@ -16,7 +16,7 @@ from E[x^2] - E[x]^2. Parallel tasks read several channels' items at once
 
 The loops over the data are :class:`KernelPair` builds (parallel, and serial
 for tiny inputs); the per-channel arithmetic between them is serial.
-:mod:`bnsgd_numba.batch_norm` validates the input and calls them in order.
+:mod:`bnsgd_numba.batch_norm.functional` validates the input and calls them in order.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import math
 import numpy as np
 from numba import prange
 
-from bnsgd_numba._compile import KernelPair, cpu_kernel
-from bnsgd_numba._layouts import item_rows
-from bnsgd_numba._reductions import (
+from bnsgd_numba._core.compile import KernelPair, cpu_kernel
+from bnsgd_numba._core.layouts import item_rows
+from bnsgd_numba._core.reductions import (
     gradient_row_sums,
     merge_chan,
     shift_sample_size,

@@ -1,9 +1,9 @@
 """CUDA kernels of the SGD family: the fused update, the finiteness check, clipping.
 
 Every kernel runs over 1-D C-contiguous device arrays (a tensor's flat view,
-or the flat buffer of a device :class:`~bnsgd_numba.gpu_sgd.DeviceParameterArena`)
+or the flat buffer of a device :class:`~bnsgd_numba.sgd._cuda_driver.DeviceParameterArena`)
 with a grid-stride loop, so one launch serves one tensor or a whole arena.
-The update's arithmetic is that of :mod:`bnsgd_numba._sgd_cpu`, element by
+The update's arithmetic is that of :mod:`bnsgd_numba.sgd._cpu`, element by
 element, in the array's dtype: the scalars arrive already rounded to it.
 
 Reductions (norm partials) give one float64 partial per block, merged inside
@@ -17,8 +17,7 @@ import math
 
 from numba import float64
 
-from bnsgd_numba._batch_norm_gpu import _block_sum3
-from bnsgd_numba._cuda_backend import (
+from bnsgd_numba._core.cuda import (
     MAX_THREADS_PER_BLOCK,
     WARP_SIZE,
     cuda,
@@ -26,6 +25,7 @@ from bnsgd_numba._cuda_backend import (
     gpu_kernel,
     shfl_down3,
 )
+from bnsgd_numba.batch_norm._cuda import _block_sum3
 
 MAX_WARPS = MAX_THREADS_PER_BLOCK // WARP_SIZE
 

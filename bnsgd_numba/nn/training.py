@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba.data import Dataset
-from bnsgd_numba.nn import Dense, ReLU, Sequential, softmax_cross_entropy
+from bnsgd_numba.nn.data import Dataset
+from bnsgd_numba.nn.layers import Dense, ReLU, Sequential, softmax_cross_entropy
 
 
 @dataclass
@@ -88,7 +88,7 @@ def build_network(
     The dense layers draw their initial weights from ``rng`` in the same
     order either way, so the two networks start from the same weights.
     """
-    from bnsgd_numba.batch_norm_layer import BatchNorm
+    from bnsgd_numba.batch_norm.layer import BatchNorm
 
     dtype = np.dtype(config.dtype)
     first = Dense(num_features, config.hidden, dtype=dtype, rng=rng)
@@ -177,7 +177,7 @@ def train(
     others step after every optimizer step. A last batch of one example is
     dropped (BatchNorm needs two).
     """
-    from bnsgd_numba.sgd_optimizer import SGD
+    from bnsgd_numba.sgd.optimizer import SGD
 
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
@@ -186,7 +186,7 @@ def train(
         data.num_features, data.num_classes, config, np.random.default_rng(config.seed)
     )
     if device == "cuda":
-        from bnsgd_numba.gpu_training import DeviceRunner
+        from bnsgd_numba.nn._gpu_training import DeviceRunner
 
         runner: Any = DeviceRunner(model, data, np.dtype(config.dtype))
     else:

@@ -1,8 +1,8 @@
 """One SGD step on one tensor: :func:`sgd_step`, and the checks every SGD entry point shares.
 
-The kernels live in :mod:`bnsgd_numba._sgd_cpu`; this module validates input
+The kernels live in :mod:`bnsgd_numba.sgd._cpu`; this module validates input
 (everything is checked before anything is written), turns arrays into flat
-views, and dispatches CUDA arrays to ``bnsgd_numba.gpu_sgd``.
+views, and dispatches CUDA arrays to ``bnsgd_numba.sgd._cuda_driver``.
 
 The GPU module is imported only when a CUDA array is passed, and is expected
 to provide ``sgd_step(param, grad, momentum_buffer, **hyperparameters)`` (the
@@ -17,95 +17,22 @@ available.
 from __future__ import annotations
 
 import importlib
-import math
-import numbers
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from bnsgd_numba import config
-from bnsgd_numba._arrays import any_device_array
-
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    """Validated SGD hyperparameters (Python floats and bools)."""
-
-    lr: float
-    momentum: float
-    dampening: float
-    weight_decay: float
-    nesterov: bool
-    decoupled_weight_decay: bool
-    maximize: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return the hyperparameters as a plain dict (the keyword arguments of SGD)."""
-        return {
-            "lr": self.lr,
-            "momentum": self.momentum,
-            "dampening": self.dampening,
-            "weight_decay": self.weight_decay,
-            "nesterov": self.nesterov,
-            "decoupled_weight_decay": self.decoupled_weight_decay,
-            "maximize": self.maximize,
-        }
-
-
-def check_non_negative(value: Any, name: str) -> float:
-    """Return ``value`` as a float, or raise if it is not a finite number >= 0."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number < 0.0:
-        raise ValueError(f"{name} must be a non-negative finite number, got {number!r}")
-    return number
-
-
-def check_flag(value: Any, name: str) -> bool:
-    """Return ``value`` as a bool, or raise TypeError if it is not a bool."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
-
-
-def check_hyperparameters(
-    *,
-    lr: Any,
-    momentum: Any = 0.0,
-    dampening: Any = 0.0,
-    weight_decay: Any = 0.0,
-    nesterov: Any = False,
-    decoupled_weight_decay: Any = False,
-    maximize: Any = False,
-) -> Hyperparameters:
-    """Validate SGD's hyperparameters; raise TypeError/ValueError naming the bad one."""
-    hyper = Hyperparameters(
-        lr=check_non_negative(lr, "lr"),
-        momentum=check_non_negative(momentum, "momentum"),
-        dampening=check_non_negative(dampening, "dampening"),
-        weight_decay=check_non_negative(weight_decay, "weight_decay"),
-        nesterov=check_flag(nesterov, "nesterov"),
-        decoupled_weight_decay=check_flag(decoupled_weight_decay, "decoupled_weight_decay"),
-        maximize=check_flag(maximize, "maximize"),
-    )
-    if hyper.nesterov and (hyper.momentum <= 0.0 or hyper.dampening != 0.0):
-        raise ValueError(
-            "nesterov=True requires momentum > 0 and dampening == 0, got "
-            f"momentum={hyper.momentum!r}, dampening={hyper.dampening!r}"
-        )
-    return hyper
+from bnsgd_numba._core.arrays import any_device_array
+from bnsgd_numba._core.checks import FLOAT_DTYPES
+from bnsgd_numba.sgd._common import Hyperparameters, check_hyperparameters, update_mode
 
 
 def check_parameter(param: Any, name: str) -> np.ndarray:
     """Check that ``param`` is a writable float32/float64 NumPy array."""
     if not isinstance(param, np.ndarray):
         raise TypeError(f"{name}: expected a NumPy array, got {type(param).__name__}")
-    if param.dtype not in SUPPORTED_DTYPES:
+    if param.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name}: dtype {param.dtype} is not supported (float32 or float64 expected)"
         )
@@ -139,24 +66,15 @@ def write_back(target: np.ndarray, flat: np.ndarray) -> None:
 
 
 def gpu_backend(caller: str) -> ModuleType:
-    """Import ``bnsgd_numba.gpu_sgd`` for a CUDA array, or raise a clear ImportError."""
+    """Import ``bnsgd_numba.sgd._cuda_driver`` for a CUDA array, or raise a clear ImportError."""
     try:
-        return importlib.import_module("bnsgd_numba.gpu_sgd")
+        return importlib.import_module("bnsgd_numba.sgd._cuda_driver")
     except ImportError as exc:
         raise ImportError(
             f"{caller}: got a CUDA array, but CUDA support is not available "
-            f"(bnsgd_numba.gpu_sgd could not be imported: {exc}); pass NumPy arrays "
+            f"(bnsgd_numba.sgd._cuda_driver could not be imported: {exc}); pass NumPy arrays "
             "to use the CPU kernels"
         ) from exc
-
-
-def update_mode(momentum: float, buffer_exists: bool) -> int:
-    """Kernel mode for a step: plain, first momentum step, or later momentum step."""
-    from bnsgd_numba import _sgd_cpu
-
-    if momentum == 0.0:
-        return _sgd_cpu.MODE_PLAIN
-    return _sgd_cpu.MODE_MOMENTUM if buffer_exists else _sgd_cpu.MODE_FIRST
 
 
 def run_update(
@@ -167,9 +85,9 @@ def run_update(
     mode: int,
 ) -> None:
     """Run the fused update kernel over flat, validated arrays (in place)."""
-    from bnsgd_numba import _sgd_cpu
+    from bnsgd_numba.sgd import _cpu
 
-    kernel = _sgd_cpu.sgd_update.for_size(param_flat.shape[0])
+    kernel = _cpu.sgd_update.for_size(param_flat.shape[0])
     kernel(
         param_flat,
         grad_flat,

@@ -9,14 +9,14 @@ Two families, each on C-contiguous views prepared by the layers:
 
 Statistics are float64, sums of deviations from the mean of a sample of
 each cache-sized block (``block`` elements; see
-``_reductions.SHIFT_SAMPLE_DIVISOR``), and the blocks of a row are
+``_core.reductions.SHIFT_SAMPLE_DIVISOR``), and the blocks of a row are
 merged with Chan's formula in a fixed order; each row is one
 work item, so results do not depend on the number of threads. The column
 sums of the backward passes (``grad_weight``/``grad_bias`` of LayerNorm and
 RMSNorm) go into one partial row per block of rows, added in block order.
 
 Normalization is ((x - mean_hi) - mean_lo) * scale + offset in the data's
-dtype, as in :mod:`bnsgd_numba._batch_norm_cpu`: a constant row gives
+dtype, as in :mod:`bnsgd_numba.batch_norm._cpu`: a constant row gives
 exactly ``bias``. Every loop over data runs over a slice indexed from 0.
 """
 
@@ -27,8 +27,8 @@ import math
 import numpy as np
 from numba import prange
 
-from bnsgd_numba._compile import KernelPair, cpu_kernel
-from bnsgd_numba._reductions import (
+from bnsgd_numba._core.compile import KernelPair, cpu_kernel
+from bnsgd_numba._core.reductions import (
     gradient_row_sums,
     merge_chan,
     reassociable_add,
@@ -44,7 +44,7 @@ def _row_moments(row, block):
     # (mean, M2) of one row in float64, per block of ``block`` values: sums of
     # the deviations from the mean of the block's first values (a 1/16
     # sample for float32, the whole block for float64; see
-    # _reductions.SHIFT_SAMPLE_DIVISOR), Chan-merged in block order.
+    # _core.reductions.SHIFT_SAMPLE_DIVISOR), Chan-merged in block order.
     n = row.shape[0]
     count, mean, m2 = 0.0, 0.0, 0.0
     for b in range((n + block - 1) // block):

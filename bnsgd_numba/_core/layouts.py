@@ -102,6 +102,15 @@ def empty_in_layout(a: np.ndarray, axis: int, layout: str) -> np.ndarray:
     return np.moveaxis(np.empty(moved_shape, dtype=a.dtype), -1, axis)
 
 
+def from_layout(view: np.ndarray, shape: tuple[int, ...], axis: int, layout: str) -> np.ndarray:
+    """The array of ``shape`` that a kernel view in ``layout`` holds (inverse of :func:`to_layout`)."""
+    if layout == NCS:
+        return view.reshape(shape)
+    view = view.reshape(view.shape[:2])
+    moved_shape = shape[:axis] + shape[axis + 1 :] + (shape[axis],)
+    return np.moveaxis(view.reshape(moved_shape), -1, axis)
+
+
 def rows_per_item(view: np.ndarray, layout: str, item_elements: int, rc_columns: int) -> int:
     """Rows of ``view`` per reduction work item (a function of the shape only)."""
     return item_rows(view.shape[1], view.shape[2], layout != NCS, item_elements, rc_columns)

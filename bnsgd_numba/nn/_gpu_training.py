@@ -1,10 +1,10 @@
 """The seed's network on the GPU: ``train(device="cuda")``, ``bnsgd-numba train --device cuda``.
 
-:func:`bnsgd_numba.training.train` runs the same loop (weights, batch order,
+:func:`bnsgd_numba.nn.training.train` runs the same loop (weights, batch order,
 schedule) with a :class:`DeviceRunner`: the layers run ``@cuda.jit`` kernels
 (BatchNorm and the SGD step from the GPU modules, dense layers, ReLU and the
-loss from :mod:`bnsgd_numba._nn_gpu`) over one
-:class:`~bnsgd_numba.gpu_sgd.DeviceParameterArena`.
+loss from :mod:`bnsgd_numba.nn._cuda`) over one
+:class:`~bnsgd_numba.sgd._cuda_driver.DeviceParameterArena`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba import _cuda_backend as backend
-from bnsgd_numba.data import Dataset
-from bnsgd_numba.nn import Dense, ReLU
+from bnsgd_numba._core import cuda as backend
+from bnsgd_numba.nn.data import Dataset
+from bnsgd_numba.nn.layers import Dense, ReLU
 
 _BLOCK_2D = (8, 8)
 
@@ -31,7 +31,7 @@ def _grid_1d(size: int) -> tuple[int, int]:
 
 
 class GpuDense:
-    """:class:`~bnsgd_numba.nn.Dense` on device arrays (views into a device arena)."""
+    """:class:`~bnsgd_numba.nn.layers.Dense` on device arrays (views into a device arena)."""
 
     def __init__(self, weight: Any, bias: Any, grad_weight: Any, grad_bias: Any) -> None:
         self.weight, self.bias = weight, bias
@@ -40,64 +40,64 @@ class GpuDense:
 
     def forward(self, x: Any, training: bool = True) -> Any:
         """x @ weight + bias."""
-        from bnsgd_numba import _nn_gpu
+        from bnsgd_numba.nn import _cuda
 
         self._x = x
         out = backend.device_empty((x.shape[0], self.weight.shape[1]), self.weight.dtype)
         blocks, threads = _grid_2d(*out.shape)
-        _nn_gpu.matmul[blocks, threads](x, self.weight, out, False, False)
-        _nn_gpu.add_row[blocks, threads](out, self.bias)
+        _cuda.matmul[blocks, threads](x, self.weight, out, False, False)
+        _cuda.add_row[blocks, threads](out, self.bias)
         return out
 
     def backward(self, dy: Any) -> Any:
         """Write grad_weight = x.T @ dy, grad_bias = sum(dy); return dy @ weight.T."""
-        from bnsgd_numba import _nn_gpu
+        from bnsgd_numba.nn import _cuda
 
         blocks, threads = _grid_2d(*self.grad_weight.shape)
-        _nn_gpu.matmul[blocks, threads](self._x, dy, self.grad_weight, True, False)
+        _cuda.matmul[blocks, threads](self._x, dy, self.grad_weight, True, False)
         blocks1, threads1 = _grid_1d(self.grad_bias.shape[0])
-        _nn_gpu.column_sums[blocks1, threads1](dy, self.grad_bias)
+        _cuda.column_sums[blocks1, threads1](dy, self.grad_bias)
         dx = backend.device_empty(self._x.shape, dy.dtype)
         blocks, threads = _grid_2d(*dx.shape)
-        _nn_gpu.matmul[blocks, threads](dy, self.weight, dx, False, True)
+        _cuda.matmul[blocks, threads](dy, self.weight, dx, False, True)
         return dx
 
 
 class GpuReLU:
-    """:class:`~bnsgd_numba.nn.ReLU` on device arrays."""
+    """:class:`~bnsgd_numba.nn.layers.ReLU` on device arrays."""
 
     def __init__(self) -> None:
         self._mask: Any = None
 
     def forward(self, x: Any, training: bool = True) -> Any:
         """max(x, 0)."""
-        from bnsgd_numba import _nn_gpu
+        from bnsgd_numba.nn import _cuda
 
         y = backend.device_empty(x.shape, x.dtype)
         self._mask = backend.device_empty(x.shape, x.dtype)
         blocks, threads = _grid_2d(*x.shape)
-        _nn_gpu.relu_forward[blocks, threads](x, y, self._mask)
+        _cuda.relu_forward[blocks, threads](x, y, self._mask)
         return y
 
     def backward(self, dy: Any) -> Any:
         """dy where the input was positive."""
-        from bnsgd_numba import _nn_gpu
+        from bnsgd_numba.nn import _cuda
 
         dx = backend.device_empty(dy.shape, dy.dtype)
         blocks, threads = _grid_2d(*dy.shape)
-        _nn_gpu.relu_backward[blocks, threads](dy, self._mask, dx)
+        _cuda.relu_backward[blocks, threads](dy, self._mask, dx)
         return dx
 
 
 def _loss(logits: Any, labels: Any) -> tuple[float, Any, np.ndarray]:
-    from bnsgd_numba import _nn_gpu
+    from bnsgd_numba.nn import _cuda
 
     rows = logits.shape[0]
     losses = backend.device_empty((rows,), np.float64)
     grad = backend.device_empty(logits.shape, logits.dtype)
     predictions = backend.device_empty((rows,), np.int64)
     blocks, threads = _grid_1d(rows)
-    _nn_gpu.softmax_cross_entropy[blocks, threads](logits, labels, losses, grad, predictions)
+    _cuda.softmax_cross_entropy[blocks, threads](logits, labels, losses, grad, predictions)
     return float(losses.copy_to_host().mean()), grad, predictions.copy_to_host()
 
 
@@ -139,7 +139,7 @@ class DeviceRunner:
 
     def finish(self) -> Any:
         """Copy the trained values back into the host network and return it."""
-        from bnsgd_numba.batch_norm_layer import BatchNorm
+        from bnsgd_numba.batch_norm.layer import BatchNorm
 
         host = self.host
         host.arena.flat_params[...] = self.arena.flat_params.copy_to_host()
@@ -158,9 +158,9 @@ class DeviceRunner:
 
 
 def _device_network(host: Any) -> tuple[list[Any], Any]:
-    """Move a host :class:`~bnsgd_numba.nn.Sequential` to the GPU; return layers and arena."""
-    from bnsgd_numba.batch_norm_layer import BatchNorm
-    from bnsgd_numba.gpu_sgd import DeviceParameterArena
+    """Move a host :class:`~bnsgd_numba.nn.layers.Sequential` to the GPU; return layers and arena."""
+    from bnsgd_numba.batch_norm.layer import BatchNorm
+    from bnsgd_numba.sgd.arena import DeviceParameterArena
 
     arena = DeviceParameterArena.from_host(host.arena)
     layers = []

@@ -1,12 +1,12 @@
 """CUDA kernels (``@cuda.jit``) of the per-sample normalizations.
 
-The GPU twins of :mod:`bnsgd_numba._norm_kernels_cpu`, on C-contiguous row
+The GPU twins of :mod:`bnsgd_numba.normalizations._cpu`, on C-contiguous row
 views ``(R, L)``: LayerNorm and RMSNorm rows, and GroupNorm / InstanceNorm,
 whose ``(N, C, S)`` input is read as ``N * G`` rows of ``C / G * S`` values
 (channel ``c`` of a row is the span ``[c * S, (c + 1) * S)`` of it).
 
 Each layer owns one float64 workspace ``work`` per input shape
-(:mod:`bnsgd_numba.normalizations._gpu`); the kernels find their parts in it
+(:mod:`bnsgd_numba.normalizations._cuda_driver`); the kernels find their parts in it
 from the shapes, so that a launch passes one array instead of several:
 
 - rows: ``work[4 r : 4 r + 4]`` = (mean, invstd) of row r (kept for
@@ -42,14 +42,14 @@ import math
 
 from numba import float64
 
-from bnsgd_numba._batch_norm_gpu import _block_merge, _block_sum3, _chan
-from bnsgd_numba._cuda_backend import (
+from bnsgd_numba._core.cuda import (
     MAX_THREADS_PER_BLOCK,
     WARP_SIZE,
     cuda,
     gpu_device_function,
     gpu_kernel,
 )
+from bnsgd_numba.batch_norm._cuda import _block_merge, _block_sum3, _chan
 
 CENTERED = 1
 """``mode`` bit: subtract the mean (LayerNorm; not RMSNorm)."""

@@ -8,18 +8,16 @@ from typing import Any
 import numpy as np
 
 from bnsgd_numba import config
-from bnsgd_numba._arrays import is_device_array
-from bnsgd_numba.arena import ParameterArena
-from bnsgd_numba.sgd import (
-    Hyperparameters,
-    check_flag,
-    check_hyperparameters,
+from bnsgd_numba._core.arrays import is_device_array
+from bnsgd_numba._core.checks import check_flag
+from bnsgd_numba.sgd._common import Hyperparameters, check_hyperparameters, update_mode
+from bnsgd_numba.sgd.arena import ParameterArena
+from bnsgd_numba.sgd.functional import (
     check_like,
     check_parameter,
     flat_view,
     gpu_backend,
     run_update,
-    update_mode,
     write_back,
 )
 
@@ -37,9 +35,9 @@ _HYPERPARAMETER_NAMES = (
 
 
 def _any_nonfinite(flat: np.ndarray) -> bool:
-    from bnsgd_numba import _sgd_cpu
+    from bnsgd_numba.sgd import _cpu
 
-    kernel = _sgd_cpu.nonfinite_items.for_size(flat.shape[0])
+    kernel = _cpu.nonfinite_items.for_size(flat.shape[0])
     return bool(kernel(flat, config.CPU_ITEM_ELEMENTS).any())
 
 

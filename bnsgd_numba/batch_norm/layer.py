@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any, Literal
 
 import numpy as np
 
-from bnsgd_numba._arrays import is_device_array
-from bnsgd_numba._layer_state import load_checked_state
-from bnsgd_numba.batch_norm import (
-    FLOAT_DTYPES,
-    _momentum,
-    _positive_eps,
-    batch_norm_backward,
-    forward_with_status,
+from bnsgd_numba._core.arrays import is_device_array
+from bnsgd_numba._core.checks import (
+    check_float_dtype,
+    check_nonfinite_policy,
+    check_positive_eps,
+    check_positive_int,
+    check_unit_momentum,
 )
+from bnsgd_numba._core.state import load_checked_state
+from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
 
 STATE_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _ARRAY_KEYS = ("weight", "bias", "grad_weight", "grad_bias", "running_mean", "running_var")
@@ -90,20 +90,12 @@ class BatchNorm:
         dtype: Any = np.float32,
         on_nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
-        try:
-            num_features = operator.index(num_features)
-        except TypeError:
-            raise TypeError(f"num_features must be an integer, got {num_features!r}") from None
-        if num_features < 1:
-            raise ValueError(f"num_features must be positive, got {num_features}")
-        dtype = np.dtype(dtype)
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+        num_features = check_positive_int(num_features, "num_features")
+        dtype = check_float_dtype(dtype)
+        check_nonfinite_policy(on_nonfinite)
         self.num_features = num_features
-        self.eps = _positive_eps(eps)
-        self.momentum = None if momentum is None else _momentum(momentum)
+        self.eps = check_positive_eps(eps)
+        self.momentum = None if momentum is None else check_unit_momentum(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         self.channel_axis = int(channel_axis)
@@ -223,7 +215,7 @@ class BatchNorm:
         CudaUnavailableError
             When CUDA kernels cannot run here (no GPU, no simulator).
         """
-        from bnsgd_numba import _cuda_backend as backend
+        from bnsgd_numba._core import cuda as backend
 
         backend.require_cuda("BatchNorm.to_device")
         if not self._on_device:

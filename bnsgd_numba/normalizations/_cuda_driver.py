@@ -1,4 +1,4 @@
-"""Host drivers of the GPU normalization kernels (:mod:`bnsgd_numba._norm_kernels_gpu`).
+"""Host drivers of the GPU normalization kernels (:mod:`bnsgd_numba.normalizations._cuda`).
 
 Imported only when a layer receives a CUDA array. The layers check every
 argument first (shapes, dtypes, device or host) and call these functions,
@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba import _cuda_backend as backend
 from bnsgd_numba import config
+from bnsgd_numba._core import cuda as backend
+from bnsgd_numba._core.arrays import is_device_array
 
 MAX_ELEMENTWISE_BLOCKS = 4096
 MAX_WORKSPACES = 8
@@ -115,13 +116,28 @@ def cached_view(owner: Any, array: Any, shape: tuple[int, ...]) -> Any:
 
 def device_output(out: Any, x: Any, rows: Any, dtype: Any, others: tuple[Any, ...]) -> Any:
     """Return (array to return, its rows view): a new array shaped like ``x``, or ``out`` checked."""
-    from bnsgd_numba.normalizations import _base
-
     if out is None:
         target = _empty(tuple(rows.shape), dtype)
         return view(target, tuple(x.shape)), target
-    out = _base.check_device_out(out, x, others)
+    out = check_device_out(out, x, others)
     return out, view(out, tuple(rows.shape))
+
+
+def check_device_out(out: Any, like: Any, others: tuple[Any, ...]) -> Any:
+    """Return ``out`` as a C-contiguous device array shaped and typed like ``like``."""
+    if not is_device_array(out):
+        raise TypeError("out: the input is a CUDA array, so out must be one too")
+    out = backend.as_device_array(out)
+    if tuple(out.shape) != tuple(like.shape):
+        raise ValueError(f"out: shape {tuple(out.shape)} does not match x {tuple(like.shape)}")
+    if np.dtype(out.dtype) != np.dtype(like.dtype):
+        raise TypeError(f"out: dtype {out.dtype} does not match x ({like.dtype})")
+    if not out.is_c_contiguous():
+        raise ValueError("out: on the GPU, out must be C-contiguous")
+    others = [a for a in (like, *others) if a is not None and is_device_array(a)]
+    if overlaps_any(out, others):
+        raise ValueError("out overlaps another argument; pass a separate array")
+    return out
 
 
 def overlaps_any(out: Any, others: list[Any]) -> bool:
@@ -163,7 +179,7 @@ def rows_forward(
     float64 (mean, invstd) for :func:`rows_backward` (and room for the
     column partials of ``grad_weight`` when there is a weight).
     """
-    from bnsgd_numba import _norm_kernels_gpu as kernels
+    from bnsgd_numba.normalizations import _cuda as kernels
 
     count, length = rows.shape
     threads = _threads()
@@ -192,7 +208,7 @@ def rows_backward(
     Two launches with a weight (the column partials, then dx and the column
     totals together), one without.
     """
-    from bnsgd_numba import _norm_kernels_gpu as kernels
+    from bnsgd_numba.normalizations import _cuda as kernels
 
     count, length = rows.shape
     threads = _threads()
@@ -250,7 +266,7 @@ def group_forward(
     ``partials_done``: the chunk partials are there already (from a
     ``stats_only`` call on the same rows).
     """
-    from bnsgd_numba import _norm_kernels_gpu as kernels
+    from bnsgd_numba.normalizations import _cuda as kernels
 
     count, length = rows.shape
     threads = _threads()
@@ -281,7 +297,7 @@ def group_backward(
     grad_weight: Any, grad_bias: Any, owner: Any,
 ) -> None:  # fmt: skip
     """Write dx of GroupNorm and ``grad_weight``/``grad_bias`` (with a weight); two launches."""
-    from bnsgd_numba import _norm_kernels_gpu as kernels
+    from bnsgd_numba.normalizations import _cuda as kernels
 
     count, length = rows.shape
     if not rows.size:
@@ -315,7 +331,7 @@ def contiguous(array: Any, name: str, what: str) -> Any:
 
 def channel_moments(x3: Any) -> tuple[np.ndarray, np.ndarray]:
     """Host float64 (mean, M2) per channel of x (N, C, S) on the device."""
-    from bnsgd_numba import _norm_kernels_gpu as kernels
+    from bnsgd_numba.normalizations import _cuda as kernels
 
     channels = x3.shape[1]
     mean, m2 = _empty(channels, np.float64), _empty(channels, np.float64)
@@ -325,7 +341,7 @@ def channel_moments(x3: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def channel_normalize(x3: Any, y3: Any, constants: tuple[np.ndarray, ...]) -> None:
     """y = ((x - hi) - lo) * scale + offset per channel; ``constants`` are host arrays."""
-    from bnsgd_numba import _norm_kernels_gpu as kernels
+    from bnsgd_numba.normalizations import _cuda as kernels
 
     hi, lo, scale, offset = (backend.to_device(c) for c in constants)
     threads = _threads()

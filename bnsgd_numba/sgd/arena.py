@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba.sgd import SUPPORTED_DTYPES
+from bnsgd_numba._core.checks import FLOAT_DTYPES
 
 
 def _check_shape(shape: Any, name: str) -> tuple[int, ...]:
@@ -88,7 +88,7 @@ class ParameterArena:
             self.dtype = np.dtype(dtype)
         except TypeError:
             raise TypeError(f"dtype: {dtype!r} is not a NumPy dtype") from None
-        if self.dtype not in SUPPORTED_DTYPES:
+        if self.dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype: {self.dtype} is not supported (float32 or float64 expected)")
         if isinstance(shapes, (str, bytes)) or not isinstance(shapes, Iterable):
             raise TypeError(f"shapes: expected a sequence of shapes, got {type(shapes).__name__}")
@@ -150,3 +150,88 @@ class ParameterArena:
 
     def __repr__(self) -> str:
         return f"ParameterArena({len(self)} tensors, {self.size} elements, dtype={self.dtype})"
+
+
+class DeviceParameterArena(ParameterArena):
+    """A :class:`~bnsgd_numba.ParameterArena` whose two buffers live on the GPU.
+
+    Parameters
+    ----------
+    shapes : iterable of tuple of int (or int)
+        The shape of each parameter tensor, in order.
+    dtype : numpy dtype
+        float32 (default) or float64.
+
+    Notes
+    -----
+    ``params``, ``grads``, ``flat_params`` and ``flat_grads`` are numba
+    device arrays (the views share the flat buffers). ``SGD(arena, ...)``
+    updates every tensor in one grid-stride launch over the flat buffers.
+    Build one from host arrays with :meth:`from_arrays` or from a host arena
+    with :meth:`from_host`; :meth:`to_host` copies it back.
+    """
+
+    def __init__(self, shapes: Iterable[Any], dtype: Any = np.float32) -> None:
+        _backend().require_cuda("DeviceParameterArena")
+        host = ParameterArena(shapes, dtype)
+        self._adopt(host)
+
+    def _adopt(self, host: ParameterArena) -> None:
+        self.dtype = host.dtype
+        self.shapes = host.shapes
+        self.sizes = host.sizes
+        self.offsets = host.offsets
+        self.size = host.size
+        backend = _backend()
+        self.flat_params = backend.to_device(host.flat_params)
+        self.flat_grads = backend.to_device(host.flat_grads)
+        self.params = self.views(self.flat_params)
+        self.grads = self.views(self.flat_grads)
+        self._work_items = {}
+
+    @classmethod
+    def from_host(cls, arena: ParameterArena) -> DeviceParameterArena:
+        """Return a device copy of a host arena (parameters and gradients)."""
+        _backend().require_cuda("DeviceParameterArena.from_host")
+        device = cls.__new__(cls)
+        device._adopt(arena)
+        return device
+
+    @classmethod
+    def from_arrays(cls, arrays: Sequence[np.ndarray], dtype: Any = None) -> DeviceParameterArena:
+        """Return a device arena holding copies of host ``arrays`` as its parameters."""
+        return cls.from_host(ParameterArena.from_arrays(arrays, dtype))
+
+    def to_host(self) -> ParameterArena:
+        """Return a host :class:`~bnsgd_numba.ParameterArena` with copies of both buffers."""
+        host = ParameterArena(self.shapes, self.dtype)
+        host.flat_params[...] = self.flat_params.copy_to_host()
+        host.flat_grads[...] = self.flat_grads.copy_to_host()
+        return host
+
+    def views(self, flat: Any) -> list[Any]:
+        """Return device views of ``flat`` (a buffer of :attr:`size` elements) in this layout."""
+        if tuple(flat.shape) != (self.size,):
+            raise ValueError(f"flat: shape {tuple(flat.shape)} is not ({self.size},)")
+        return [
+            flat[offset : offset + size].reshape(shape)
+            for offset, size, shape in zip(self.offsets, self.sizes, self.shapes, strict=True)
+        ]
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero (one launch)."""
+        from bnsgd_numba.sgd import _cuda_driver
+
+        _cuda_driver.fill_zero(self.flat_grads)
+
+    def __repr__(self) -> str:
+        return (
+            f"DeviceParameterArena({len(self)} tensors, {self.size} elements, dtype={self.dtype})"
+        )
+
+
+def _backend() -> Any:
+    # numba-cuda is imported when a device arena is first made, not with this module
+    from bnsgd_numba._core import cuda
+
+    return cuda

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from bnsgd_numba._cuda_backend import cuda, gpu_kernel
+from bnsgd_numba._core.cuda import cuda, gpu_kernel
 
 
 @gpu_kernel

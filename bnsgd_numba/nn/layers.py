@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba.arena import ParameterArena
+from bnsgd_numba.sgd.arena import ParameterArena
 
 
 class Dense:

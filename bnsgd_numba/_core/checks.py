@@ -1,0 +1,109 @@
+"""Argument checks every concept package shares, independent of the backend.
+
+Each returns the value in the form the kernels take (a Python float, bool or
+int, a NumPy dtype) or raises ``TypeError``/``ValueError`` naming the
+argument. They read plain values only, never an array's memory, so the CPU
+and CUDA paths check alike.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+"""The dtypes every kernel takes."""
+NONFINITE_POLICIES = ("raise", "skip")
+"""What a layer may do with a batch whose statistics are not finite."""
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """Return ``value`` as a bool, or raise TypeError if it is not a bool."""
+    if value is True or value is False:
+        return value
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_positive_eps(eps: Any) -> float:
+    """Return ``eps`` as a finite float > 0, or raise ValueError."""
+    if type(eps) is float and eps > 0 and eps != math.inf:
+        return eps
+    if (
+        isinstance(eps, (bool, np.bool_))
+        or not isinstance(eps, numbers.Real)
+        or not (math.isfinite(eps) and eps > 0)
+    ):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    return float(eps)
+
+
+def check_unit_momentum(momentum: Any) -> float:
+    """Return a running-statistics ``momentum`` as a float in [0, 1], or raise ValueError."""
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:
+        return momentum
+    if (
+        isinstance(momentum, (bool, np.bool_))
+        or not isinstance(momentum, numbers.Real)
+        or not 0.0 <= momentum <= 1.0
+    ):
+        raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
+    return float(momentum)
+
+
+def check_non_negative(value: Any, name: str) -> float:
+    """Return ``value`` as a float, or raise if it is not a finite number >= 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0.0:
+        raise ValueError(f"{name} must be a non-negative finite number, got {number!r}")
+    return number
+
+
+def check_real(value: Any, name: str, *, minimum: float) -> float:
+    """Return ``value`` as a finite float >= ``minimum``, or raise ValueError."""
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """Return ``value`` as an int >= 1, or raise TypeError/ValueError naming it."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be positive, got {number}")
+    return number
+
+
+def check_float_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
+    """Return ``dtype`` as float32 or float64, or raise TypeError."""
+    try:
+        checked = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
+    if checked not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {checked}")
+    return checked
+
+
+def check_nonfinite_policy(policy: Any) -> str:
+    """Return ``policy`` if it is ``"raise"`` or ``"skip"``, else raise ValueError."""
+    if policy not in NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {policy!r}")
+    return policy
