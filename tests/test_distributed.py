@@ -62,8 +62,11 @@ def test_timeout_setting(monkeypatch):
     monkeypatch.setenv(TIMEOUT_ENV, "soon")
     with pytest.raises(ValueError, match=TIMEOUT_ENV):
         resolve_timeout()
-    for bad in (-1, float("nan"), "1", True):
+    for bad in (-1, float("nan"), "1"):
         with pytest.raises(ValueError, match="timeout"):
+            resolve_timeout(bad)
+    for bad in (True, [1.0], object()):
+        with pytest.raises(TypeError, match="timeout"):
             resolve_timeout(bad)
 
 
@@ -97,6 +100,20 @@ def test_rank_slices_cover_the_batch():
             sizes = [s.stop - s.start for s in slices]
             assert sum(sizes) == length and max(sizes) - min(sizes) <= 1
             assert [s.start for s in slices[1:]] == [s.stop for s in slices[:-1]]
+
+
+def test_rank_failed_error_names_ranks_that_failed_alike_once():
+    from bnsgd_numba.distributed.errors import _error_class
+
+    same = "ValueError: --data: no such file: x.npz"
+    failures = {0: same, 1: same, 2: same, 4: same, 5: "TypeError: other"}
+    error = _error_class("ValueError")("startup", failures, 6)
+    assert str(error) == (
+        f"ranks 0-2, 4 of 6 failed in startup: {same}; rank 5 of 6 failed in startup: "
+        "TypeError: other"
+    )
+    pair = _error_class("ValueError")("startup", {0: same, 1: same}, 2)
+    assert str(pair) == f"ranks 0, 1 of 2 failed in startup: {same}"
 
 
 # -- one process, in this interpreter (mpi4py only) ---------------------------------------
@@ -184,6 +201,27 @@ def test_one_rank_data_parallel_sgd_is_sgd_bitwise(mpi):
         DataParallelSGD(b, comm=mpi.COMM_SELF, lr=0.1, bucket_elements=0)
 
 
+def test_rank_guard_checks_its_arguments(mpi):
+    from bnsgd_numba.distributed import RankGuard
+
+    for arguments, keywords, error, name in (
+        ((mpi.COMM_SELF, 3), {}, TypeError, "where"),
+        ((mpi.COMM_SELF, "op"), {"timeout": "soon"}, ValueError, "timeout"),
+        ((mpi.COMM_SELF, "op"), {"timeout": True}, TypeError, "timeout"),
+        ((mpi.COMM_SELF, "op"), {"signature": "7"}, TypeError, "signature"),
+        ((mpi.COMM_SELF, "op"), {"signature": -2}, ValueError, "signature"),
+        ((object(), "op"), {}, TypeError, "comm"),
+        ((mpi.COMM_NULL, "op"), {}, ValueError, "comm"),
+    ):
+        with pytest.raises(error, match=name):
+            RankGuard(*arguments, **keywords)
+    with RankGuard(None, "op") as guard:  # COMM_WORLD, the default deadline
+        guard.signature = 3
+    assert guard.comm.Get_size() == 1
+    with pytest.raises(TypeError, match="signature"):
+        guard.signature = 1.5
+
+
 # -- several processes ----------------------------------------------------------------------
 
 
@@ -192,31 +230,41 @@ def _mpiexec() -> str | None:
     return str(beside) if beside.exists() else shutil.which("mpiexec")
 
 
+def _mpi_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("BNSGD_NUMBA_MPI_TIMEOUT", "60")
+    # harmless for MPICH; lets Open MPI oversubscribe and run as root
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1")  # fmt: skip
+    return env
+
+
+def _run_limited(command: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess:
+    """Run ``command``; fail the test, killing every process it started, past LAUNCH_LIMIT."""
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True, **kw,
+    ) as process:  # fmt: skip
+        try:
+            out, err = process.communicate(timeout=LAUNCH_LIMIT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+            pytest.fail(f"{' '.join(command)} hung for {LAUNCH_LIMIT} s:\n{out}\n{err}")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
 @pytest.fixture(scope="module")
 def launch(mpi):
     """Return run(ranks, script, *args) -> CompletedProcess, after warming numba's cache."""
     mpiexec = _mpiexec()
     if mpiexec is None:
         pytest.skip("mpiexec not found (pip install 'bnsgd-numba[mpi]' brings one)")
-    env = dict(os.environ)
-    env.setdefault("BNSGD_NUMBA_MPI_TIMEOUT", "60")
-    # harmless for MPICH; lets Open MPI oversubscribe and run as root
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1")  # fmt: skip
+    env = _mpi_environment()
 
     def run(ranks: int, script: str, *args: str) -> subprocess.CompletedProcess:
         command = [mpiexec, "-n", str(ranks), sys.executable, str(SCRIPTS / script), *args]
-        with subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            start_new_session=True,
-        ) as process:  # fmt: skip
-            try:
-                out, err = process.communicate(timeout=LAUNCH_LIMIT)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                out, err = process.communicate()
-                pytest.fail(f"{' '.join(command)} hung for {LAUNCH_LIMIT} s:\n{out}\n{err}")
-        return subprocess.CompletedProcess(command, process.returncode, out, err)
+        return _run_limited(command, env)
 
     # one process first: compiles (and caches) the kernels once instead of in every rank
     for script in ("sync_batch_norm.py", "distributed_training.py"):
@@ -298,9 +346,37 @@ def test_a_rank_that_never_joins_is_aborted_after_the_deadline(launch, tmp_path)
     seconds = time.perf_counter() - start
     assert done.returncode != 0
     assert lines == ["", ""]  # no rank got an error: the deadline ended them
-    assert "did not complete within 2 s" in done.stderr
-    assert "MPI_Abort" in done.stderr
+    assert (
+        "rank 0 of 2: SyncBatchNorm.forward (agreement) did not complete within 2 s: rank 1 "
+        "did not answer (still running, but busy, stuck, or waiting outside bnsgd_numba's "
+        "collectives); calling MPI_Abort (error code 75)"
+    ) in done.stderr
     assert seconds < 30  # the silent rank sleeps 60 s: the abort ended it
+
+
+def test_an_uncaught_exception_on_one_rank_ends_the_job_at_once_naming_it(launch, tmp_path):
+    start = time.perf_counter()
+    done, lines = _failure(launch, 2, "raise_outside", tmp_path)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 75
+    assert "RuntimeError: not in a guard" in done.stderr  # the traceback, then one line
+    assert (
+        "bnsgd_numba.distributed: rank 1 of 2 ended with an uncaught RuntimeError: not in a "
+        "guard; calling MPI_Abort (error code 75)"
+    ) in done.stderr
+    assert seconds < 30  # the deadline is 60 s
+
+
+def test_a_rank_that_exits_early_ends_the_job_at_once_naming_it(launch, tmp_path):
+    start = time.perf_counter()
+    done, lines = _failure(launch, 2, "exit_early", tmp_path)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 75
+    assert (
+        "bnsgd_numba.distributed: rank 0 of 2: SyncBatchNorm.forward (agreement) cannot "
+        "complete: rank 1 exited (end of its script or sys.exit) without joining it"
+    ) in done.stderr
+    assert seconds < 30  # the deadline is 60 s
 
 
 def test_train_command_distributed(launch, tmp_path):

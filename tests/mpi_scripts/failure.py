@@ -7,8 +7,13 @@ Modes (argv[1]):
 - ``train_step``: the last rank's labels are out of range, so its loss raises
   an IndexError in the middle of a training step, while the other ranks are
   already in SyncBatchNorm's collectives; every rank raises.
-- ``hang``: the last rank never joins the collective; the others abort the
-  job after the 2-second deadline.
+- ``hang``: the last rank sleeps instead of joining the collective; the
+  others abort the job after the 2-second deadline, naming it.
+- ``raise_outside``: the last rank raises a RuntimeError outside any guard
+  and leaves it uncaught; it ends the job with MPI_Abort, naming itself.
+- ``exit_early``: the last rank calls ``sys.exit(0)`` after one forward pass
+  instead of a second; the others end the job as soon as its departure
+  message arrives, naming it (the deadline is 60 s).
 
 Every rank writes ``RANK <r> <ExceptionType> ...: <message>`` to
 ``<argv[2]>/rank<r>.txt`` (files, because mpiexec may drop the output still in
@@ -69,6 +74,15 @@ try:
         if last:
             time.sleep(60)
         layer.forward(np.ones((3, 2)), training=True)
+    elif mode in ("raise_outside", "exit_early"):
+        layer = SyncBatchNorm(2, dtype=np.float64, comm=comm, timeout=60)
+        x = np.arange(6.0).reshape(3, 2)
+        layer.forward(x, training=True)
+        if last and mode == "raise_outside":
+            raise RuntimeError("not in a guard")
+        if last:
+            sys.exit(0)
+        layer.forward(x, training=True)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 except RankFailedError as error:
