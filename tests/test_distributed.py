@@ -116,6 +116,17 @@ def test_rank_failed_error_names_ranks_that_failed_alike_once():
     assert str(pair) == f"ranks 0, 1 of 2 failed in startup: {same}"
 
 
+def test_rank_slices_rejects_bad_arguments():
+    from bnsgd_numba.distributed.training import rank_slices
+
+    for length, ranks, error, name in (
+        (5, 0, ValueError, "ranks"), (-1, 2, ValueError, "length"),
+        (5.0, 2, TypeError, "length"), (5, True, TypeError, "ranks"),
+    ):  # fmt: skip
+        with pytest.raises(error, match=name):
+            rank_slices(length, ranks)
+
+
 # -- one process, in this interpreter (mpi4py only) ---------------------------------------
 
 
@@ -220,6 +231,89 @@ def test_rank_guard_checks_its_arguments(mpi):
     assert guard.comm.Get_size() == 1
     with pytest.raises(TypeError, match="signature"):
         guard.signature = 1.5
+
+
+def test_data_parallel_sgd_names_bad_arguments_and_writes_nothing(mpi):
+    from bnsgd_numba import ParameterArena
+    from bnsgd_numba.distributed import DataParallelSGD, RankFailedError
+
+    arena = ParameterArena([(3,), (2, 2)], dtype=np.float64)
+    arena.flat_params[...] = np.arange(arena.size)
+    arena.flat_grads[...] = 1.0
+    before = arena.flat_params.copy()
+    for keywords, error, name in (
+        ({"bucket_elements": 2.5}, TypeError, "bucket_elements"),
+        ({"bucket_elements": "4"}, TypeError, "bucket_elements"),
+        ({"bucket_elements": 0}, ValueError, "bucket_elements"),
+        ({"timeout": "soon"}, ValueError, "timeout"),
+        ({"timeout": [1]}, TypeError, "timeout"),
+        ({"lr": -1.0}, ValueError, "lr"),
+    ):
+        with pytest.raises(error, match=name) as caught:
+            DataParallelSGD(arena, comm=mpi.COMM_SELF, **{"lr": 0.1, **keywords})
+        assert isinstance(caught.value, RankFailedError), keywords  # raised on every rank
+        np.testing.assert_array_equal(arena.flat_params, before)
+    with pytest.raises(ValueError, match="comm is MPI.COMM_NULL"):
+        DataParallelSGD(arena, comm=mpi.COMM_NULL, lr=0.1)
+    optimizer = DataParallelSGD(arena, comm=mpi.COMM_SELF, lr=0.1)
+    for root, error in ((1, ValueError), (-1, ValueError), ("0", TypeError), (0.0, TypeError)):
+        with pytest.raises(error, match="root"):
+            optimizer.sync_parameters(root)
+    optimizer.sync_parameters(np.int64(0))
+    np.testing.assert_array_equal(arena.flat_params, before)
+
+
+def _tiny_dataset(rows: int = 12):
+    from bnsgd_numba.nn.data import Dataset
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(rows, 3))
+    y = rng.integers(0, 2, rows)
+    return Dataset(x, y, x[:4], y[:4], x[:4], y[:4], num_classes=2, name="tiny")
+
+
+def test_train_distributed_names_bad_arguments_on_every_rank(mpi):
+    from bnsgd_numba.distributed import RankFailedError, train_distributed
+    from bnsgd_numba.distributed.training import synchronize_batch_norm
+    from bnsgd_numba.nn.training import TrainConfig
+
+    data = _tiny_dataset()
+    config = TrainConfig(epochs=1, batch_size=4, hidden=4, scheduler="cosine", dtype="float64")
+    for arguments, keywords, error, name in (
+        (([1, 2], config), {}, TypeError, "data"),
+        ((data, {"epochs": 1}), {}, TypeError, "config"),
+        ((data, config), {"on_epoch": 5}, TypeError, "on_epoch"),
+        ((data, config), {"timeout": -1}, ValueError, "timeout"),
+    ):
+        with pytest.raises(error, match=name) as caught:
+            train_distributed(*arguments, comm=mpi.COMM_SELF, **keywords)
+        assert isinstance(caught.value, RankFailedError)
+        assert "train_distributed (startup)" in str(caught.value)
+    with pytest.raises(TypeError, match="model"):
+        synchronize_batch_norm([1], mpi.COMM_SELF)
+
+
+def test_a_failing_callback_fails_train_distributed_on_every_rank(mpi):
+    from bnsgd_numba.distributed import RankFailedError, train_distributed
+    from bnsgd_numba.nn.training import TrainConfig
+
+    config = TrainConfig(epochs=2, batch_size=4, hidden=4, scheduler="cosine", dtype="float64")
+
+    def stop(record):
+        raise ValueError("stop here")
+
+    with pytest.raises(ValueError, match="failed in train_distributed .end of epoch 1.: .*stop"):
+        train_distributed(_tiny_dataset(), config, comm=mpi.COMM_SELF, on_epoch=stop)
+    steps = []
+
+    def step_then_fail(step, loss):
+        steps.append(step)
+        if step == 2:
+            raise KeyError("no step 2")
+
+    with pytest.raises(RankFailedError, match="failed in training step 3: KeyError"):
+        train_distributed(_tiny_dataset(), config, comm=mpi.COMM_SELF, on_step=step_then_fail)
+    assert steps == [1, 2]
 
 
 # -- several processes ----------------------------------------------------------------------
@@ -377,6 +471,17 @@ def test_a_rank_that_exits_early_ends_the_job_at_once_naming_it(launch, tmp_path
         "complete: rank 1 exited (end of its script or sys.exit) without joining it"
     ) in done.stderr
     assert seconds < 30  # the deadline is 60 s
+
+
+def test_different_data_on_one_rank_fails_every_rank_at_startup(launch, tmp_path):
+    done, lines = _failure(launch, 2, "different_data", tmp_path)
+    assert done.returncode != 0
+    for rank, line in enumerate(lines):
+        assert line.startswith(f"RANK {rank} RankFailedValueError value_error=True"), line
+        assert (
+            "rank 1 of 2 failed in train_distributed (startup): ValueError: digest of the "
+            "data and config differs across ranks"
+        ) in line
 
 
 def test_train_command_distributed(launch, tmp_path):
