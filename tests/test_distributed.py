@@ -316,6 +316,23 @@ def test_a_failing_callback_fails_train_distributed_on_every_rank(mpi):
     assert steps == [1, 2]
 
 
+def test_train_command_distributed_checks_output_paths_before_training(mpi, tmp_path, capsys):
+    from bnsgd_numba.cli import main
+
+    data = tmp_path / "tiny.npz"
+    x = np.random.default_rng(0).integers(0, 255, (30, 4)).astype(np.uint8)
+    y = (x.sum(axis=1) % 3).astype(np.int64)
+    np.savez(data, x_train=x[:20], y_train=y[:20], x_test=x[20:], y_test=y[20:])
+    for option, value in (("--json", "no/such/dir/x.json"), ("--json", str(tmp_path))):
+        code = main(["train", "--distributed", "--data", str(data), "--epochs", "1",
+                     "--batch-size", "10", "--hidden", "4", option, value])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("bnsgd-numba train: error: "), err
+        assert option in lines[0]
+
+
 # -- several processes ----------------------------------------------------------------------
 
 
@@ -482,6 +499,30 @@ def test_different_data_on_one_rank_fails_every_rank_at_startup(launch, tmp_path
             "rank 1 of 2 failed in train_distributed (startup): ValueError: digest of the "
             "data and config differs across ranks"
         ) in line
+
+
+def test_train_command_distributed_with_data_missing_on_one_rank(mpi, tmp_path):
+    # MPMD: rank 0 gets a data file, rank 1 a path that does not exist
+    mpiexec = _mpiexec()
+    if mpiexec is None:
+        pytest.skip("mpiexec not found")
+    x = np.random.default_rng(0).integers(0, 255, (30, 4)).astype(np.uint8)
+    y = (x.sum(axis=1) % 3).astype(np.int64)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=x[:20], y_train=y[:20], x_test=x[20:], y_test=y[20:])
+    train = [sys.executable, "-m", "bnsgd_numba", "train", "--distributed", "--epochs", "1",
+             "--batch-size", "10", "--hidden", "4", "--quiet", "--data"]  # fmt: skip
+    command = [mpiexec, "-n", "1", *train, str(data), ":", "-n", "1", *train, "missing.npz"]
+    start = time.perf_counter()
+    done = _run_limited(command, _mpi_environment(), cwd=tmp_path)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "bnsgd-numba train: error: rank 1 of 2 failed in train --distributed (options and "
+        "data): ValueError: --data: no such file: missing.npz"
+    ]
+    assert done.stdout == ""
+    assert seconds < 30  # the deadline is 60 s
 
 
 def test_train_command_distributed(launch, tmp_path):
