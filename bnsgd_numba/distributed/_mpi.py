@@ -6,6 +6,8 @@ from typing import Any
 
 from bnsgd_numba.distributed._liveness import install
 
+_checked: dict[int, Any] = {}  # handle -> the mpi4py communicator accepted with it
+
 INSTALL_HINT = "pip install 'bnsgd-numba[mpi]' (mpi4py and the mpich wheel, which brings mpiexec)"
 
 
@@ -46,6 +48,9 @@ def resolve_comm(comm: Any, who: str) -> Any:
     """
     if comm is None:
         return mpi().COMM_WORLD
+    handle = getattr(comm, "handle", None)
+    if handle is not None and _checked.get(handle) is comm:
+        return comm  # checked before (a freed communicator has another handle)
     needed = ("Get_rank", "Get_size", "Iallgather", "Iallreduce", "Ibcast", "Abort")
     missing = [name for name in needed if not hasattr(comm, name)]
     if missing:
@@ -53,7 +58,7 @@ def resolve_comm(comm: Any, who: str) -> Any:
             f"{who}: comm must be an mpi4py communicator (such as MPI.COMM_WORLD), got "
             f"{type(comm).__name__} without {', '.join(missing)}"
         )
-    if isinstance(getattr(comm, "handle", None), int):  # an mpi4py communicator
+    if isinstance(handle, int):  # an mpi4py communicator
         from mpi4py import MPI
 
         if comm == MPI.COMM_NULL:
@@ -63,4 +68,5 @@ def resolve_comm(comm: Any, who: str) -> Any:
                 f"{who}: comm must be an intra-communicator, got an inter-communicator"
             )
         install(comm)
+        _checked[handle] = comm
     return comm

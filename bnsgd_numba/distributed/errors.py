@@ -202,6 +202,8 @@ def resolve_timeout(timeout: float | None | str = "default") -> float | None:
         A negative or NaN timeout, a string other than ``"default"``, or
         such a value in the environment variable.
     """
+    if type(timeout) is float and 0.0 < timeout < math.inf:
+        return timeout  # the library's own calls pass the resolved value on
     source = "timeout"
     if isinstance(timeout, str):
         if timeout != "default":
