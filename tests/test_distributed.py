@@ -459,8 +459,8 @@ def test_a_rank_that_never_joins_is_aborted_after_the_deadline(launch, tmp_path)
     assert lines == ["", ""]  # no rank got an error: the deadline ended them
     assert (
         "rank 0 of 2: SyncBatchNorm.forward (agreement) did not complete within 2 s: rank 1 "
-        "did not answer (still running, but busy, stuck, or waiting outside bnsgd_numba's "
-        "collectives); calling MPI_Abort (error code 75)"
+        "did not answer (busy, stuck, waiting outside bnsgd_numba's collectives, or exited "
+        "before its first one on this communicator); calling MPI_Abort (error code 75)"
     ) in done.stderr
     assert seconds < 30  # the silent rank sleeps 60 s: the abort ended it
 

@@ -176,8 +176,8 @@ class Watch:
         if absent:
             names = ", ".join(f"rank {r}" for r in absent)
             parts.append(
-                f"{names} did not answer (still running, but busy, stuck, or waiting "
-                "outside bnsgd_numba's collectives)"
+                f"{names} did not answer (busy, stuck, waiting outside bnsgd_numba's "
+                "collectives, or exited before its first one on this communicator)"
             )
         for r, (number, text) in sorted(answers.items()):
             if number == _EXITED:
