@@ -480,6 +480,7 @@ def test_a_rank_that_never_joins_is_aborted_after_the_deadline(launch, tmp_path)
             "calling MPI_Abort (error code 75)",
         ),
     ],
+    ids=["raise_outside", "exit_early"],
 )
 def test_a_rank_that_is_gone_ends_the_job_at_once_naming_it(launch, tmp_path, mode, message):
     start = time.perf_counter()
