@@ -431,3 +431,21 @@ def test_get_last_lr_is_a_list_of_the_one_rate_as_in_torch():
     assert sched.get_last_lr() == [1.0]
     sched.step()
     assert sched.get_last_lr() == [0.5]
+
+
+def _every_example():
+    for name in sorted(available_schedulers()):
+        for i, params in enumerate(scheduler_registration(name).metadata["examples"]):
+            yield pytest.param(name, dict(params), id=f"{name}[{i}]")
+
+
+@pytest.mark.parametrize(("name", "params"), _every_example())
+def test_every_builtin_can_take_its_rate_from_the_optimizer(name, params):
+    base_lr = params.pop("base_lr", 0.2)  # None: one_cycle derives it
+    given = create_scheduler(name, **params, **({} if base_lr is None else {"base_lr": base_lr}))
+    waiting = create_scheduler(name, **params)
+    opt = StandIn(lr=0.2 if base_lr is None else base_lr)
+    waiting.bind(opt)
+    assert waiting.base_lr == given.base_lr and opt.lr == given.lr == waiting.lr
+    metric = 1.0 if given.requires_metric else None
+    assert [waiting.step(metric) for _ in range(5)] == [given.step(metric) for _ in range(5)]

@@ -55,7 +55,7 @@ class ReduceLROnPlateau(Scheduler):
     def __init__(
         self,
         *,
-        base_lr: float,
+        base_lr: float | None = None,
         mode: str = "min",
         factor: float = 0.1,
         patience: int = 10,
