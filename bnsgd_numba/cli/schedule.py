@@ -114,8 +114,11 @@ def schedule_values(
     else:
         try:  # derived (one_cycle), named otherwise (peak_value), or the optimizer's at bind
             sched = create_scheduler(name, **params)
-        except TypeError:  # a plugin's scheduler that requires base_lr
-            sched = create_scheduler(name, base_lr=DEFAULT_BASE_LR, **params)
+        except TypeError as error:  # a plugin's scheduler that requires base_lr
+            try:
+                sched = create_scheduler(name, base_lr=DEFAULT_BASE_LR, **params)
+            except (TypeError, ValueError):
+                raise error from None  # the parameter's own error, not base_lr's
     sched.bind(_PlotOptimizer())
     if sched.max_step is not None:
         steps = min(steps, sched.max_step)
