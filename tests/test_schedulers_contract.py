@@ -449,3 +449,14 @@ def test_every_builtin_can_take_its_rate_from_the_optimizer(name, params):
     assert waiting.base_lr == given.base_lr and opt.lr == given.lr == waiting.lr
     metric = 1.0 if given.requires_metric else None
     assert [waiting.step(metric) for _ in range(5)] == [given.step(metric) for _ in range(5)]
+
+
+def test_no_schedule_accepts_a_step_past_two_to_the_63():
+    sched = create_scheduler("one_cycle", max_lr=0.1, epochs=2**40, steps_per_epoch=2**40)
+    assert sched.max_step == 2**80
+    assert sched.lr_at(MAX_STEP) >= 0
+    with pytest.raises(ValueError, match="past the last step"):
+        sched.lr_at(MAX_STEP + 1)
+    sched.load_state_dict({**sched.state_dict(), "last_step": MAX_STEP})
+    with pytest.raises(ValueError, match="past its last step"):
+        sched.step()

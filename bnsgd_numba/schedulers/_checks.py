@@ -104,7 +104,7 @@ def check_factor(value: Any, name: str, step: int) -> float:
 def check_step(step: Any, max_step: int | None = None, name: str = "step") -> int:
     """Return ``step`` as an int in ``[0, max_step]`` (``MAX_STEP`` without one)."""
     number = check_integer(step, name)
-    last = MAX_STEP if max_step is None else max_step
+    last = MAX_STEP if max_step is None else min(max_step, MAX_STEP)
     if number > last:
         raise ValueError(f"{name} {number} is past the last step {last} of this schedule")
     return number

@@ -157,7 +157,7 @@ class Scheduler:
         value = self._checked_metric(metric)
         if self._base_lr is None:
             raise TypeError(self._no_base_lr())
-        last = MAX_STEP if self.max_step is None else self.max_step
+        last = MAX_STEP if self.max_step is None else min(self.max_step, MAX_STEP)
         if self.last_step >= last:
             raise ValueError(f"{type(self).__name__} was stepped past its last step {last}")
         with self._transaction():
