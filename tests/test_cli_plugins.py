@@ -56,17 +56,25 @@ def bnsgd_register_schedulers(register):
 """
 
 
-def test_plugins_reports_failures_conflicts_and_blocks(isolated, monkeypatch, tmp_path, capsys):
-    (tmp_path / "fake_plugin_clash.py").write_text(CLASH)
+def _install(monkeypatch, tmp_path, plugins: dict[str, tuple[str, str | None]]) -> None:
+    """Make ``{entry-point name: (module, source or None: missing)}`` the installed plugins."""
     monkeypatch.syspath_prepend(str(tmp_path))
-    group = registry.ENTRY_POINT_GROUP
-    eps = [
-        importlib.metadata.EntryPoint("broken_thing", "no_such_module_xyz", group),
-        importlib.metadata.EntryPoint("clash", "fake_plugin_clash", group),
-    ]
+    eps = []
+    for name, (module, source) in plugins.items():
+        if source is not None:
+            (tmp_path / f"{module}.py").write_text(source)
+        eps.append(importlib.metadata.EntryPoint(name, module, registry.ENTRY_POINT_GROUP))
     monkeypatch.setattr(registry, "_entry_points", lambda: eps)
-    monkeypatch.setenv(registry.BLOCK_ENV_VAR, "bnsgd_numba.schedulers.plateau")
     registry._REGISTRY.reset()
+
+
+def test_plugins_reports_failures_conflicts_and_blocks(isolated, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(registry.BLOCK_ENV_VAR, "bnsgd_numba.schedulers.plateau")
+    _install(
+        monkeypatch,
+        tmp_path,
+        {"broken_thing": ("no_such_module_xyz", None), "clash": ("fake_plugin_clash", CLASH)},
+    )
     assert run("plugins") == 0
     out = capsys.readouterr().out
     assert "broken_thing" in out and "no_such_module_xyz" in out
@@ -149,16 +157,14 @@ def bnsgd_register_schedulers(register):
 
 
 def test_plugins_survives_a_plugin_that_calls_sys_exit(isolated, monkeypatch, tmp_path, capsys):
-    (tmp_path / "fake_plugin_exits_at_import.py").write_text("import sys\nsys.exit(9)\n")
-    (tmp_path / "fake_plugin_exits_in_hook.py").write_text(EXITS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    group = registry.ENTRY_POINT_GROUP
-    eps = [
-        importlib.metadata.EntryPoint("quits_early", "fake_plugin_exits_at_import", group),
-        importlib.metadata.EntryPoint("quits_late", "fake_plugin_exits_in_hook", group),
-    ]
-    monkeypatch.setattr(registry, "_entry_points", lambda: eps)
-    registry._REGISTRY.reset()
+    _install(
+        monkeypatch,
+        tmp_path,
+        {
+            "quits_early": ("fake_plugin_exits_at_import", "import sys\nsys.exit(9)\n"),
+            "quits_late": ("fake_plugin_exits_in_hook", EXITS),
+        },
+    )
     assert run("plugins") == 0
     out = capsys.readouterr().out
     assert "quits_early: failed to import" in out and "sys.exit(9)" in out
