@@ -39,6 +39,14 @@ def add_parser(subparsers: Any) -> None:
     plot.set_defaults(handler=run_plot)
 
 
+class _PlotOptimizer:
+    """What a schedule binds to: one created without a rate takes ``DEFAULT_BASE_LR``."""
+
+    def __init__(self) -> None:
+        self.lr = DEFAULT_BASE_LR
+        self.momentum = 0.0
+
+
 def parse_params(pairs: list[str]) -> dict[str, Any]:
     """Parse ``KEY=VALUE`` strings; values are Python literals, else strings.
 
@@ -50,18 +58,29 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     Returns
     -------
     dict
-        Keyword arguments for the scheduler.
+        Keyword arguments for the scheduler, which checks them and names
+        the parameter of a bad one (``patience=two`` stays the string
+        ``'two'``, which ``reduce_on_plateau`` rejects naming ``patience``).
+
+    Raises
+    ------
+    ValueError
+        A pair is not ``KEY=VALUE`` with an identifier key, or a key is
+        given twice.
     """
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or not key.strip().isidentifier():
+        key = key.strip()
+        if not sep or not key.isidentifier():
             raise ValueError(f"--param expects KEY=VALUE, got {pair!r}")
+        if key in params:
+            raise ValueError(f"--param {key} is given twice")
         try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             value = raw
-        params[key.strip()] = value
+        params[key] = value
     return params
 
 
@@ -93,10 +112,14 @@ def schedule_values(
     if base_lr is not None:
         sched = create_scheduler(name, base_lr=base_lr, **params)
     else:
-        try:  # schedules that derive their rate (one_cycle) or take it by another name
+        try:  # derived (one_cycle), named otherwise (peak_value), or the optimizer's at bind
             sched = create_scheduler(name, **params)
-        except TypeError:
-            sched = create_scheduler(name, base_lr=DEFAULT_BASE_LR, **params)
+        except TypeError as error:  # a plugin's scheduler that requires base_lr
+            try:
+                sched = create_scheduler(name, base_lr=DEFAULT_BASE_LR, **params)
+            except (TypeError, ValueError):
+                raise error from None  # the parameter's own error, not base_lr's
+    sched.bind(_PlotOptimizer())
     if sched.max_step is not None:
         steps = min(steps, sched.max_step)
     metrics = default_metrics(max(steps, 1))
