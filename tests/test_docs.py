@@ -40,3 +40,15 @@ def test_docs_link_only_to_files_inside_the_repository():
             if not resolved.exists() or ROOT not in resolved.parents and resolved != ROOT:
                 broken.append(f"{path.name}: {target}")
     assert broken == []
+
+
+def test_the_plugin_guides_scheduler_example_runs_and_keeps_the_contract():
+    (block,) = [b for b in _python_blocks(ROOT / "docs" / "plugins.md") if "class InverseSqrt" in b]
+    namespace: dict = {}
+    exec(block, namespace)
+    import bnsgd_numba as bn
+
+    optimizer = bn.SGD(bn.ParameterArena([(3,)]), lr=0.5)
+    scheduler = namespace["InverseSqrt"](warmup_steps=10).bind(optimizer)
+    rates = [scheduler.step() for _ in range(20)]
+    assert rates[9] == 0.5 and optimizer.lr == rates[-1] == scheduler.get_last_lr()[0]
