@@ -51,12 +51,6 @@ class RMSNorm(RowNorm):
     ) -> None:
         super().__init__(normalized_shape, eps, elementwise_affine, False, channel_axis, dtype)
 
-    def __repr__(self) -> str:
-        return (
-            f"RMSNorm({self.normalized_shape}, eps={self.eps}, "
-            f"elementwise_affine={self.elementwise_affine}, dtype={self.dtype.name})"
-        )
-
 
 def rms_norm(*args: Any, **kwargs: Any) -> RMSNorm:
     """Create an :class:`RMSNorm` (arguments as ``torch.nn.RMSNorm``, plus ``dtype``)."""
