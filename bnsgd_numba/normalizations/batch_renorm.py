@@ -9,8 +9,8 @@ import numpy as np
 from bnsgd_numba._core.checks import check_real
 from bnsgd_numba._core.layer import NormLayer, matching_dy
 from bnsgd_numba.batch_norm.functional import batch_norm_backward
-from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations import _bn_support as support
+from bnsgd_numba.normalizations._base import registration_hook
 
 
 def _steps(value: Any, name: str) -> int:
@@ -264,16 +264,13 @@ def batch_renorm(*args: Any, **kwargs: Any) -> BatchRenorm:
     return BatchRenorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``batch_renorm``: BatchNorm corrected towards the running statistics."""
-    register(
-        "batch_renorm",
-        batch_renorm,
-        standardizes=False,
-        examples=[
-            {},
-            {"r_max": 1.0, "d_max": 0.0, "warmup_steps": 0},
-            {"affine": False, "momentum": None},
-        ],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "batch_renorm",
+    batch_renorm,
+    standardizes=False,
+    examples=[
+        {},
+        {"r_max": 1.0, "d_max": 0.0, "warmup_steps": 0},
+        {"affine": False, "momentum": None},
+    ],
+)

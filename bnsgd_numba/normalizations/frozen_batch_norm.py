@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from bnsgd_numba._core.layer import NormLayer
-from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations import _bn_support as support
+from bnsgd_numba.normalizations._base import registration_hook
 
 
 class FrozenBatchNorm(NormLayer):
@@ -106,13 +106,10 @@ def frozen_batch_norm(*args: Any, **kwargs: Any) -> FrozenBatchNorm:
     return FrozenBatchNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``frozen_batch_norm``: fixed statistics, any batch size."""
-    register(
-        "frozen_batch_norm",
-        frozen_batch_norm,
-        standardizes=False,
-        batch_statistics=False,
-        examples=[{}, {"eps": 1e-3}],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "frozen_batch_norm",
+    frozen_batch_norm,
+    standardizes=False,
+    batch_statistics=False,
+    examples=[{}, {"eps": 1e-3}],
+)

@@ -9,8 +9,8 @@ import numpy as np
 from bnsgd_numba._core.checks import check_positive_int
 from bnsgd_numba._core.layer import NormLayer, matching_dy
 from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
-from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations import _bn_support as support
+from bnsgd_numba.normalizations._base import registration_hook
 
 
 class GhostBatchNorm(NormLayer):
@@ -231,16 +231,13 @@ def ghost_batch_norm(*args: Any, **kwargs: Any) -> GhostBatchNorm:
     return GhostBatchNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``ghost_batch_norm``: statistics per virtual batch."""
-    register(
-        "ghost_batch_norm",
-        ghost_batch_norm,
-        standardizes=False,
-        examples=[
-            {"virtual_batch_size": 2},
-            {"virtual_batch_size": 3, "affine": False},
-            {"virtual_batch_size": 2, "momentum": None, "track_running_stats": False},
-        ],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "ghost_batch_norm",
+    ghost_batch_norm,
+    standardizes=False,
+    examples=[
+        {"virtual_batch_size": 2},
+        {"virtual_batch_size": 3, "affine": False},
+        {"virtual_batch_size": 2, "momentum": None, "track_running_stats": False},
+    ],
+)

@@ -16,7 +16,7 @@ from bnsgd_numba import config
 from bnsgd_numba._core.arrays import check_out
 from bnsgd_numba._core.checks import check_positive_int
 from bnsgd_numba._core.layer import NormLayer, device_input, float_input, matching_dy
-from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.normalizations._base import registration_hook
 
 
 class GroupedNorm(NormLayer):
@@ -295,17 +295,14 @@ def group_norm(*args: Any, **kwargs: Any) -> GroupNorm:
     return GroupNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``group_norm``: per-sample statistics, any batch size."""
-    register(
-        "group_norm",
-        group_norm,
-        standardizes=False,
-        batch_statistics=False,
-        examples=[
-            {"num_groups": 1},
-            {"num_groups": 3},
-            {"num_groups": 1, "affine": False, "eps": 1e-3},
-        ],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "group_norm",
+    group_norm,
+    standardizes=False,
+    batch_statistics=False,
+    examples=[
+        {"num_groups": 1},
+        {"num_groups": 3},
+        {"num_groups": 1, "affine": False, "eps": 1e-3},
+    ],
+)

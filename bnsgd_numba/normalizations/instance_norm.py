@@ -7,8 +7,8 @@ from typing import Any, Literal
 import numpy as np
 
 from bnsgd_numba._core.layer import float_input
-from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations import _bn_support as support
+from bnsgd_numba.normalizations._base import registration_hook
 from bnsgd_numba.normalizations.group_norm import GroupedNorm
 
 
@@ -174,19 +174,16 @@ def instance_norm(*args: Any, **kwargs: Any) -> InstanceNorm:
     return InstanceNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``instance_norm``: per-instance statistics, inputs of rank >= 3."""
-    register(
-        "instance_norm",
-        instance_norm,
-        standardizes=False,
-        batch_statistics=False,
-        min_rank=3,
-        examples=[
-            {},
-            {"affine": True},
-            {"affine": True, "track_running_stats": True},
-            {"track_running_stats": True, "momentum": None},
-        ],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "instance_norm",
+    instance_norm,
+    standardizes=False,
+    batch_statistics=False,
+    min_rank=3,
+    examples=[
+        {},
+        {"affine": True},
+        {"affine": True, "track_running_stats": True},
+        {"track_running_stats": True, "momentum": None},
+    ],
+)

@@ -23,7 +23,7 @@ from bnsgd_numba._core.layer import (
     float_input,
     matching_dy,
 )
-from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.normalizations._base import registration_hook
 
 
 def _normalized_shape(value: Any) -> tuple[int, ...]:
@@ -345,13 +345,10 @@ def layer_norm(*args: Any, **kwargs: Any) -> LayerNorm:
     return LayerNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``layer_norm``: per-sample statistics, any batch size."""
-    register(
-        "layer_norm",
-        layer_norm,
-        standardizes=False,
-        batch_statistics=False,
-        examples=[{}, {"elementwise_affine": False}, {"bias": False, "eps": 1e-3}],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "layer_norm",
+    layer_norm,
+    standardizes=False,
+    batch_statistics=False,
+    examples=[{}, {"elementwise_affine": False}, {"bias": False, "eps": 1e-3}],
+)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.normalizations._base import registration_hook
 from bnsgd_numba.normalizations.layer_norm import RowNorm
 
 
@@ -57,13 +57,10 @@ def rms_norm(*args: Any, **kwargs: Any) -> RMSNorm:
     return RMSNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``rms_norm``: per-sample statistics, any batch size."""
-    register(
-        "rms_norm",
-        rms_norm,
-        standardizes=False,
-        batch_statistics=False,
-        examples=[{}, {"elementwise_affine": False}, {"eps": 1e-3}],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "rms_norm",
+    rms_norm,
+    standardizes=False,
+    batch_statistics=False,
+    examples=[{}, {"elementwise_affine": False}, {"eps": 1e-3}],
+)
