@@ -267,11 +267,14 @@ class NormLayer:
 
     def _set_gradients(self, grad_weight: Any, grad_bias: Any) -> None:
         """Overwrite ``grad_weight``/``grad_bias`` (those present) with host or device values."""
+        if not self._on_device:  # unrolled: BatchNorm.backward's per-call cost on small inputs
+            if self.grad_weight is not None and grad_weight is not None:
+                self.grad_weight[...] = grad_weight
+            if self.grad_bias is not None and grad_bias is not None:
+                self.grad_bias[...] = grad_bias
+            return
         for target, value in ((self.grad_weight, grad_weight), (self.grad_bias, grad_bias)):
             if target is None or value is None:
-                continue
-            if not self._on_device:
-                target[...] = value
                 continue
             if not is_device_array(value):
                 value = np.ascontiguousarray(value, dtype=self.dtype).reshape(target.shape)
