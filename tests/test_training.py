@@ -140,8 +140,8 @@ x_nan[3, 1, 2] = np.nan
 def test_bad_data_file_is_rejected_before_training(tmp_path, overrides, message):
     path = write_npz(tmp_path / "bad.npz", **overrides)
     with pytest.raises(ValueError, match=message):
-        load_npz(path)
-    result = run_cli("--data", str(path), "--epochs", "1")
+        load_npz(path, num_classes=10)
+    result = run_cli("--data", str(path), "--classes", "10", "--epochs", "1")
     assert result.returncode == 2
     assert "error:" in result.stderr and "epoch" not in result.stderr
 
