@@ -63,3 +63,11 @@ def test_divergence_raises_naming_where_without_numpy_warnings(lr, message):
         warnings.simplefilter("error")
         with pytest.raises(FloatingPointError, match=message):
             fit_linear_regression(lr=lr, epochs=3)
+
+
+def test_command_line_reports_divergence_as_one_line(capsys):
+    assert main(["linreg", "--lr", "5", "--epochs", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("bnsgd-numba linreg: error: linear regression diverged")
