@@ -95,13 +95,18 @@ def test_a_bad_option_is_one_line_and_status_2_before_anything_runs(argv, named,
     assert captured.err.startswith("bnsgd-numba")
 
 
-def test_output_into_a_closed_pipe_ends_quietly():
+@pytest.mark.parametrize(
+    "argv",
+    [["plugins"], ["schedule", "plot", "cosine", "-p", "T_max=9", "-o", "{tmp}/lr.png"]],
+    ids=" ".join,
+)
+def test_output_into_a_closed_pipe_ends_quietly(argv, tmp_path):
     # `bnsgd-numba plugins | head -0`, without the race: the reader is gone before the write
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "bnsgd_numba", "plugins"],
+            [sys.executable, "-m", "bnsgd_numba", *[a.format(tmp=tmp_path) for a in argv]],
             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
         )  # fmt: skip
     finally:

@@ -52,25 +52,30 @@ def build_parser() -> CommandParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line and return its exit code."""
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status = int(args.handler(args) or 0)
-        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
-    except BrokenPipeError:
-        # the reader is gone: drop what is still buffered, as a SIGPIPE would
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return BROKEN_PIPE_STATUS
     except Exception as error:
         from bnsgd_numba.registry import RegistryError
 
         if not isinstance(error, RegistryError):
             raise
         return fail(args.command, error)  # a plugin's name clash or failure: one line
+    sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit code."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # the reader is gone: drop what is still buffered, as a SIGPIPE would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE_STATUS
 
 
 if __name__ == "__main__":

@@ -159,6 +159,8 @@ def check_schedule(config: Any, batches: int) -> str | None:
     for step in sorted({*starts, *range(min(total, 100)), total - 1}):
         try:
             rate = float(schedule.lr_at(step))
+        except NotImplementedError:  # a plugin's schedule without a closed form
+            return None
         except (ValueError, OverflowError) as error:
             raise ValueError(f"--scheduler {config.scheduler}: at step {step}: {error}") from None
         if not math.isfinite(rate) or rate < 0:
@@ -296,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
         return run_distributed(args)
     try:
         config, data, batches, warning = _prepare(args)
-    except (ValueError, TypeError, KeyError, ImportError, RuntimeError) as error:
+    except (ValueError, TypeError, KeyError, ImportError, RuntimeError, OSError) as error:
         return fail("train", error)
     import numpy as np
 
