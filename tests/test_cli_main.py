@@ -176,3 +176,11 @@ def test_bench_checks_its_output_paths_first_and_json_dash_is_stdout(monkeypatch
     assert json.loads(captured.out) == {"figures": [1, 2]}
     assert "the report" in captured.err
     assert not (tmp_path / "-").exists()
+
+
+def test_schedule_plot_checks_its_output_path_before_drawing(tmp_path, capsys):
+    target = tmp_path / "no" / "such" / "lr.png"
+    assert main(["schedule", "plot", "cosine", "-p", "T_max=9", "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"bnsgd-numba schedule plot: error: --output {target}: no such dir")

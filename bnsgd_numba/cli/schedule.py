@@ -125,10 +125,11 @@ def run_plot(args: argparse.Namespace) -> int:
     try:
         check_matplotlib("drawing a schedule")
         check_output_path("--output", args.output)
+    except (ImportError, ValueError) as exc:
+        return fail("schedule plot", exc)
+    try:
         params = parse_params(args.param)
         rates, momenta = schedule_values(args.name, params, args.base_lr, args.steps)
-    except ImportError as exc:
-        return fail("schedule plot", exc)
     except (TypeError, ValueError, LookupError) as exc:
         return fail("schedule plot", f"{args.name!r}: {exc}")
     shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
