@@ -168,6 +168,18 @@ def make_scheduler(config: TrainConfig, steps_per_epoch: int) -> Any:
     ``T_max`` and ``one_cycle``'s ``total_steps`` are the length of the run.
     ``config.lr`` is the schedule's base rate, and ``one_cycle``'s peak,
     ``max_lr`` (it starts at ``max_lr / div_factor``).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The scheduler's name and parameters, the run's length and unit.
+    steps_per_epoch : int
+        Batches per epoch.
+
+    Returns
+    -------
+    Scheduler or EpochSchedule
+        Not yet bound to an optimizer.
     """
     from bnsgd_numba.registry import create_scheduler
 
