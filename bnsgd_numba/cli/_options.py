@@ -1,4 +1,4 @@
-"""What every subcommand shares: the parser, checked option types, output paths.
+"""What the subcommands share: the parser, checked option types, output paths, train's config.
 
 Every failure of the command line is one line on stderr and exit status 2:
 :class:`CommandParser` prints argparse's errors that way, and the option
@@ -91,6 +91,25 @@ def check_matplotlib(what: str) -> None:
         raise ImportError(
             f"{what} needs matplotlib ({error}): pip install 'bnsgd-numba[demo]'"
         ) from None
+
+
+def train_config(args: argparse.Namespace, scheduler_params: dict[str, Any]) -> Any:
+    """The :class:`~bnsgd_numba.nn.training.TrainConfig` of ``train``'s options, checked.
+
+    Raises ValueError or TypeError naming a bad value (the SGD
+    hyperparameters are checked as :class:`~bnsgd_numba.SGD` will check them).
+    """
+    from bnsgd_numba.nn.training import TrainConfig
+    from bnsgd_numba.sgd._common import check_hyperparameters
+
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, hidden=args.hidden, scheduler=args.scheduler,
+        scheduler_params=scheduler_params, seed=args.seed, dtype=args.dtype,
+        schedule_unit=args.schedule_unit,
+    )  # fmt: skip
+    check_hyperparameters(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return config
 
 
 def fail(command: str, error: BaseException | str) -> int:

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from bnsgd_numba.cli._options import check_matplotlib, check_output_path
+from bnsgd_numba.cli._options import check_matplotlib, check_output_path, train_config
 from bnsgd_numba.cli.schedule import parse_params
 
 LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
@@ -50,24 +50,14 @@ def _fail(error: BaseException | str, *, rank: int, ranks: int, agreed: bool) ->
 def _load(args: argparse.Namespace, lead: bool) -> tuple[Any, Any]:
     """The config and the data, checked as far as they can be before training."""
     from bnsgd_numba.nn.data import load_digits, load_npz
-    from bnsgd_numba.nn.training import TrainConfig, make_scheduler
-    from bnsgd_numba.sgd._common import check_hyperparameters
+    from bnsgd_numba.nn.training import make_scheduler
 
-    params = parse_params(args.param)
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, hidden=args.hidden, scheduler=args.scheduler,
-        scheduler_params=params, seed=args.seed, dtype=args.dtype,
-        schedule_unit=args.schedule_unit,
-    )  # fmt: skip
+    config = train_config(args, parse_params(args.param))
     if lead:  # rank 0 alone writes the files
         check_output_path("--json", args.json)
         check_output_path("--plot", args.plot)
         if args.plot:
             check_matplotlib("--plot")
-    check_hyperparameters(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    if config.seed < 0:
-        raise ValueError(f"--seed must be a non-negative integer, got {config.seed}")
     data = load_npz(args.data, num_classes=args.classes) if args.data else load_digits()
     make_scheduler(config, 1 + len(data.x_train) // config.batch_size)
     return config, data

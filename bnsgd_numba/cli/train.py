@@ -24,6 +24,7 @@ from bnsgd_numba.cli._options import (
     non_negative_float,
     non_negative_int,
     positive_int,
+    train_config,
 )
 from bnsgd_numba.cli._progress import ProgressBar, summary_table
 from bnsgd_numba.cli.schedule import parse_params
@@ -250,22 +251,13 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, int, str | None]:
     from dataclasses import replace
 
     from bnsgd_numba.nn.data import load_digits, load_npz
-    from bnsgd_numba.nn.training import TrainConfig
-    from bnsgd_numba.sgd._common import check_hyperparameters
 
     check_output_path("--json", args.json)
     check_output_path("--plot", args.plot)
     check_output_path("--save", getattr(args, "save", None))
     if args.plot:
         check_matplotlib("--plot")
-    params = parse_params(args.param)
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, hidden=args.hidden, scheduler=args.scheduler,
-        scheduler_params=params, seed=args.seed, dtype=args.dtype,
-        schedule_unit=args.schedule_unit,
-    )  # fmt: skip
-    check_hyperparameters(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    config = train_config(args, parse_params(args.param))
     if args.device == "cuda":
         from bnsgd_numba._core.cuda import cuda_available, unavailable_reason
 
