@@ -151,7 +151,11 @@ def check_schedule(config: Any, batches: int) -> str | None:
     """
     from bnsgd_numba.nn.training import make_scheduler
 
-    schedule = make_scheduler(config, batches)
+    try:
+        schedule = make_scheduler(config, batches)
+    except (ValueError, TypeError) as error:
+        kind = TypeError if isinstance(error, TypeError) else ValueError
+        raise kind(f"--scheduler {config.scheduler}: {error}") from None
     if schedule.requires_metric:
         return None
     total = config.epochs * batches
