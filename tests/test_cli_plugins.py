@@ -142,7 +142,7 @@ def test_schedule_plot_reports_bad_arguments(isolated, tmp_path, capsys):
 def test_schedule_plot_without_matplotlib_says_how_to_install(isolated, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    assert run("schedule", "plot", "cosine", "-p", "T_max=10") == 1
+    assert run("schedule", "plot", "cosine", "-p", "T_max=10") == 2
     assert "bnsgd-numba[demo]" in capsys.readouterr().err
 
 

@@ -15,14 +15,13 @@ failing rank(s); a failure only one rank knows of (MPI missing, a file rank
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from bnsgd_numba.cli._options import check_matplotlib, check_output_path, train_config
 from bnsgd_numba.cli.schedule import parse_params
 
 LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
@@ -48,41 +47,18 @@ def _fail(error: BaseException | str, *, rank: int, ranks: int, agreed: bool) ->
     return 2
 
 
-def _check_output(option: str, path: str | None) -> None:
-    """``path`` can be created: not a directory, in a directory that exists and is writable."""
-    if path is None:
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise ValueError(f"{option}: {path} is a directory")
-    folder = target.parent
-    if not folder.is_dir():
-        raise ValueError(f"{option}: no such directory: {folder}")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"{option}: cannot write in {folder}")
-
-
 def _load(args: argparse.Namespace, lead: bool) -> tuple[Any, Any]:
     """The config and the data, checked as far as they can be before training."""
     from bnsgd_numba.nn.data import load_digits, load_npz
-    from bnsgd_numba.nn.training import TrainConfig, make_scheduler
-    from bnsgd_numba.sgd._common import check_hyperparameters
+    from bnsgd_numba.nn.training import make_scheduler
 
-    params = parse_params(args.param)
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, hidden=args.hidden, scheduler=args.scheduler,
-        scheduler_params=params, seed=args.seed, dtype=args.dtype,
-    )  # fmt: skip
+    config = train_config(args, parse_params(args.param))
     if lead:  # rank 0 alone writes the files
-        _check_output("--json", args.json)
-        _check_output("--plot", args.plot)
-        if args.plot and importlib.util.find_spec("matplotlib") is None:
-            raise ImportError("--plot needs matplotlib: pip install 'bnsgd-numba[demo]'")
-    check_hyperparameters(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    if config.seed < 0:
-        raise ValueError(f"--seed must be a non-negative integer, got {config.seed}")
-    data = load_npz(args.data) if args.data else load_digits()
+        check_output_path("--json", args.json)
+        check_output_path("--plot", args.plot)
+        if args.plot:
+            check_matplotlib("--plot")
+    data = load_npz(args.data, num_classes=args.classes) if args.data else load_digits()
     make_scheduler(config, 1 + len(data.x_train) // config.batch_size)
     return config, data
 
@@ -144,16 +120,18 @@ def run_distributed(args: argparse.Namespace) -> int:
         return 0
     try:
         results = {"bn": result}
-        print(summary_table(results))
+        print(summary_table(results), file=sys.stderr if args.json == "-" else sys.stdout)
         summary = result.summary()
         summary.update(seconds=seconds, data=data.name, ranks=ranks)
-        if args.json:
+        if args.json == "-":
+            print(json.dumps(summary, indent=2))
+        elif args.json:
             with open(args.json, "w") as handle:
                 json.dump(summary, handle, indent=2)
         if args.plot:
             from bnsgd_numba.plotting import plot_training
 
-            plot_training(results, args.plot)
+            plot_training(results, args.plot, data_name=data.name)
     except Exception as error:
         return _fail(f"{type(error).__name__}: {error}", rank=rank, ranks=ranks, agreed=False)
     print(

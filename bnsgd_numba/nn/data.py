@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,29 +57,59 @@ def load_digits(validation: float = 0.15, test: float = 0.2) -> Dataset:
     )  # fmt: skip
 
 
-def load_npz(path: str | Path, *, num_classes: int = 10, validation: float = 0.1) -> Dataset:
+def _read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    # every way np.load fails on a file that is not an intact .npz, as one ValueError
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file, not an .npz archive")
+    with open(path, "rb") as handle:
+        start = handle.read(6)
+    if start == b"\x93NUMPY":
+        raise ValueError(f"{path}: a single .npy array, not an .npz archive of named arrays")
+    if not start.startswith(b"PK"):
+        raise ValueError(f"{path}: not an .npz archive (a zip file of .npy arrays)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            found = sorted(archive.files)
+            arrays = {k: archive[k] for k in keys if k in found}
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as error:
+        raise ValueError(f"{path}: corrupt .npz archive ({error})") from None
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing array(s) {missing} (found {found})")
+    return arrays
+
+
+def load_npz(
+    path: str | Path, *, num_classes: int | None = None, validation: float = 0.1
+) -> Dataset:
     """MNIST-style arrays from a ``.npz`` file: x_train, y_train, x_test, y_test.
 
     Images of any shape are flattened; pixels are scaled by the largest
     absolute training value (255 for MNIST) to [0, 1]. The last
     ``validation`` fraction of the training set is held out for validation.
 
+    Parameters
+    ----------
+    path : str or Path
+    num_classes : int, optional
+        Labels must lie in [0, num_classes). Default: the largest label
+        (of the training and test sets) + 1, at least 2.
+    validation : float
+        The fraction of the training set, from its end, held out.
+
     Raises
     ------
     ValueError
-        Naming the array: a missing array, lengths that differ between
-        images and labels, labels that are not integers in
-        [0, num_classes), or pixels that are not finite — before any
-        training starts.
+        Naming the file and the array: a file that is not an intact
+        ``.npz`` (empty, text, a single ``.npy``, a corrupt archive), a
+        missing array, lengths that differ between images and labels,
+        labels that are not integers in [0, num_classes), or pixels that
+        are complex or not finite — before any training starts.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--data: no such file: {path}")
-    with np.load(path, allow_pickle=False) as archive:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in archive]
-        if missing:
-            raise ValueError(f"{path}: missing array(s) {missing} (found {sorted(archive.files)})")
-        arrays = {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    arrays = _read_npz(path, ("x_train", "y_train", "x_test", "y_test"))
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim < 2 or y.ndim != 1:
@@ -91,8 +123,8 @@ def load_npz(path: str | Path, *, num_classes: int = 10, validation: float = 0.1
             )
         if len(x) == 0:
             raise ValueError(f"{path}: x_{split} is empty")
-        if not np.issubdtype(x.dtype, np.number):
-            raise ValueError(f"{path}: x_{split} is not numeric ({x.dtype})")
+        if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+            raise ValueError(f"{path}: x_{split} is not real-valued ({x.dtype})")
         bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
         if bad.size:
             raise ValueError(
@@ -100,8 +132,22 @@ def load_npz(path: str | Path, *, num_classes: int = 10, validation: float = 0.1
                 f"first at index {bad[0]}"
             )
         if not np.issubdtype(y.dtype, np.integer):
-            if not np.issubdtype(y.dtype, np.floating) or np.any(y != np.round(y)):
+            if (
+                not np.issubdtype(y.dtype, np.floating)
+                or not np.isfinite(y).all()
+                or np.any(y != np.round(y))
+            ):
                 raise ValueError(f"{path}: y_{split} labels must be integers, got {y.dtype}")
+    if num_classes is None:
+        largest = int(max(arrays["y_train"].max(), arrays["y_test"].max()))
+        if largest > len(arrays["y_train"]) + len(arrays["y_test"]):
+            raise ValueError(
+                f"{path}: the largest label, {largest}, would make more classes than examples; "
+                "give the number of classes (--classes) if that is meant"
+            )
+        num_classes = max(2, largest + 1)
+    for split in ("train", "test"):
+        y = arrays[f"y_{split}"]
         if y.min() < 0 or y.max() >= num_classes:
             raise ValueError(
                 f"{path}: y_{split} labels must be in [0, {num_classes}), "
