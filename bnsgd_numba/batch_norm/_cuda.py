@@ -69,6 +69,29 @@ TILE_CHANNELS = TILE_WIDTH
 
 
 @gpu_device_function
+def _ncs_span(size, channels, inner, span):
+    # Thread tid of block (c, b) of an ncs reduction: its first value j of
+    # channel c at (row, col), the (row, col) step of the block's stride,
+    # and the end of the block's span
+    m = (size // (channels * inner)) * inner
+    start = cuda.blockIdx.y * span
+    j = start + cuda.threadIdx.x
+    row = j // inner
+    step_row = cuda.blockDim.x // inner
+    step_col = cuda.blockDim.x - step_row * inner
+    return j, row, j - row * inner, step_row, step_col, min(start + span, m)
+
+
+@gpu_device_function
+def _rc_span(size, channels, span):
+    # Thread (tx, ty) of block (t, b) of an rc reduction: its channel
+    # 32 t + tx and the block's span [start, stop) of rows
+    c = cuda.blockIdx.x * TILE_CHANNELS + cuda.threadIdx.x
+    start = cuda.blockIdx.y * span
+    return c, start, min(start + span, size // channels)
+
+
+@gpu_device_function
 def _ncs_take(row, col, c, channels, inner, step_row, step_col):
     # Flat index of value (row, col) of channel c of an (N, C, S) array, and
     # the position a block's stride further on: col advances by the
@@ -185,17 +208,10 @@ def moments_ncs(x, channels, inner, span, parts):
     b = cuda.blockIdx.y
     tid = cuda.threadIdx.x
     threads = cuda.blockDim.x
-    m = (x.shape[0] // (channels * inner)) * inner
-    start = b * span
-    stop = min(start + span, m)
-    step_row = threads // inner
-    step_col = threads - step_row * inner
+    j, row, col, step_row, step_col, stop = _ncs_span(x.shape[0], channels, inner, span)
     n = 0.0
     total = 0.0
     m2 = 0.0
-    j = start + tid
-    row = j // inner
-    col = j - row * inner
     shift = float64(x[(row * channels + c) * inner + col]) if j < stop else 0.0
     while j + 3 * threads < stop:
         k0, row, col = _ncs_take(row, col, c, channels, inner, step_row, step_col)
@@ -226,11 +242,8 @@ def moments_rc(x, channels, span, parts):
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     rows_step = cuda.blockDim.y
-    c = cuda.blockIdx.x * TILE_CHANNELS + tx
     b = cuda.blockIdx.y
-    rows = x.shape[0] // channels
-    start = b * span
-    stop = min(start + span, rows)
+    c, start, stop = _rc_span(x.shape[0], channels, span)
     n = 0.0
     total = 0.0
     m2 = 0.0
@@ -540,18 +553,11 @@ def gradient_sums_ncs(dy, x, channels, inner, center, span, part):
     b = cuda.blockIdx.y
     tid = cuda.threadIdx.x
     threads = cuda.blockDim.x
-    m = (x.shape[0] // (channels * inner)) * inner
+    j, row, col, step_row, step_col, stop = _ncs_span(x.shape[0], channels, inner, span)
     mu = float64(center[c])
-    start = b * span
-    stop = min(start + span, m)
     total_dy = 0.0
     total_dy_xmu = 0.0
     total_xmu = 0.0
-    j = start + tid
-    row = j // inner
-    col = j - row * inner
-    step_row = threads // inner
-    step_col = threads - step_row * inner
     while j + threads < stop:
         k0, row, col = _ncs_take(row, col, c, channels, inner, step_row, step_col)
         k1, row, col = _ncs_take(row, col, c, channels, inner, step_row, step_col)
@@ -576,11 +582,8 @@ def gradient_sums_rc(dy, x, channels, center, span, part):
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     rows_step = cuda.blockDim.y
-    c = cuda.blockIdx.x * TILE_CHANNELS + tx
     b = cuda.blockIdx.y
-    rows = x.shape[0] // channels
-    start = b * span
-    stop = min(start + span, rows)
+    c, start, stop = _rc_span(x.shape[0], channels, span)
     total_dy = 0.0
     total_dy_xmu = 0.0
     total_xmu = 0.0
