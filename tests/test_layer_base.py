@@ -47,7 +47,6 @@ BASE_OWNED = (
     "_running_factor",
 )
 OVERRIDES = {
-    (FrozenBatchNorm, "load_state_dict"),  # drops a BatchNorm's num_batches_tracked
     (SyncBatchNorm, "to_device"),  # host only
     (SyncBatchNorm, "__repr__"),  # adds the number of ranks
 }
@@ -73,8 +72,13 @@ def test_every_registered_builtin_layer_is_a_norm_layer():
 REPRS = [
     (
         BatchNorm(4, momentum=None, affine=False, channel_axis=-1, dtype=np.float64),
-        "BatchNorm(4, eps=1e-05, momentum=None, affine=False, track_running_stats=True, "
-        "channel_axis=-1, dtype=float64)",
+        "BatchNorm(4, eps=1e-05, momentum=None, affine=False, bias=False, "
+        "track_running_stats=True, channel_axis=-1, dtype=float64)",
+    ),
+    (
+        BatchNorm(2, bias=False),
+        "BatchNorm(2, eps=1e-05, momentum=0.1, affine=True, bias=False, "
+        "track_running_stats=True, channel_axis=1, dtype=float32)",
     ),
     (
         InstanceNorm(3, affine=True, track_running_stats=True),
@@ -83,13 +87,13 @@ REPRS = [
     ),
     (
         BatchRenorm(2, r_max=2.0, warmup_steps=7),
-        "BatchRenorm(2, eps=1e-05, momentum=0.1, r_max=2.0, d_max=5.0, warmup_steps=7, "
-        "dtype=float32)",
+        "BatchRenorm(2, eps=1e-05, momentum=0.1, affine=True, bias=True, r_max=2.0, d_max=5.0, "
+        "warmup_steps=7, dtype=float32)",
     ),
     (
-        GhostBatchNorm(5, virtual_batch_size=4, eps=1e-3),
+        GhostBatchNorm(5, virtual_batch_size=4, eps=1e-3, bias=False),
         "GhostBatchNorm(5, virtual_batch_size=4, eps=0.001, momentum=0.1, affine=True, "
-        "dtype=float32)",
+        "bias=False, dtype=float32)",
     ),
     (FrozenBatchNorm(6, dtype=np.float64), "FrozenBatchNorm(6, eps=1e-05, dtype=float64)"),
     (GroupNorm(2, 6, affine=False), "GroupNorm(2, 6, eps=1e-05, affine=False, dtype=float32)"),
@@ -169,6 +173,6 @@ class _TwoRanks:
 def test_sync_batch_norm_repr_adds_the_ranks():
     layer = SyncBatchNorm(3, comm=_TwoRanks(), timeout=None, affine=False)
     assert repr(layer) == (
-        "SyncBatchNorm(3, eps=1e-05, momentum=0.1, affine=False, track_running_stats=True, "
-        "channel_axis=1, dtype=float32) over 2 rank(s)"
+        "SyncBatchNorm(3, eps=1e-05, momentum=0.1, affine=False, bias=False, "
+        "track_running_stats=True, channel_axis=1, dtype=float32) over 2 rank(s)"
     )

@@ -12,6 +12,9 @@ derive from it.
 from __future__ import annotations
 
 import operator
+import os
+import sys
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,6 +22,7 @@ import numpy as np
 from bnsgd_numba._core.arrays import is_device_array
 from bnsgd_numba._core.checks import (
     FLOAT_DTYPES,
+    check_flag,
     check_float_dtype,
     check_nonfinite_policy,
     check_positive_eps,
@@ -39,7 +43,17 @@ def check_momentum(momentum: Any) -> float | None:
 
 
 def check_axis(channel_axis: Any) -> int:
-    """Return ``channel_axis`` as an int other than 0 (axis 0 is the batch)."""
+    """Return ``channel_axis`` as an int other than 0 (axis 0 is the batch).
+
+    Raises
+    ------
+    TypeError
+        When it is not an integer (a bool, a float, a string...).
+    ValueError
+        When it is 0.
+    """
+    if isinstance(channel_axis, (bool, np.bool_)):
+        raise TypeError(f"channel_axis must be an integer, got {channel_axis!r}")
     try:
         axis = operator.index(channel_axis)
     except TypeError:
@@ -49,12 +63,58 @@ def check_axis(channel_axis: Any) -> int:
     return axis
 
 
-def channel_axis_index(channel_axis: Any, ndim: int, *, allow_batch: bool = False) -> int:
-    """Return ``channel_axis`` in ``range(ndim)``; axis 0 is the batch unless allowed."""
+def check_layer_dtype(dtype: Any) -> np.dtype:
+    """Return a layer's ``dtype`` as float32 or float64, or raise TypeError.
+
+    Unlike ``np.dtype``, None is refused: it would mean float64, where
+    PyTorch's ``dtype=None`` means float32.
+    """
+    if dtype is None:
+        raise TypeError("dtype must be float32 or float64, got None")
+    return check_float_dtype(dtype)
+
+
+def check_policy(on_nonfinite: Any) -> str:
+    """Return ``on_nonfinite`` if it is the string ``"raise"`` or ``"skip"``, else raise."""
+    if not isinstance(on_nonfinite, str):
+        raise TypeError(
+            f"on_nonfinite must be 'raise' or 'skip', got {type(on_nonfinite).__name__} "
+            f"{on_nonfinite!r}"
+        )
+    return check_nonfinite_policy(on_nonfinite)
+
+
+def channel_axis_index(channel_axis: Any, ndim: int) -> int:
+    """Return ``channel_axis`` in ``range(1, ndim)``: axis 0 is the batch."""
     axis = normalize_channel_axis(channel_axis, ndim)
-    if axis == 0 and not allow_batch:
-        raise ValueError("channel_axis must not be 0: axis 0 is the batch axis")
+    if axis == 0:
+        raise ValueError(
+            f"channel_axis={channel_axis} is axis 0 of an input of rank {ndim}, "
+            "the batch axis; pass an input of a higher rank or a channel_axis >= 1"
+        )
     return axis
+
+
+def dtype_mismatch(name: str, got: Any, dtype: np.dtype) -> TypeError:
+    """Return the TypeError for an input ``name`` of dtype ``got`` given to a ``dtype`` layer."""
+    got = np.dtype(got)
+    if got.kind not in "biuf":
+        return TypeError(f"{name}: expected an array of real numbers ({dtype}), got dtype {got}")
+    message = f"{name}: dtype {got} does not match the layer's {dtype}; cast {name} with "
+    message += f"{name}.astype(np.{dtype.name})"
+    if got in FLOAT_DTYPES:
+        message += f" or build the layer with dtype=np.{got.name}"
+    return TypeError(message)
+
+
+def as_array(value: Any, name: str) -> np.ndarray:
+    """Return ``np.asarray(value)``, or raise TypeError naming ``name`` when NumPy cannot."""
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{name}: expected an array, got a {type(value).__name__} NumPy cannot convert"
+        ) from exc
 
 
 def float_input(value: Any, name: str, dtype: np.dtype, min_rank: int = 2) -> np.ndarray:
@@ -63,13 +123,13 @@ def float_input(value: Any, name: str, dtype: np.dtype, min_rank: int = 2) -> np
     Raises
     ------
     TypeError
-        When the dtype is not ``dtype``.
+        When it is not an array of ``dtype`` (the message says how to cast it).
     ValueError
         When the rank is too small.
     """
-    array = np.asarray(value)
+    array = as_array(value, name)
     if array.dtype != dtype:
-        raise TypeError(f"{name}: dtype must be {dtype} (the layer's dtype), got {array.dtype}")
+        raise dtype_mismatch(name, array.dtype, dtype)
     if array.ndim < min_rank:
         raise ValueError(
             f"{name}: expected an array of rank >= {min_rank}, got shape {array.shape}"
@@ -84,14 +144,31 @@ def device_input(value: Any, name: str, dtype: np.dtype, min_rank: int, caller: 
     backend.require_cuda(caller)
     array = backend.as_device_array(value)
     if np.dtype(array.dtype) != dtype:
-        raise TypeError(
-            f"{name}: dtype must be {dtype} (the layer's dtype), got {np.dtype(array.dtype)}"
-        )
+        raise dtype_mismatch(name, array.dtype, dtype)
     if len(array.shape) < min_rank:
         raise ValueError(
             f"{name}: expected an array of rank >= {min_rank}, got shape {tuple(array.shape)}"
         )
     return array
+
+
+_PACKAGE_DIRECTORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def user_stacklevel() -> int:
+    """Return the ``stacklevel`` that points a warning of the caller at the user's code.
+
+    That is the first frame, counting from the caller's own (level 1), whose
+    code lies outside the ``bnsgd_numba`` package: the user's call of the
+    layer, however many of the package's frames (``__call__``, ``forward``,
+    its helpers) lie in between.
+    """
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIRECTORY):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def matching_dy(dy: Any, x: Any) -> Any:
@@ -128,11 +205,19 @@ class NormLayer:
     state (None when absent); ``num_batches_tracked`` is part of the state
     when the layer keeps running statistics and ``TRACKS_BATCHES`` is true.
     ``__repr__`` shows the attributes named in ``REPR_ARGS`` (positionally)
-    and ``REPR_KEYWORDS``, then the dtype.
+    and ``REPR_KEYWORDS`` (``bias`` as whether the layer has one, as
+    PyTorch shows it), then the dtype. ``load_state_dict`` accepts and
+    ignores the keys in ``IGNORED_STATE_KEYS``.
+
+    Every layer's ``backward`` overwrites ``grad_weight``/``grad_bias``: it
+    does not accumulate into them as PyTorch's autograd does, so there is
+    nothing to zero between steps, and gradients over several batches are
+    summed by the caller.
     """
 
     PARAMETERS: tuple[str, ...] = ("weight", "bias")
     BUFFERS: tuple[str, ...] = ()
+    IGNORED_STATE_KEYS: tuple[str, ...] = ()
     TRACKS_BATCHES = True
     REPR_ARGS: tuple[str, ...] = ("num_features",)
     REPR_KEYWORDS: tuple[str, ...] = ()
@@ -155,26 +240,33 @@ class NormLayer:
         self.grad_bias = np.zeros(shape, self.dtype) if bias else None
         self._saved = None
 
-    def _check_channel_axis(self, channel_axis: Any) -> int:
-        return check_axis(channel_axis)
-
     def _init_affine(
-        self, channels: int, eps: Any, affine: Any, channel_axis: Any, dtype: Any
+        self,
+        channels: int,
+        eps: Any,
+        affine: Any,
+        channel_axis: Any,
+        dtype: Any,
+        bias: Any = True,
     ) -> None:
-        """Check and set ``eps``, ``affine``, ``channel_axis``, ``dtype``; per-channel parameters."""
+        """Check and set ``eps``, ``affine``, ``channel_axis``, ``dtype``; per-channel parameters.
+
+        ``bias=False`` (with ``affine``): a ``weight`` and no ``bias``, as in PyTorch.
+        """
         self.eps = check_positive_eps(eps)
-        self.affine = bool(affine)
-        self.channel_axis = self._check_channel_axis(channel_axis)
-        self.dtype = check_float_dtype(dtype)
-        self._init_parameters((channels,), weight=self.affine, bias=self.affine)
+        self.affine = check_flag(affine, "affine")
+        shifted = check_flag(bias, "bias")
+        self.channel_axis = check_axis(channel_axis)
+        self.dtype = check_layer_dtype(dtype)
+        self._init_parameters((channels,), weight=self.affine, bias=self.affine and shifted)
 
     def _init_running_statistics(
         self, channels: int, momentum: Any, track_running_stats: Any, on_nonfinite: Any
     ) -> None:
         """Check and set ``momentum``, ``on_nonfinite``; ``running_mean``/``running_var``."""
         self.momentum = check_momentum(momentum)
-        self.on_nonfinite = check_nonfinite_policy(on_nonfinite)
-        self.track_running_stats = bool(track_running_stats)
+        self.on_nonfinite = check_policy(on_nonfinite)
+        self.track_running_stats = check_flag(track_running_stats, "track_running_stats")
         tracked = self.track_running_stats
         self.running_mean = np.zeros(channels, self.dtype) if tracked else None
         self.running_var = np.ones(channels, self.dtype) if tracked else None
@@ -191,10 +283,11 @@ class NormLayer:
         channel_axis: Any,
         dtype: Any,
         on_nonfinite: Any,
+        bias: Any = True,
     ) -> None:
         """The constructor of a BatchNorm-like layer: every check, then the arrays."""
         self.num_features = check_positive_int(num_features, "num_features")
-        self._init_affine(self.num_features, eps, affine, channel_axis, dtype)
+        self._init_affine(self.num_features, eps, affine, channel_axis, dtype, bias)
         self._init_running_statistics(
             self.num_features, momentum, track_running_stats, on_nonfinite
         )
@@ -266,7 +359,10 @@ class NormLayer:
         return [getattr(self, f"grad_{n}") for n in self.PARAMETERS if getattr(self, n) is not None]
 
     def _set_gradients(self, grad_weight: Any, grad_bias: Any) -> None:
-        """Overwrite ``grad_weight``/``grad_bias`` (those present) with host or device values."""
+        """Overwrite ``grad_weight``/``grad_bias`` (those present) with host or device values.
+
+        Overwrite, not accumulate: what every layer's ``backward`` promises.
+        """
         if not self._on_device:  # unrolled: BatchNorm.backward's per-call cost on small inputs
             if self.grad_weight is not None and grad_weight is not None:
                 self.grad_weight[...] = grad_weight
@@ -294,27 +390,40 @@ class NormLayer:
             state["num_batches_tracked"] = np.array(self.num_batches_tracked, dtype=np.int64)
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Copy ``state`` (host arrays) into the layer, in place; check all of it first.
+
+        Parameters
+        ----------
+        state : mapping
+            What :meth:`state_dict` returns: the arrays by name.
 
         Raises
         ------
+        TypeError
+            When ``state`` is not a mapping.
         KeyError
             When a key is missing or unexpected.
         ValueError, TypeError
             When an entry has the wrong shape or dtype. Nothing is modified.
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                "state must be a mapping of names to arrays (what state_dict() returns), "
+                f"got {type(state).__name__}"
+            )
         array_keys = self._state_arrays()
         expected = set(array_keys)
         if self._tracks_batches():
             expected.add("num_batches_tracked")
-        missing = sorted(expected - set(state))
-        unexpected = sorted(set(state) - expected)
+        given = set(state) - set(self.IGNORED_STATE_KEYS)
+        missing = sorted(expected - given)
+        unexpected = sorted(given - expected, key=repr)
         if missing or unexpected:
             raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
         arrays = {}
         for key in array_keys:
-            value = np.asarray(state[key])
+            value = as_array(state[key], f"state_dict[{key!r}]")
             target = getattr(self, key)
             if value.shape != tuple(target.shape):
                 raise ValueError(
@@ -327,7 +436,7 @@ class NormLayer:
             arrays[key] = value
         tracked = None
         if "num_batches_tracked" in expected:
-            tracked = np.asarray(state["num_batches_tracked"])
+            tracked = as_array(state["num_batches_tracked"], "state_dict['num_batches_tracked']")
             if tracked.shape != () or tracked.dtype.kind not in "iu" or tracked < 0:
                 raise ValueError("state_dict['num_batches_tracked'] must be a non-negative integer")
         for key, value in arrays.items():
@@ -342,17 +451,23 @@ class NormLayer:
 
     def _checked_input(self, x: Any) -> tuple[Any, int]:
         """Return ``x`` (host or device, the layer's dtype, rank >= 2) and its channel axis."""
+        if type(x) is np.ndarray and not self._on_device and x.dtype is self.dtype:
+            # the usual call, checked in a few operations: BatchNorm's per-call cost
+            shape = x.shape
+            axis = self.channel_axis
+            if axis < 0:
+                axis += len(shape)
+            if 0 < axis < len(shape) and shape[axis] == self.num_features:
+                return x, axis
         if self._check_side(x):
             x = device_input(x, "x", self.dtype, 2, f"{type(self).__name__}.forward")
         else:
             x = float_input(x, "x", self.dtype)
         return x, self._channels_axis(tuple(x.shape), self.num_features)
 
-    def _channels_axis(
-        self, shape: tuple[int, ...], channels: int, name: str = "x", *, allow_batch: bool = False
-    ) -> int:
+    def _channels_axis(self, shape: tuple[int, ...], channels: int, name: str = "x") -> int:
         """Return the channel axis of an input of ``shape``; ValueError unless it has ``channels``."""
-        axis = channel_axis_index(self.channel_axis, len(shape), allow_batch=allow_batch)
+        axis = channel_axis_index(self.channel_axis, len(shape))
         if shape[axis] != channels:
             raise ValueError(
                 f"{name}: expected {channels} channels on axis {axis}, got shape {shape}"
@@ -397,7 +512,7 @@ class NormLayer:
         return self.forward(x, training, **kwargs)  # type: ignore[attr-defined]
 
     def _repr_value(self, name: str) -> Any:
-        return getattr(self, name)
+        return self.bias is not None if name == "bias" else getattr(self, name)
 
     def __repr__(self) -> str:
         shown = [f"{self._repr_value(n)}" for n in self.REPR_ARGS]

@@ -157,6 +157,7 @@ def _forward(
         return _cuda_driver.forward_with_status(
             x, weight, bias, running_mean, running_var, training=training, momentum=momentum,
             eps=eps, channel_axis=channel_axis, out=out, on_nonfinite=on_nonfinite,
+            warn_stacklevel=warn_stacklevel,
         )  # fmt: skip
     x = host_input(x, "x")
     axis, channels = check_channels(x.shape, channel_axis)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bnsgd_numba._core.checks import check_flag
 from bnsgd_numba._core.layer import NormLayer
 from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
 
@@ -30,13 +31,17 @@ class BatchNorm(NormLayer):
         average, factor ``1 / num_batches_tracked``.
     affine : bool, default True
         Learn a per-channel ``weight`` (init 1) and ``bias`` (init 0).
+    bias : bool, default True
+        With ``affine``, whether to learn the ``bias`` too; ``False``: a
+        ``weight`` only (``bias`` is None, as in PyTorch's ``bias=False``).
     track_running_stats : bool, default True
         Keep ``running_mean`` (init 0) and ``running_var`` (init 1) and use
         them in eval mode; without them eval mode uses batch statistics.
     channel_axis : int, default 1
-        The channel axis of the inputs.
+        The channel axis of the inputs (-1: channels-last); not 0, the batch.
     dtype : float32 or float64
-        The dtype of the parameters and of the inputs this layer accepts.
+        The dtype of the parameters and of the inputs this layer accepts
+        (an input of another dtype is refused, not cast).
     on_nonfinite : {"raise", "skip"}, default "raise"
         In training, a batch whose statistics are not finite never reaches
         the running statistics: raise ``FloatingPointError`` naming the
@@ -57,7 +62,8 @@ class BatchNorm(NormLayer):
     -----
     ``backward(dy)`` uses the input of the last ``forward`` call (kept by
     reference, as autograd keeps it: do not modify it in between) and
-    overwrites ``grad_weight``/``grad_bias`` (it does not accumulate).
+    overwrites ``grad_weight``/``grad_bias``: unlike PyTorch, it does not
+    accumulate into them.
 
     The layer is created on the host. :meth:`to_device` moves its parameters,
     gradients and running statistics to the GPU (numba device arrays, updated
@@ -68,7 +74,7 @@ class BatchNorm(NormLayer):
     """
 
     BUFFERS = ("running_mean", "running_var")
-    REPR_KEYWORDS = ("eps", "momentum", "affine", "track_running_stats", "channel_axis")
+    REPR_KEYWORDS = ("eps", "momentum", "affine", "bias", "track_running_stats", "channel_axis")
 
     def __init__(
         self,
@@ -77,6 +83,7 @@ class BatchNorm(NormLayer):
         eps: float = 1e-5,
         momentum: float | None = 0.1,
         affine: bool = True,
+        bias: bool = True,
         track_running_stats: bool = True,
         channel_axis: int = 1,
         dtype: Any = np.float32,
@@ -84,19 +91,15 @@ class BatchNorm(NormLayer):
     ) -> None:
         self._init_channels(
             num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype,
-            on_nonfinite,
+            on_nonfinite, bias,
         )  # fmt: skip
-
-    def _check_channel_axis(self, channel_axis: Any) -> int:
-        # any axis, 0 included: batch_norm_forward checks it against each input
-        return int(channel_axis)
 
     def forward(self, x: Any, training: bool = True, *, out: Any = None) -> Any:
         """Normalize ``x``; in training also update the running statistics.
 
         Parameters
         ----------
-        x : array
+        x : array of the layer's dtype
             Input with ``num_features`` channels on ``channel_axis``.
         training : bool
             Batch statistics (and a running update) or running statistics.
@@ -107,10 +110,17 @@ class BatchNorm(NormLayer):
         -------
         ndarray
             The normalized, scaled and shifted input.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For bad input, naming it, before anything is written.
         """
-        self._check_side(x)
-        use_batch_stats = bool(training) or not self.track_running_stats
-        tracking = self.track_running_stats and bool(training)
+        if training is not True and training is not False:
+            training = check_flag(training, "training")
+        x, axis = self._checked_input(x)
+        use_batch_stats = training or not self.track_running_stats
+        tracking = self.track_running_stats and training
         result, bad = forward_with_status(
             x,
             self.weight,
@@ -120,7 +130,7 @@ class BatchNorm(NormLayer):
             training=use_batch_stats,
             momentum=self._running_factor() if tracking else 0.0,
             eps=self.eps,
-            channel_axis=self.channel_axis,
+            channel_axis=axis,
             out=out,
             on_nonfinite=self.on_nonfinite,
             warn_stacklevel=3,
@@ -136,7 +146,10 @@ class BatchNorm(NormLayer):
     __call__ = forward
 
     def backward(self, dy: Any, *, out: Any = None) -> Any:
-        """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
+        """Return dx for the last ``forward``; overwrite ``grad_weight``/``grad_bias``.
+
+        The parameter gradients are overwritten, not accumulated as PyTorch
+        accumulates into ``.grad``: there is nothing to zero between steps.
 
         Parameters
         ----------

@@ -29,6 +29,7 @@ import numpy as np
 
 from bnsgd_numba import config
 from bnsgd_numba._core.arrays import check_out, is_device_array
+from bnsgd_numba._core.checks import check_flag
 from bnsgd_numba._core.compile import cpu_kernel
 from bnsgd_numba._core.layouts import (
     NCS,
@@ -96,7 +97,7 @@ class SyncBatchNorm(BatchNorm):
         :func:`~bnsgd_numba.distributed.errors.resolve_timeout`): past it the
         job is aborted (``MPI_Abort``) instead of hanging.
     **kwargs
-        ``eps``, ``momentum``, ``affine``, ``track_running_stats``,
+        ``eps``, ``momentum``, ``affine``, ``bias``, ``track_running_stats``,
         ``channel_axis``, ``dtype``, ``on_nonfinite``: as for BatchNorm
         (``momentum`` is the weight of the NEW batch, PyTorch's convention).
 
@@ -180,9 +181,10 @@ class SyncBatchNorm(BatchNorm):
             (also ``ValueError``/``TypeError``) on every rank when a rank's
             input is bad; ``ValueError`` when the global batch has one value
             per channel; ``FloatingPointError`` on every rank when a global
-            statistic is not finite (``on_nonfinite="raise"``).
+            statistic is not finite (``on_nonfinite="raise"``); a
+            ``training`` that is not a bool raises on every rank that trains.
         """
-        if not training:
+        if training is False or training is np.False_:
             self._global_count = None
             return super().forward(x, False, out=out)
         tracking = self.track_running_stats
@@ -193,6 +195,7 @@ class SyncBatchNorm(BatchNorm):
             signature=self.num_features,
             signature_name="num_features",
         ):
+            check_flag(training, "training")
             local = self._prepare_forward(x, out, tracking)
         x, view, layout, axis, weight, bias, out, send = local
         channels = self.num_features
@@ -252,8 +255,7 @@ class SyncBatchNorm(BatchNorm):
         """Validate (nothing written yet) and compute the local moments."""
         if self.on_device or is_device_array(x):
             raise TypeError("SyncBatchNorm: x must be a host (NumPy) array")
-        x = host_input(x, "x")
-        axis = self._channels_axis(x.shape, self.num_features, allow_batch=True)
+        x, axis = self._checked_input(x)
         channels = self.num_features
         weight = host_channel_vector(self.weight, "weight", x.dtype, channels)
         bias = host_channel_vector(self.bias, "bias", x.dtype, channels)
@@ -279,10 +281,11 @@ class SyncBatchNorm(BatchNorm):
 
     # -- backward --------------------------------------------------------------------------
     def backward(self, dy: Any, *, out: Any = None) -> Any:
-        """Return this rank's part of dx; write this rank's share of the parameter gradients.
+        """Return this rank's part of dx; overwrite this rank's share of the parameter gradients.
 
         After a training forward this is a collective (every rank must call
-        it); after an eval forward it is local, as in BatchNorm.
+        it); after an eval forward it is local, as in BatchNorm. The
+        gradients are overwritten, not accumulated as PyTorch does.
 
         Parameters
         ----------
@@ -350,13 +353,11 @@ class SyncBatchNorm(BatchNorm):
             )  # fmt: skip
         if dx_view is None:
             np.copyto(dx, from_layout(dx_kernel, x.shape, axis, layout))
-        if self.affine:
-            # this rank's share, about the global batch's exact mean (see gradient_constants)
-            local_dy = send[:channels]
-            delta = totals[2 * channels :] / count
-            centered = send[channels : 2 * channels] - delta * local_dy
-            self.grad_weight[...] = centered * save_invstd.astype(np.float64)
-            self.grad_bias[...] = local_dy
+        # this rank's share, about the global batch's exact mean (see gradient_constants)
+        local_dy = send[:channels]
+        delta = totals[2 * channels :] / count
+        centered = send[channels : 2 * channels] - delta * local_dy
+        self._set_gradients(centered * save_invstd.astype(np.float64), local_dy)
         return dx
 
     def _prepare_backward(self, dy: Any, out: Any) -> tuple[Any, ...]:
@@ -368,7 +369,7 @@ class SyncBatchNorm(BatchNorm):
             raise TypeError(f"dy: dtype {dy.dtype} does not match x {x.dtype}")
         if out is not None:
             check_out(out, x, "out", (dy, self.weight, save_mean, save_invstd))
-        axis = self._channels_axis(x.shape, self.num_features, allow_batch=True)
+        axis = self._channels_axis(x.shape, self.num_features)
         layout = native_layout(x, axis)
         x_view = to_layout(x, axis, layout)
         dy_view = to_layout(dy, axis, layout)

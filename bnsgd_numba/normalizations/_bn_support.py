@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from bnsgd_numba import config
-from bnsgd_numba._core.layer import NormLayer, matching_dy
+from bnsgd_numba._core.layer import NormLayer, matching_dy, user_stacklevel
 from bnsgd_numba._core.layouts import (
     NCS,
     empty_in_layout,
@@ -140,7 +140,8 @@ def refuse_nonfinite(channels: np.ndarray, policy: str, what: str) -> bool:
     """Apply ``on_nonfinite`` to a batch with non-finite statistics.
 
     Raises :class:`NonFiniteStatisticsError` for ``"raise"``; warns and
-    returns True (skip the running update) for ``"skip"``.
+    returns True (skip the running update) for ``"skip"``, the warning
+    pointing at the user's call of the layer.
     """
     if policy == "raise":
         raise NonFiniteStatisticsError(channels)
@@ -148,7 +149,7 @@ def refuse_nonfinite(channels: np.ndarray, policy: str, what: str) -> bool:
         f"{what} statistics are not finite in channel(s) {channels.tolist()}; "
         "the running statistics were not updated",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=user_stacklevel(),
     )
     return True
 

@@ -13,8 +13,8 @@ def batch_norm(*args: Any, **kwargs: Any) -> Any:
     Parameters
     ----------
     *args, **kwargs
-        Arguments of ``BatchNorm(num_features, *, eps, momentum, affine,
-        track_running_stats, channel_axis, dtype)``.
+        Arguments of ``BatchNorm(num_features, *, eps, momentum, affine, bias,
+        track_running_stats, channel_axis, dtype, on_nonfinite)``.
 
     Returns
     -------
@@ -35,5 +35,6 @@ bnsgd_register_normalizations = registration_hook(
         {"affine": False},
         {"momentum": None, "eps": 1e-3},
         {"track_running_stats": False},
+        {"bias": False},
     ],
 )

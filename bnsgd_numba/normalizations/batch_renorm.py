@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Literal
 
 import numpy as np
 
-from bnsgd_numba._core.checks import check_real
+from bnsgd_numba._core.checks import check_flag, check_real
 from bnsgd_numba._core.layer import NormLayer, matching_dy
 from bnsgd_numba.batch_norm.functional import batch_norm_backward
 from bnsgd_numba.normalizations import _bn_support as support
@@ -14,8 +15,8 @@ from bnsgd_numba.normalizations._base import registration_hook
 
 
 def _steps(value: Any, name: str) -> int:
-    import operator
-
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
     try:
         steps = operator.index(value)
     except TypeError:
@@ -39,6 +40,8 @@ class BatchRenorm(NormLayer):
         convention; tf.keras' ``renorm_momentum=0.99`` is ``momentum=0.01``).
     affine : bool, default True
         Learn a per-channel ``weight`` and ``bias``.
+    bias : bool, default True
+        With ``affine``, learn the ``bias`` too; ``False``: a ``weight`` only.
     r_max : float >= 1, default 3.0
         Final clip of r to ``[1/r_max, r_max]``.
     d_max : float >= 0, default 5.0
@@ -69,7 +72,7 @@ class BatchRenorm(NormLayer):
     """
 
     BUFFERS = ("running_mean", "running_var")
-    REPR_KEYWORDS = ("eps", "momentum", "r_max", "d_max", "warmup_steps")
+    REPR_KEYWORDS = ("eps", "momentum", "affine", "bias", "r_max", "d_max", "warmup_steps")
 
     def __init__(
         self,
@@ -78,6 +81,7 @@ class BatchRenorm(NormLayer):
         momentum: float | None = 0.1,
         affine: bool = True,
         *,
+        bias: bool = True,
         r_max: float = 3.0,
         d_max: float = 5.0,
         warmup_steps: int = 5000,
@@ -93,7 +97,7 @@ class BatchRenorm(NormLayer):
         self.r_max_ramp_steps = _steps(r_max_ramp_steps, "r_max_ramp_steps")
         self.d_max_ramp_steps = _steps(d_max_ramp_steps, "d_max_ramp_steps")
         self._init_channels(
-            num_features, eps, momentum, affine, True, channel_axis, dtype, on_nonfinite
+            num_features, eps, momentum, affine, True, channel_axis, dtype, on_nonfinite, bias
         )
 
     def clipping_at(self, step: int) -> tuple[float, float]:
@@ -127,6 +131,7 @@ class BatchRenorm(NormLayer):
         ndarray
             Shaped like ``x``.
         """
+        training = check_flag(training, "training")
         x, axis = self._checked_input(x)
         if not training:
             result = support.running_forward(self, x, axis)
@@ -228,7 +233,10 @@ class BatchRenorm(NormLayer):
         return w, b
 
     def backward(self, dy: Any) -> np.ndarray:
-        """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
+        """Return dx for the last ``forward``; overwrite ``grad_weight``/``grad_bias``.
+
+        The parameter gradients are overwritten, not accumulated as PyTorch
+        accumulates into ``.grad``.
 
         Parameters
         ----------
@@ -272,5 +280,6 @@ bnsgd_register_normalizations = registration_hook(
         {},
         {"r_max": 1.0, "d_max": 0.0, "warmup_steps": 0},
         {"affine": False, "momentum": None},
+        {"bias": False},
     ],
 )

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from bnsgd_numba._core.checks import check_flag
 from bnsgd_numba._core.layer import NormLayer
 from bnsgd_numba.normalizations import _bn_support as support
 from bnsgd_numba.normalizations._base import registration_hook
@@ -16,8 +17,9 @@ class FrozenBatchNorm(NormLayer):
 
     As ``torchvision.ops.FrozenBatchNorm2d``: ``weight``, ``bias``,
     ``running_mean`` and ``running_var`` are buffers (loaded from a trained
-    BatchNorm's ``state_dict``, whose ``num_batches_tracked`` is not needed),
-    and every call normalizes with them, in training as in eval.
+    BatchNorm's ``state_dict``, whose ``num_batches_tracked`` is ignored, as
+    torchvision ignores it), and every call normalizes with them, in
+    training as in eval.
 
     Parameters
     ----------
@@ -42,6 +44,7 @@ class FrozenBatchNorm(NormLayer):
 
     PARAMETERS = ()
     BUFFERS = ("weight", "bias", "running_mean", "running_var")
+    IGNORED_STATE_KEYS = ("num_batches_tracked",)
     TRACKS_BATCHES = False
     REPR_KEYWORDS = ("eps",)
 
@@ -70,13 +73,17 @@ class FrozenBatchNorm(NormLayer):
         ndarray
             Shaped like ``x``.
         """
+        check_flag(training, "training")
         x, axis = self._checked_input(x)
         result = support.running_forward(self, x, axis)
         self._saved = (x, axis, result.save_mean, result.save_invstd)
         return result.y
 
     def backward(self, dy: Any) -> np.ndarray:
-        """Return ``dy * scale``; fill ``grad_weight``/``grad_bias`` for inspection.
+        """Return ``dy * scale``; overwrite ``grad_weight``/``grad_bias``, for inspection.
+
+        The gradients are overwritten, not accumulated as PyTorch accumulates
+        into ``.grad``.
 
         Parameters
         ----------
@@ -90,15 +97,6 @@ class FrozenBatchNorm(NormLayer):
         """
         x, axis, mean, invstd = self._saved_input()
         return support.running_backward(self, dy, x, axis, mean, invstd)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load ``weight``, ``bias``, ``running_mean``, ``running_var``; check them first.
-
-        A BatchNorm's ``num_batches_tracked`` is ignored (torchvision drops
-        it too), so a trained BatchNorm's ``state_dict`` loads as it is.
-        """
-        state = {k: v for k, v in state.items() if k != "num_batches_tracked"}
-        super().load_state_dict(state)
 
 
 def frozen_batch_norm(*args: Any, **kwargs: Any) -> FrozenBatchNorm:

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bnsgd_numba._core.checks import check_positive_int
-from bnsgd_numba._core.layer import NormLayer, matching_dy
+from bnsgd_numba._core.checks import check_flag, check_positive_int
+from bnsgd_numba._core.layer import NormLayer, matching_dy, user_stacklevel
 from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
 from bnsgd_numba.normalizations import _bn_support as support
 from bnsgd_numba.normalizations._base import registration_hook
@@ -27,9 +27,10 @@ class GhostBatchNorm(NormLayer):
         Number of channels C.
     virtual_batch_size : int, default 128
         Samples per virtual batch.
-    eps, momentum, affine, track_running_stats, channel_axis, dtype, on_nonfinite
+    eps, momentum, affine, track_running_stats, bias, channel_axis, dtype, on_nonfinite
         As :class:`bnsgd_numba.BatchNorm` (``momentum`` is the weight of the
-        NEW batch, PyTorch's convention; ``channel_axis`` must not be 0).
+        NEW batch, PyTorch's convention; ``bias=False``: a ``weight`` only;
+        ``channel_axis`` must not be 0).
 
     Notes
     -----
@@ -44,7 +45,7 @@ class GhostBatchNorm(NormLayer):
     """
 
     BUFFERS = ("running_mean", "running_var")
-    REPR_KEYWORDS = ("virtual_batch_size", "eps", "momentum", "affine")
+    REPR_KEYWORDS = ("virtual_batch_size", "eps", "momentum", "affine", "bias")
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class GhostBatchNorm(NormLayer):
         affine: bool = True,
         track_running_stats: bool = True,
         *,
+        bias: bool = True,
         channel_axis: int = 1,
         dtype: Any = np.float32,
         on_nonfinite: Literal["raise", "skip"] = "raise",
@@ -62,7 +64,7 @@ class GhostBatchNorm(NormLayer):
         self.virtual_batch_size = check_positive_int(virtual_batch_size, "virtual_batch_size")
         self._init_channels(
             num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype,
-            on_nonfinite,
+            on_nonfinite, bias,
         )  # fmt: skip
 
     def virtual_batches(self, batch: int) -> list[tuple[int, int]]:
@@ -85,6 +87,7 @@ class GhostBatchNorm(NormLayer):
         ndarray
             Shaped like ``x``.
         """
+        training = check_flag(training, "training")
         x, axis = self._checked_input(x)
         if not training and self.track_running_stats:
             result = support.running_forward(self, x, axis)
@@ -148,7 +151,7 @@ class GhostBatchNorm(NormLayer):
             result, part_bad = forward_with_status(
                 part, self.weight, self.bias, *running, training=True, momentum=1.0,
                 eps=self.eps, channel_axis=axis, out=y[a:b], on_nonfinite=self.on_nonfinite,
-                warn_stacklevel=4,
+                warn_stacklevel=user_stacklevel() + 1,
             )  # fmt: skip
             bad += part_bad
             means.append(result.save_mean)
@@ -190,10 +193,11 @@ class GhostBatchNorm(NormLayer):
         self.num_batches_tracked += 1
 
     def backward(self, dy: Any) -> np.ndarray:
-        """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
+        """Return dx for the last ``forward``; overwrite ``grad_weight``/``grad_bias``.
 
         Each virtual batch gets BatchNorm's backward with its own statistics;
-        the parameter gradients are the sums over the virtual batches.
+        the parameter gradients are the sums over the virtual batches. They
+        are overwritten, not accumulated as PyTorch accumulates into ``.grad``.
 
         Parameters
         ----------
@@ -239,5 +243,6 @@ bnsgd_register_normalizations = registration_hook(
         {"virtual_batch_size": 2},
         {"virtual_batch_size": 3, "affine": False},
         {"virtual_batch_size": 2, "momentum": None, "track_running_stats": False},
+        {"virtual_batch_size": 3, "bias": False},
     ],
 )

@@ -14,7 +14,7 @@ import numpy as np
 
 from bnsgd_numba import config
 from bnsgd_numba._core.arrays import check_out
-from bnsgd_numba._core.checks import check_positive_int
+from bnsgd_numba._core.checks import check_flag, check_positive_int
 from bnsgd_numba._core.layer import NormLayer, device_input, float_input, matching_dy
 from bnsgd_numba.normalizations._base import registration_hook
 
@@ -123,6 +123,7 @@ class GroupedNorm(NormLayer):
         ndarray
             Shaped like ``x``.
         """
+        check_flag(training, "training")
         if self._check_side(x):
             return self._forward_device(x, out)
         x = float_input(x, "x", self.dtype, self.MIN_RANK)
@@ -146,7 +147,10 @@ class GroupedNorm(NormLayer):
         return self._result(out, y3, x.shape, axis)
 
     def backward(self, dy: Any, *, out: Any = None) -> np.ndarray:
-        """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
+        """Return dx for the last ``forward``; overwrite ``grad_weight``/``grad_bias``.
+
+        The parameter gradients are overwritten, not accumulated as PyTorch
+        accumulates into ``.grad``.
 
         Parameters
         ----------

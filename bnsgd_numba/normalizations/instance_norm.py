@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bnsgd_numba._core.checks import check_flag
 from bnsgd_numba._core.layer import float_input
 from bnsgd_numba.normalizations import _bn_support as support
 from bnsgd_numba.normalizations._base import registration_hook
@@ -94,6 +95,7 @@ class InstanceNorm(GroupedNorm):
         ndarray
             Shaped like ``x``.
         """
+        training = check_flag(training, "training")
         on_device = self._check_side(x)
         if on_device:
             x, x3 = self._checked_device_input(x, "InstanceNorm.forward")
@@ -148,7 +150,10 @@ class InstanceNorm(GroupedNorm):
         self._blend_running(mean.mean(axis=0), (var * (spatial / (spatial - 1))).mean(axis=0))
 
     def backward(self, dy: Any, *, out: Any = None) -> np.ndarray:
-        """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
+        """Return dx for the last ``forward``; overwrite ``grad_weight``/``grad_bias``.
+
+        The parameter gradients are overwritten, not accumulated as PyTorch
+        accumulates into ``.grad``.
 
         Parameters
         ----------

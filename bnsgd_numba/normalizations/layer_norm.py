@@ -14,11 +14,13 @@ import numpy as np
 
 from bnsgd_numba import config
 from bnsgd_numba._core.arrays import check_out
-from bnsgd_numba._core.checks import check_float_dtype, check_positive_eps
+from bnsgd_numba._core.checks import check_flag, check_positive_eps
 from bnsgd_numba._core.layer import (
     NO_ARRAY,
     NormLayer,
     channel_axis_index,
+    check_axis,
+    check_layer_dtype,
     device_input,
     float_input,
     matching_dy,
@@ -35,6 +37,8 @@ def _normalized_shape(value: Any) -> tuple[int, ...]:
         raise ValueError("normalized_shape must have at least one dimension")
     result = []
     for size in shape:
+        if isinstance(size, (bool, np.bool_)):
+            raise TypeError(f"normalized_shape must hold integers, got {value!r}")
         try:
             size = operator.index(size)
         except TypeError:
@@ -69,7 +73,7 @@ class RowNorm(NormLayer):
         dtype: Any,
     ) -> None:
         self.normalized_shape = _normalized_shape(normalized_shape)
-        self.dtype = check_float_dtype(dtype)
+        self.dtype = check_layer_dtype(dtype)
         self.eps = None if eps is None else check_positive_eps(eps)
         if channel_axis is not None:
             if len(self.normalized_shape) != 1:
@@ -77,11 +81,12 @@ class RowNorm(NormLayer):
                     "channel_axis normalizes one axis: normalized_shape must have one "
                     f"dimension, got {self.normalized_shape}"
                 )
-            channel_axis = operator.index(channel_axis)
+            channel_axis = check_axis(channel_axis)
         self.channel_axis = channel_axis
-        self.elementwise_affine = bool(elementwise_affine)
+        self.elementwise_affine = check_flag(elementwise_affine, "elementwise_affine")
         affine = self.elementwise_affine
-        self._init_parameters(self.normalized_shape, weight=affine, bias=affine and bool(bias))
+        shifted = check_flag(bias, "bias")
+        self._init_parameters(self.normalized_shape, weight=affine, bias=affine and shifted)
 
     @property
     def features(self) -> int:
@@ -156,6 +161,7 @@ class RowNorm(NormLayer):
         """
         from bnsgd_numba.normalizations import _cpu as kernels
 
+        check_flag(training, "training")
         if self._check_side(x):
             return self._forward_device(x, out)
         x = float_input(x, "x", self.dtype, min_rank=1 if self.channel_axis is None else 2)
@@ -191,7 +197,10 @@ class RowNorm(NormLayer):
         return cached
 
     def backward(self, dy: Any, *, out: Any = None) -> np.ndarray:
-        """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
+        """Return dx for the last ``forward``; overwrite ``grad_weight``/``grad_bias``.
+
+        The parameter gradients are overwritten, not accumulated as PyTorch
+        accumulates into ``.grad``.
 
         Parameters
         ----------
@@ -317,7 +326,7 @@ class LayerNorm(RowNorm):
     -----
     Per row of D values: ``y = (x - mean) / sqrt(var + eps) * weight + bias``
     with the biased variance; statistics in float64, two passes per block.
-    ``backward`` overwrites ``grad_weight``/``grad_bias``::
+    ``backward`` overwrites ``grad_weight``/``grad_bias`` (PyTorch accumulates)::
 
         dx = invstd * (g - mean(g) - x_hat * mean(g * x_hat)),  g = dy * weight
     """
@@ -335,9 +344,6 @@ class LayerNorm(RowNorm):
         dtype: Any = np.float32,
     ) -> None:
         super().__init__(normalized_shape, eps, elementwise_affine, bias, channel_axis, dtype)
-
-    def _repr_value(self, name: str) -> Any:
-        return self.bias is not None if name == "bias" else super()._repr_value(name)
 
 
 def layer_norm(*args: Any, **kwargs: Any) -> LayerNorm:

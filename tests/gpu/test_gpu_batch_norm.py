@@ -453,3 +453,56 @@ def test_random_shapes_match_cpu(shape, channels_last, seed):
     )
     assert_close(to_host(grads.dx), cpu_grads.dx, np.float64, ulps=256)
     assert_close(to_host(grads.dweight), cpu_grads.dweight, np.float64, ulps=256)
+
+
+def test_batch_norm_layer_without_bias_on_the_device_matches_the_host_layer():
+    x, weight, _, dy = make_inputs((4, 3, 5), 1, np.float64, seed=6)
+    host = bn.BatchNorm(3, bias=False, dtype=np.float64)
+    host.weight[:] = weight
+    device = bn.BatchNorm(3, bias=False, dtype=np.float64)
+    device.load_state_dict(host.state_dict())
+    device.to_device()
+    assert device.bias is None and device.grad_bias is None
+    assert len(device.parameters()) == len(device.gradients()) == 1
+    for training in (True, False):
+        assert_close(to_host(device(to_device(x), training)), host(x, training), np.float64)
+        dx_device = device.backward(to_device(dy))
+        assert_close(to_host(dx_device), host.backward(dy), np.float64, ulps=16)
+        assert_close(to_host(device.grad_weight), host.grad_weight, np.float64, ulps=16)
+    assert device.state_dict().keys() == host.state_dict().keys()
+
+
+@pytest.mark.parametrize(
+    ("layer", "x", "error", "message"),
+    [
+        (lambda: bn.BatchNorm(3), np.ones((4, 4, 5), np.float32), ValueError,
+         "x: expected 3 channels on axis 1"),
+        (lambda: bn.BatchNorm(3, affine=False, track_running_stats=False),
+         np.ones((4, 4, 5), np.float32), ValueError, "x: expected 3 channels on axis 1"),
+        (lambda: bn.BatchNorm(3), np.ones((4, 3, 5)), TypeError,
+         r"x: dtype float64 does not match the layer's float32; cast x"),
+        (lambda: bn.BatchNorm(3, channel_axis=-2), np.ones((3, 5), np.float32), ValueError,
+         "batch axis"),
+    ],
+    ids=["channels", "channels, no parameters", "dtype", "batch axis"],
+)  # fmt: skip
+def test_device_layer_names_x_and_changes_nothing(layer, x, error, message):
+    layer = layer().to_device()
+    before = layer.state_dict()
+    with pytest.raises(error, match=message):
+        layer(to_device(x))
+    with pytest.raises(TypeError, match="training"):
+        layer(to_device(np.ones((4, 3, 5), np.float32)), training="False")
+    for key, value in layer.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    assert layer.num_batches_tracked == 0
+
+
+def test_device_layer_skip_warning_points_at_the_caller():
+    layer = bn.BatchNorm(3, on_nonfinite="skip").to_device()
+    x = np.ones((4, 3, 5), np.float32)
+    x[2, 1, 3] = np.nan
+    with pytest.warns(RuntimeWarning, match="not finite") as record:
+        layer(to_device(x))
+    assert record[0].filename == __file__
+    assert layer.skipped_updates == 1

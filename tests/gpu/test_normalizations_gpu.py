@@ -325,3 +325,72 @@ def test_device_nonfinite_statistics_leave_the_running_statistics_alone(name):
         layer.forward(to_device(x))
     for key, value in layer.state_dict().items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+# --- the layers' argument rules, on the device -----------------------------------------
+
+DEVICE_LAYERS = {
+    "group_norm": ((1, 3), {}),
+    "instance_norm": ((3,), {"affine": True, "track_running_stats": True}),
+    "frozen_batch_norm": ((3,), {}),
+    "ghost_batch_norm": ((3,), {"virtual_batch_size": 2}),
+    "batch_renorm": ((3,), {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEVICE_LAYERS))
+def test_device_bad_input_is_named_and_changes_nothing(name):
+    args, kwargs = DEVICE_LAYERS[name]
+    layer = bn.create_normalization(name, *args, **kwargs).to_device()
+    x = np.random.default_rng(5).standard_normal((4, 3, 2)).astype(np.float32)
+    layer.forward(to_device(x))
+    before = layer.state_dict()
+    cases = [
+        (to_device(x[:, :2]), ValueError, "x: expected 3 channels on axis 1"),
+        (to_device(x.astype(np.float64)), TypeError,
+         r"x: dtype float64 does not match the layer's float32; cast x"),
+    ]  # fmt: skip
+    for bad, error, message in cases:
+        with pytest.raises(error, match=message):
+            layer.forward(bad)
+    with pytest.raises(TypeError, match="training"):
+        layer.forward(to_device(x), "False")
+    for key, value in layer.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["ghost_batch_norm", "instance_norm", "batch_renorm"])
+def test_device_skip_warning_points_at_the_caller(name):
+    kwargs = {
+        "ghost_batch_norm": {"virtual_batch_size": 2},
+        "instance_norm": {"track_running_stats": True},
+        "batch_renorm": {},
+    }[name]
+    layer = bn.create_normalization(name, 3, on_nonfinite="skip", **kwargs).to_device()
+    x = np.random.default_rng(4).standard_normal((3, 3, 4)).astype(np.float32)
+    x[-1, 1, 0] = np.nan
+    with pytest.warns(RuntimeWarning, match="not finite") as record:
+        layer(to_device(x))
+    assert [w.filename for w in record] == [__file__] * len(record)
+    assert layer.skipped_updates == 1
+
+
+@pytest.mark.parametrize("name", ["ghost_batch_norm", "batch_renorm"])
+def test_device_layer_without_bias_matches_the_host_layer(name):
+    kwargs = {"ghost_batch_norm": {"virtual_batch_size": 2}, "batch_renorm": {}}[name]
+    host, device = _pair(name, ((3,), {"bias": False, **kwargs}), np.float64)
+    assert device.bias is None and device.grad_bias is None
+    rng = np.random.default_rng(9)
+    for training in (True, False):
+        x = rng.standard_normal((4, 3, 2)) + 1
+        dy = rng.standard_normal(x.shape)
+        y = to_host(device.forward(to_device(x), training))
+        np.testing.assert_allclose(
+            y, host.forward(x, training), rtol=0, atol=_tolerance(np.float64, 3)
+        )
+        dx = to_host(device.backward(to_device(dy)))
+        np.testing.assert_allclose(dx, host.backward(dy), rtol=0, atol=_tolerance(np.float64, 10))
+        np.testing.assert_allclose(
+            to_host(device.grad_weight), host.grad_weight, rtol=0,
+            atol=_tolerance(np.float64, 10 * np.abs(host.grad_weight).max()),
+        )  # fmt: skip
