@@ -1,4 +1,4 @@
-"""BatchNorm benchmark (issue: foundation). Same as ``bnsgd-numba bench``."""
+"""BatchNorm benchmark on the CPU against PyTorch and NumPy. Same as ``bnsgd-numba bench``."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Distributed benchmark (issue 8): allreduce+step vs local step, SyncBatchNorm over 1, 2, 4 processes.
+"""Distributed benchmark: allreduce+step vs local step, SyncBatchNorm over 1, 2, 4 processes.
 
 Needs the ``mpi`` extra (``pip install 'bnsgd-numba[mpi]'``); launches ``mpiexec``
 itself. The code is ``bnsgd_numba/bench/distributed.py``.

@@ -1,4 +1,4 @@
-"""Normalization-variant benchmark (issue 6): layer_norm, group_norm, rms_norm vs PyTorch."""
+"""Normalization-variant benchmark: layer_norm, group_norm, rms_norm vs PyTorch."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""SGD benchmark (issue: SGD kernels and the optimizer on the CPU): the arena step vs torch.optim.SGD."""
+"""SGD benchmark on the CPU: the arena step vs torch.optim.SGD."""
 
 import sys
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: run the GPU tests for real, then the GPU
 # benchmark against PyTorch and a copy probe; write benchmarks/RESULTS-gpu.md.
-# About 8 minutes at most (tests 4, benchmark 4).
+# About 8 minutes at most (tests 4, benchmark 4). The report's "What it means"
+# section is written by hand: rewrite it for the new figures after a run.
 #
 #   bash benchmarks/gpu_check.sh [OUTPUT]
 #

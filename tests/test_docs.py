@@ -52,3 +52,22 @@ def test_the_plugin_guides_scheduler_example_runs_and_keeps_the_contract():
     scheduler = namespace["InverseSqrt"](warmup_steps=10).bind(optimizer)
     rates = [scheduler.step() for _ in range(20)]
     assert rates[9] == 0.5 and optimizer.lr == rates[-1] == scheduler.get_last_lr()[0]
+
+
+def test_benchmark_results_read_as_results_not_work_logs():
+    # For users: what was measured and how to reproduce it, the machine, the
+    # figures, what they mean; no internal issue numbers, commits or sessions.
+    problems = []
+    for path in sorted((ROOT / "benchmarks").glob("RESULTS-*.md")):
+        text = path.read_text()
+        headings = re.findall(r"^#+ .*$", text, re.M)
+        if not headings or not headings[0].startswith("# "):
+            problems.append(f"{path.name}: no title")
+        for section in ("## Machine and versions", "## What it means"):
+            if section not in headings:
+                problems.append(f"{path.name}: no {section!r}")
+        if not re.search(r"`(python|bash) [^`]*benchmarks/[^`]+`", text):
+            problems.append(f"{path.name}: no command to reproduce it")
+        for pattern in (r"\bissues? \d+", r"\bcommit [0-9a-f]{7}", r"\bsession\b"):
+            problems += [f"{path.name}: {hit!r}" for hit in re.findall(pattern, text, re.I)]
+    assert problems == []

@@ -424,6 +424,9 @@ def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path, monkeypatch):
     assert "| (2,3,2,3) channels-last | backward |" in text
     assert "sgd-step (arena)" in text and "copy probe" in text and "a note" in text
     assert "| rms_norm (3,8) | backward |" in text and "group_norm" in text
+    # Simulator: no PyTorch columns, so no speed-up target can be judged.
+    assert "| (2,3,2,3) NCHW, backward: at least as fast as PyTorch | n/a | not measured |" in text
+    assert "## Targets" in text and "issue" not in text
 
 
 @settings(max_examples=6, deadline=None)
