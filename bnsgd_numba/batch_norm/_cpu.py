@@ -36,6 +36,14 @@ from bnsgd_numba._core.reductions import (
     sum_values,
 )
 
+RC_ROW_GROUPS = 8
+"""Row groups of a channels-last reduction: its parallel tasks, with the strips.
+
+Each group keeps one float64 partial result per channel, merged in group
+order; the groups are whole row blocks, so the results depend on the shape
+only, never on the number of threads.
+"""
+
 CHANNELS_PER_TASK = 8
 """NCS channels one parallel task reads, a row block of each in memory order.
 
@@ -80,12 +88,92 @@ def _ncs_task(task, groups, channels, rows_per_item, rows):
 
 
 @cpu_kernel()
-def _rc_item(item, column_blocks, columns_per_item, channels, rows_per_item, rows):
-    # (row block rb, columns c0..c1, rows r0..r1) of an RC work item
-    rb = item // column_blocks
-    c0 = (item % column_blocks) * columns_per_item
-    r0, r1 = _row_block(rb, rows_per_item, rows)
-    return rb, c0, min(c0 + columns_per_item, channels), r0, r1
+def _rc_groups(rows, rows_per_item):
+    # (row groups, rows per group) of an RC reduction: at most RC_ROW_GROUPS
+    # groups of whole row blocks, a function of the shape only
+    row_blocks = (rows + rows_per_item - 1) // rows_per_item
+    if row_blocks == 0:
+        return 0, rows_per_item
+    per_group = (row_blocks + RC_ROW_GROUPS - 1) // RC_ROW_GROUPS
+    return (row_blocks + per_group - 1) // per_group, per_group * rows_per_item
+
+
+@cpu_kernel()
+def _rc_task(task, strips, columns_per_item, channels, rows_per_group, rows):
+    # (row group g, columns c0..c1, rows r0..r1) of an RC parallel task
+    g = task // strips
+    c0 = (task % strips) * columns_per_item
+    r0, r1 = _row_block(g, rows_per_group, rows)
+    return g, c0, min(c0 + columns_per_item, channels), r0, r1
+
+
+@cpu_kernel()
+def _merge_columns(count, size, mean, m2, part_mean, part_m2):
+    # Chan's merge (merge_chan's arithmetic) of (size, part_mean[j],
+    # part_m2[j]) into (count, mean[j], m2[j]) for every column j; returns
+    # the merged count. The columns share their counts, so the divisions
+    # happen once and the loop vectorizes.
+    total = count + size
+    ratio = size / total
+    weight = count * size / total
+    for j in range(mean.shape[0]):
+        delta = part_mean[j] - mean[j]
+        mean[j] = mean[j] + delta * ratio
+        m2[j] = m2[j] + part_m2[j] + delta * delta * weight
+    return total
+
+
+@cpu_kernel()
+def _item_moments_rc(x, r0, r1, c0, c1, shift, squares, deviations):
+    # Mean into ``shift`` and M2 into ``squares`` of each column c0..c1 of
+    # rows r0..r1: deviations from the mean of the first rows (see
+    # SHIFT_SAMPLE_DIVISOR), four rows at a time into per-column totals
+    # (the loop over columns vectorizes without reassociation).
+    width = c1 - c0
+    sample = shift_sample_size(x.itemsize, r1 - r0)
+    for j in range(width):
+        shift[j] = 0.0
+        squares[j] = 0.0
+        deviations[j] = 0.0
+    for r in range(r0, r0 + sample):
+        row = x[r, c0:c1]
+        for j in range(width):
+            shift[j] += row[j]
+    for j in range(width):
+        shift[j] = shift[j] / np.float64(sample)
+    quads = r0 + (r1 - r0) // 4 * 4
+    for r in range(r0, quads, 4):
+        x0, x1, x2, x3 = x[r, c0:c1], x[r + 1, c0:c1], x[r + 2, c0:c1], x[r + 3, c0:c1]
+        for j in range(width):
+            d0 = x0[j] - shift[j]
+            d1 = x1[j] - shift[j]
+            d2 = x2[j] - shift[j]
+            d3 = x3[j] - shift[j]
+            deviations[j] += (d0 + d1) + (d2 + d3)
+            squares[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for r in range(quads, r1):
+        row = x[r, c0:c1]
+        for j in range(width):
+            d = row[j] - shift[j]
+            deviations[j] += d
+            squares[j] += d * d
+    count = np.float64(r1 - r0)
+    for j in range(width):
+        d = deviations[j]
+        shift[j] = shift[j] + d / count
+        squares[j] = max(squares[j] - d * d / count, 0.0)
+
+
+@cpu_kernel()
+def _add_groups(part, c0, c1, total):
+    # total[c] = sum over row groups of part[g, c], in group order, for c0 <= c < c1
+    out = total[c0:c1]
+    for j in range(c1 - c0):
+        out[j] = 0.0
+    for g in range(part.shape[0]):
+        group = part[g, c0:c1]
+        for j in range(c1 - c0):
+            out[j] += group[j]
 
 
 def _moments_ncs(x, rows_per_item, mean, m2):
@@ -132,65 +220,44 @@ def _moments_ncs(x, rows_per_item, mean, m2):
 
 
 def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
-    # Per-channel mean and M2 of x (R, C) into float64 ``mean``/``m2``: the
-    # items of _moments_ncs, a block of rows of a block of columns each,
-    # four rows at a time into per-column totals (the loop over columns
-    # vectorizes without reassociation).
+    # Per-channel mean and M2 of x (R, C) into float64 ``mean``/``m2``. Work
+    # items are rows_per_item rows of a strip of columns (_item_moments_rc).
+    # A task Chan-merges the items of one row group (_rc_groups) of one
+    # strip, in order; the groups then merge in order. A column's result
+    # does not depend on the strips, and the partial results stay small
+    # (a large temporary costs page faults on every call).
     rows, channels = x.shape
-    row_blocks = (rows + rows_per_item - 1) // rows_per_item
-    column_blocks = (channels + columns_per_item - 1) // columns_per_item
-    part_mean = np.zeros((row_blocks, channels), dtype=np.float64)
-    part_m2 = np.zeros((row_blocks, channels), dtype=np.float64)
-    for item in prange(row_blocks * column_blocks):
-        rb, c0, c1, r0, r1 = _rc_item(
-            item, column_blocks, columns_per_item, channels, rows_per_item, rows
+    groups, rows_per_group = _rc_groups(rows, rows_per_item)
+    strips = (channels + columns_per_item - 1) // columns_per_item
+    part = np.empty((2, groups, channels), dtype=np.float64)
+    for task in prange(groups * strips):
+        g, c0, c1, start, stop = _rc_task(
+            task, strips, columns_per_item, channels, rows_per_group, rows
         )
-        width = c1 - c0
-        sample = shift_sample_size(x.itemsize, r1 - r0)
-        shift = part_mean[rb, c0:c1]
-        for r in range(r0, r0 + sample):
-            row = x[r, c0:c1]
-            for j in range(width):
-                shift[j] += row[j]
-        for j in range(width):
-            shift[j] = shift[j] / np.float64(sample)
-        deviations = np.zeros(width, dtype=np.float64)
-        squares = part_m2[rb, c0:c1]
-        quads = r0 + (r1 - r0) // 4 * 4
-        for r in range(r0, quads, 4):
-            x0, x1, x2, x3 = x[r, c0:c1], x[r + 1, c0:c1], x[r + 2, c0:c1], x[r + 3, c0:c1]
-            for j in range(width):
-                d0 = x0[j] - shift[j]
-                d1 = x1[j] - shift[j]
-                d2 = x2[j] - shift[j]
-                d3 = x3[j] - shift[j]
-                deviations[j] += (d0 + d1) + (d2 + d3)
-                squares[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-        for r in range(quads, r1):
-            row = x[r, c0:c1]
-            for j in range(width):
-                d = row[j] - shift[j]
-                deviations[j] += d
-                squares[j] += d * d
-        count = np.float64(r1 - r0)
-        for j in range(width):
-            d = deviations[j]
-            shift[j] = shift[j] + d / count
-            squares[j] = max(squares[j] - d * d / count, 0.0)
-    for c in prange(channels):
-        count, running_mean, running_m2 = 0.0, 0.0, 0.0
-        for rb in range(row_blocks):
-            r0, r1 = _row_block(rb, rows_per_item, rows)
-            count, running_mean, running_m2 = merge_chan(
-                count,
-                running_mean,
-                running_m2,
-                np.float64(r1 - r0),
-                part_mean[rb, c],
-                part_m2[rb, c],
+        work = np.empty((3, c1 - c0), dtype=np.float64)
+        group_mean = part[0, g, c0:c1]
+        group_m2 = part[1, g, c0:c1]
+        group_mean[:] = 0.0
+        group_m2[:] = 0.0
+        count = 0.0
+        for r0 in range(start, stop, rows_per_item):
+            r1 = min(r0 + rows_per_item, stop)
+            _item_moments_rc(x, r0, r1, c0, c1, work[0], work[1], work[2])
+            count = _merge_columns(
+                count, np.float64(r1 - r0), group_mean, group_m2, work[0], work[1]
             )
-        mean[c] = running_mean
-        m2[c] = running_m2
+    for strip in prange(strips):
+        c0 = strip * columns_per_item
+        c1 = min(c0 + columns_per_item, channels)
+        mean[c0:c1] = 0.0
+        m2[c0:c1] = 0.0
+        count = 0.0
+        for g in range(groups):
+            r0, r1 = _row_block(g, rows_per_group, rows)
+            count = _merge_columns(
+                count, np.float64(r1 - r0), mean[c0:c1], m2[c0:c1], part[0, g, c0:c1],
+                part[1, g, c0:c1],
+            )  # fmt: skip
 
 
 def _normalize_ncs(x, y, shift, scale, offset):
@@ -248,20 +315,17 @@ def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
 def _gradient_sums_rc(
     dy, x, mean, rows_per_item, columns_per_item, sum_dy, sum_dy_xmu, sum_xmu
 ):  # fmt: skip
-    # Items of _moments_rc, four rows at a time.
+    # Tasks of _moments_rc: a task sums the rows of its row group, four at a
+    # time, into per-column totals; the groups are added in order.
     rows, channels = x.shape
-    row_blocks = (rows + rows_per_item - 1) // rows_per_item
-    column_blocks = (channels + columns_per_item - 1) // columns_per_item
-    part_dy = np.zeros((row_blocks, channels), dtype=np.float64)
-    part_dy_xmu = np.zeros((row_blocks, channels), dtype=np.float64)
-    part_xmu = np.zeros((row_blocks, channels), dtype=np.float64)
-    for item in prange(row_blocks * column_blocks):
-        rb, c0, c1, r0, r1 = _rc_item(
-            item, column_blocks, columns_per_item, channels, rows_per_item, rows
-        )
-        totals_dy = part_dy[rb, c0:c1]
-        totals_dy_xmu = part_dy_xmu[rb, c0:c1]
-        totals_xmu = part_xmu[rb, c0:c1]
+    groups, rows_per_group = _rc_groups(rows, rows_per_item)
+    strips = (channels + columns_per_item - 1) // columns_per_item
+    part = np.zeros((3, groups, channels), dtype=np.float64)
+    for task in prange(groups * strips):
+        g, c0, c1, r0, r1 = _rc_task(task, strips, columns_per_item, channels, rows_per_group, rows)
+        totals_dy = part[0, g, c0:c1]
+        totals_dy_xmu = part[1, g, c0:c1]
+        totals_xmu = part[2, g, c0:c1]
         mu = mean[c0:c1]
         quads = r0 + (r1 - r0) // 4 * 4
         for r in range(r0, quads, 4):
@@ -275,25 +339,20 @@ def _gradient_sums_rc(
                 totals_dy_xmu[j] += (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3)
                 totals_xmu[j] += (d0 + d1) + (d2 + d3)
         for r in range(quads, r1):
-            g = dy[r, c0:c1]
+            grad = dy[r, c0:c1]
             v = x[r, c0:c1]
             for j in range(c1 - c0):
-                gj = np.float64(g[j])
+                gj = np.float64(grad[j])
                 xmu = v[j] - mu[j]
                 totals_dy[j] += gj
                 totals_dy_xmu[j] += gj * xmu
                 totals_xmu[j] += xmu
-    for c in prange(channels):
-        total_dy = 0.0
-        total_dy_xmu = 0.0
-        total_xmu = 0.0
-        for rb in range(row_blocks):
-            total_dy += part_dy[rb, c]
-            total_dy_xmu += part_dy_xmu[rb, c]
-            total_xmu += part_xmu[rb, c]
-        sum_dy[c] = total_dy
-        sum_dy_xmu[c] = total_dy_xmu
-        sum_xmu[c] = total_xmu
+    for strip in prange(strips):
+        c0 = strip * columns_per_item
+        c1 = min(c0 + columns_per_item, channels)
+        _add_groups(part[0], c0, c1, sum_dy)
+        _add_groups(part[1], c0, c1, sum_dy_xmu)
+        _add_groups(part[2], c0, c1, sum_xmu)
 
 
 def _input_gradient_ncs(dy, x, dx, center_hi, center_lo, dy_scale, shift, xmu_scale):
