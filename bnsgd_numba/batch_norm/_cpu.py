@@ -108,12 +108,23 @@ def _rc_groups(rows, rows_per_item):
 
 
 @cpu_kernel()
-def _rc_task(task, strips, columns_per_item, channels, rows_per_group, rows):
+def _rc_strips(channels, columns_per_item):
+    # (strips, columns per strip) of an RC reduction: as few strips of at
+    # most 2 * columns_per_item columns as there can be, of equal widths
+    # rounded up to whole cache lines (narrow strips read memory slowly)
+    strips = max(1, (channels + 2 * columns_per_item - 1) // (2 * columns_per_item))
+    width = (channels + strips - 1) // strips
+    width = (width + 15) // 16 * 16
+    return (channels + width - 1) // width, width
+
+
+@cpu_kernel()
+def _rc_task(task, strips, width, channels, rows_per_group, rows):
     # (row group g, columns c0..c1, rows r0..r1) of an RC parallel task
     g = task // strips
-    c0 = (task % strips) * columns_per_item
+    c0 = (task % strips) * width
     r0, r1 = _row_block(g, rows_per_group, rows)
-    return g, c0, min(c0 + columns_per_item, channels), r0, r1
+    return g, c0, min(c0 + width, channels), r0, r1
 
 
 @cpu_kernel()
@@ -237,12 +248,10 @@ def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
     # (a large temporary costs page faults on every call).
     rows, channels = x.shape
     groups, rows_per_group = _rc_groups(rows, rows_per_item)
-    strips = (channels + columns_per_item - 1) // columns_per_item
+    strips, width = _rc_strips(channels, columns_per_item)
     part = np.empty((2, groups, channels), dtype=np.float64)
     for task in prange(groups * strips):
-        g, c0, c1, start, stop = _rc_task(
-            task, strips, columns_per_item, channels, rows_per_group, rows
-        )
+        g, c0, c1, start, stop = _rc_task(task, strips, width, channels, rows_per_group, rows)
         work = np.empty((3, c1 - c0), dtype=np.float64)
         group_mean = part[0, g, c0:c1]
         group_m2 = part[1, g, c0:c1]
@@ -256,8 +265,8 @@ def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
                 count, np.float64(r1 - r0), group_mean, group_m2, work[0], work[1]
             )
     for strip in prange(strips):
-        c0 = strip * columns_per_item
-        c1 = min(c0 + columns_per_item, channels)
+        c0 = strip * width
+        c1 = min(c0 + width, channels)
         mean[c0:c1] = 0.0
         m2[c0:c1] = 0.0
         count = 0.0
@@ -336,10 +345,10 @@ def _gradient_sums_rc(
     # time, into per-column totals; the groups are added in order.
     rows, channels = x.shape
     groups, rows_per_group = _rc_groups(rows, rows_per_item)
-    strips = (channels + columns_per_item - 1) // columns_per_item
+    strips, width = _rc_strips(channels, columns_per_item)
     part = np.zeros((3, groups, channels), dtype=np.float64)
     for task in prange(groups * strips):
-        g, c0, c1, r0, r1 = _rc_task(task, strips, columns_per_item, channels, rows_per_group, rows)
+        g, c0, c1, r0, r1 = _rc_task(task, strips, width, channels, rows_per_group, rows)
         totals_dy = part[0, g, c0:c1]
         totals_dy_xmu = part[1, g, c0:c1]
         totals_xmu = part[2, g, c0:c1]
@@ -365,8 +374,8 @@ def _gradient_sums_rc(
                 totals_dy_xmu[j] += gj * xmu
                 totals_xmu[j] += xmu
     for strip in prange(strips):
-        c0 = strip * columns_per_item
-        c1 = min(c0 + columns_per_item, channels)
+        c0 = strip * width
+        c1 = min(c0 + width, channels)
         _add_groups(part[0], c0, c1, sum_dy)
         _add_groups(part[1], c0, c1, sum_dy_xmu)
         _add_groups(part[2], c0, c1, sum_xmu)
