@@ -6,6 +6,9 @@ not depend on the number of threads or on the serial/parallel build.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import numba
@@ -20,7 +23,14 @@ from tests import naive
 
 pytestmark = pytest.mark.usefixtures("warm_batch_norm")
 
-SHAPES = [((16, 3), 1), ((4, 3, 5, 6), 1), ((4, 5, 6, 3), -1), ((64, 8, 40, 40), 1), ((5000, 8), 1)]
+SHAPES = [
+    ((16, 3), 1),
+    ((4, 3, 5, 6), 1),
+    ((4, 5, 6, 3), -1),
+    ((64, 8, 40, 40), 1),
+    ((5000, 8), 1),
+    ((100, 1500), 1),
+]
 
 
 @pytest.mark.parametrize("shape,axis", SHAPES)
@@ -108,7 +118,10 @@ def test_results_do_not_depend_on_the_number_of_threads(shape, axis, dtype):
         assert a.tobytes() == b.tobytes()
 
 
-@pytest.mark.parametrize("shape,axis", [((4, 3, 5, 6), 1), ((30, 7), 1), ((4, 5, 6, 3), -1)])
+@pytest.mark.parametrize(
+    "shape,axis",
+    [((4, 3, 5, 6), 1), ((30, 7), 1), ((4, 5, 6, 3), -1), ((300, 1500), 1), ((300, 4, 500), 1)],
+)
 def test_serial_and_parallel_builds_agree_bitwise(shape, axis, monkeypatch):
     rng = np.random.default_rng(2)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -127,6 +140,81 @@ def test_serial_and_parallel_builds_agree_bitwise(shape, axis, monkeypatch):
     serial = run()
     for a, b in zip(parallel, serial, strict=True):
         assert a.tobytes() == b.tobytes()
+
+
+# Shapes with many work items of every kind: (N, C) inputs in several row
+# groups and column strips (short and wide, tall and narrow), and NCS inputs
+# whose backward is fused per channel group or, with channels of more than
+# 1 MB, not fused.
+_SPLIT_SHAPES = "[(300, 1500), (20, 3000), (5000, 48), (8, 64, 9, 9), (300, 4, 500)]"
+_HASH_OUTPUTS = f"""
+import hashlib, sys
+import numpy as np
+import bnsgd_numba as bn
+from bnsgd_numba import config
+config.CPU_SERIAL_BELOW = int(sys.argv[1])
+digest = hashlib.sha256()
+for dtype in (np.float32, np.float64):
+    for shape in {_SPLIT_SHAPES}:
+        rng = np.random.default_rng(3)
+        x = (3 + rng.standard_normal(shape)).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        c = shape[1]
+        w, b = rng.uniform(0.5, 2, c).astype(dtype), rng.uniform(-1, 1, c).astype(dtype)
+        rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+        out = bn.batch_norm_forward(x, w, b, rm, rv, training=True)
+        grads = bn.batch_norm_backward(dy, x, w, out.save_mean, out.save_invstd)
+        for a in (*out, *grads, rm, rv):
+            digest.update(a.tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_two_dimensional_and_split_inputs_give_the_same_bits_on_any_threads_and_build():
+    # Fresh processes, so the thread pool really has 1 or 2 threads whatever
+    # this machine has; CPU_SERIAL_BELOW=0 forces the parallel builds.
+    def run(threads, serial_below):
+        env = {**os.environ, "NUMBA_NUM_THREADS": str(threads)}
+        done = subprocess.run(
+            [sys.executable, "-c", _HASH_OUTPUTS, str(serial_below)],
+            capture_output=True, text=True, env=env, timeout=600, check=True,
+        )  # fmt: skip
+        return done.stdout.strip()
+
+    digests = {run(1, 0), run(2, 0), run(2, 10**12)}
+    assert len(digests) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_backward_gives_the_bits_of_the_separate_passes(dtype, training):
+    from bnsgd_numba.batch_norm import _cpu
+
+    rng = np.random.default_rng(4)
+    x = (5 + rng.standard_normal((6, 20, 7, 9))).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    weight = rng.uniform(0.5, 2, 20).astype(dtype)
+    out = bn.batch_norm_forward(x, weight, training=True)
+    dx, dweight, dbias = bn.batch_norm_backward(
+        dy, x, weight, out.save_mean, out.save_invstd, training=training
+    )
+    x3, dy3 = x.reshape(6, 20, 63), dy.reshape(6, 20, 63)
+    assert _cpu._fused_channels(6, 20, 63, x.itemsize) > 0
+    rows = _cpu._item_rows(20, 63, False, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
+    sums = np.empty((3, 20))
+    _cpu.gradient_sums_ncs.serial(dy3, x3, out.save_mean.astype(np.float64), rows, *sums)
+    separate = np.empty((6, 20), dtype)
+    _cpu.gradient_constants(
+        *sums, weight, out.save_invstd, 6.0 * 63, training, *separate
+    )  # fmt: skip
+    dy_scale, shift, xmu_scale, center_lo = separate[2:]
+    dx_separate = np.empty_like(x3)
+    _cpu.input_gradient_ncs.serial(
+        dy3, x3, dx_separate, out.save_mean, center_lo, dy_scale, shift, xmu_scale
+    )
+    assert dx.tobytes() == dx_separate.tobytes()
+    assert dweight.tobytes() == separate[0].tobytes()
+    assert dbias.tobytes() == separate[1].tobytes()
 
 
 @pytest.mark.parametrize("poison", [np.nan, np.inf, -np.inf])

@@ -37,6 +37,10 @@ LAYOUTS = {
     "NCHW-strided": ((4, 3, 10, 6), 1, "strided"),
     "NCHW-large": ((8, 4, 40, 40), 1, "contiguous"),
     "NHWC-large": ((8, 40, 40, 4), -1, "contiguous"),
+    # several row groups and column strips of the (N, C) reductions
+    "NC-wide": ((100, 1500), 1, "contiguous"),
+    # channels of more than 1 MB: the backward's sums and dx in separate passes
+    "NCL-long-channels": ((300, 4, 500), 1, "contiguous"),
 }
 
 

@@ -39,7 +39,15 @@ def cpu_kernel(
 
     def decorate(function: Callable[..., Any]) -> Any:
         flags = config.REDUCTION_FASTMATH if reduction else config.FASTMATH
-        options = {"parallel": parallel, "fastmath": set(flags), "nogil": True}
+        # error_model="numpy": a float division by zero gives inf or nan (IEEE)
+        # instead of a ZeroDivisionError check per division, which keeps
+        # loops with divisions from vectorizing.
+        options = {
+            "parallel": parallel,
+            "fastmath": set(flags),
+            "nogil": True,
+            "error_model": "numpy",
+        }
         try:
             return numba.njit(cache=True, **options)(function)
         except RuntimeError:

@@ -36,6 +36,23 @@ from bnsgd_numba._core.reductions import (
     sum_values,
 )
 
+RC_ROW_GROUPS = 8
+"""Row groups of a channels-last reduction: its parallel tasks, with the strips.
+
+Each group keeps one float64 partial result per channel, merged in group
+order; the groups are whole row blocks, so the results depend on the shape
+only, never on the number of threads.
+"""
+
+FUSED_BACKWARD_BYTES = 512 * 1024
+"""Bytes of ``dy`` and ``x`` a task of the fused NCS backward reads.
+
+When one channel's ``dy`` and ``x`` take at most twice this, a backward
+task takes whole channels: their sums, then their ``dx`` while the data is
+still in cache (3 array passes through memory instead of 5). The sums are
+those of the unfused path, bit for bit.
+"""
+
 CHANNELS_PER_TASK = 8
 """NCS channels one parallel task reads, a row block of each in memory order.
 
@@ -80,12 +97,103 @@ def _ncs_task(task, groups, channels, rows_per_item, rows):
 
 
 @cpu_kernel()
-def _rc_item(item, column_blocks, columns_per_item, channels, rows_per_item, rows):
-    # (row block rb, columns c0..c1, rows r0..r1) of an RC work item
-    rb = item // column_blocks
-    c0 = (item % column_blocks) * columns_per_item
-    r0, r1 = _row_block(rb, rows_per_item, rows)
-    return rb, c0, min(c0 + columns_per_item, channels), r0, r1
+def _rc_groups(rows, rows_per_item):
+    # (row groups, rows per group) of an RC reduction: at most RC_ROW_GROUPS
+    # groups of whole row blocks, a function of the shape only
+    row_blocks = (rows + rows_per_item - 1) // rows_per_item
+    if row_blocks == 0:
+        return 0, rows_per_item
+    per_group = (row_blocks + RC_ROW_GROUPS - 1) // RC_ROW_GROUPS
+    return (row_blocks + per_group - 1) // per_group, per_group * rows_per_item
+
+
+@cpu_kernel()
+def _rc_strips(channels, columns_per_item):
+    # (strips, columns per strip) of an RC reduction: as few strips of at
+    # most 2 * columns_per_item columns as there can be, of equal widths
+    # rounded up to whole cache lines (narrow strips read memory slowly)
+    strips = max(1, (channels + 2 * columns_per_item - 1) // (2 * columns_per_item))
+    width = (channels + strips - 1) // strips
+    width = (width + 15) // 16 * 16
+    return (channels + width - 1) // width, width
+
+
+@cpu_kernel()
+def _rc_task(task, strips, width, channels, rows_per_group, rows):
+    # (row group g, columns c0..c1, rows r0..r1) of an RC parallel task
+    g = task // strips
+    c0 = (task % strips) * width
+    r0, r1 = _row_block(g, rows_per_group, rows)
+    return g, c0, min(c0 + width, channels), r0, r1
+
+
+@cpu_kernel()
+def _merge_columns(count, size, mean, m2, part_mean, part_m2):
+    # Chan's merge (merge_chan's arithmetic) of (size, part_mean[j],
+    # part_m2[j]) into (count, mean[j], m2[j]) for every column j; returns
+    # the merged count. The columns share their counts, so the divisions
+    # happen once and the loop vectorizes.
+    total = count + size
+    ratio = size / total
+    weight = count * size / total
+    for j in range(mean.shape[0]):
+        delta = part_mean[j] - mean[j]
+        mean[j] = mean[j] + delta * ratio
+        m2[j] = m2[j] + part_m2[j] + delta * delta * weight
+    return total
+
+
+@cpu_kernel()
+def _item_moments_rc(x, r0, r1, c0, c1, shift, squares, deviations):
+    # Mean into ``shift`` and M2 into ``squares`` of each column c0..c1 of
+    # rows r0..r1: deviations from the mean of the first rows (see
+    # SHIFT_SAMPLE_DIVISOR), four rows at a time into per-column totals
+    # (the loop over columns vectorizes without reassociation).
+    width = c1 - c0
+    sample = shift_sample_size(x.itemsize, r1 - r0)
+    for j in range(width):
+        shift[j] = 0.0
+        squares[j] = 0.0
+        deviations[j] = 0.0
+    for r in range(r0, r0 + sample):
+        row = x[r, c0:c1]
+        for j in range(width):
+            shift[j] += row[j]
+    for j in range(width):
+        shift[j] = shift[j] / np.float64(sample)
+    quads = r0 + (r1 - r0) // 4 * 4
+    for r in range(r0, quads, 4):
+        x0, x1, x2, x3 = x[r, c0:c1], x[r + 1, c0:c1], x[r + 2, c0:c1], x[r + 3, c0:c1]
+        for j in range(width):
+            d0 = x0[j] - shift[j]
+            d1 = x1[j] - shift[j]
+            d2 = x2[j] - shift[j]
+            d3 = x3[j] - shift[j]
+            deviations[j] += (d0 + d1) + (d2 + d3)
+            squares[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for r in range(quads, r1):
+        row = x[r, c0:c1]
+        for j in range(width):
+            d = row[j] - shift[j]
+            deviations[j] += d
+            squares[j] += d * d
+    count = np.float64(r1 - r0)
+    for j in range(width):
+        d = deviations[j]
+        shift[j] = shift[j] + d / count
+        squares[j] = max(squares[j] - d * d / count, 0.0)
+
+
+@cpu_kernel()
+def _add_groups(part, c0, c1, total):
+    # total[c] = sum over row groups of part[g, c], in group order, for c0 <= c < c1
+    out = total[c0:c1]
+    for j in range(c1 - c0):
+        out[j] = 0.0
+    for g in range(part.shape[0]):
+        group = part[g, c0:c1]
+        for j in range(c1 - c0):
+            out[j] += group[j]
 
 
 def _moments_ncs(x, rows_per_item, mean, m2):
@@ -132,65 +240,42 @@ def _moments_ncs(x, rows_per_item, mean, m2):
 
 
 def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
-    # Per-channel mean and M2 of x (R, C) into float64 ``mean``/``m2``: the
-    # items of _moments_ncs, a block of rows of a block of columns each,
-    # four rows at a time into per-column totals (the loop over columns
-    # vectorizes without reassociation).
+    # Per-channel mean and M2 of x (R, C) into float64 ``mean``/``m2``. Work
+    # items are rows_per_item rows of a strip of columns (_item_moments_rc).
+    # A task Chan-merges the items of one row group (_rc_groups) of one
+    # strip, in order; the groups then merge in order. A column's result
+    # does not depend on the strips, and the partial results stay small
+    # (a large temporary costs page faults on every call).
     rows, channels = x.shape
-    row_blocks = (rows + rows_per_item - 1) // rows_per_item
-    column_blocks = (channels + columns_per_item - 1) // columns_per_item
-    part_mean = np.zeros((row_blocks, channels), dtype=np.float64)
-    part_m2 = np.zeros((row_blocks, channels), dtype=np.float64)
-    for item in prange(row_blocks * column_blocks):
-        rb, c0, c1, r0, r1 = _rc_item(
-            item, column_blocks, columns_per_item, channels, rows_per_item, rows
-        )
-        width = c1 - c0
-        sample = shift_sample_size(x.itemsize, r1 - r0)
-        shift = part_mean[rb, c0:c1]
-        for r in range(r0, r0 + sample):
-            row = x[r, c0:c1]
-            for j in range(width):
-                shift[j] += row[j]
-        for j in range(width):
-            shift[j] = shift[j] / np.float64(sample)
-        deviations = np.zeros(width, dtype=np.float64)
-        squares = part_m2[rb, c0:c1]
-        quads = r0 + (r1 - r0) // 4 * 4
-        for r in range(r0, quads, 4):
-            x0, x1, x2, x3 = x[r, c0:c1], x[r + 1, c0:c1], x[r + 2, c0:c1], x[r + 3, c0:c1]
-            for j in range(width):
-                d0 = x0[j] - shift[j]
-                d1 = x1[j] - shift[j]
-                d2 = x2[j] - shift[j]
-                d3 = x3[j] - shift[j]
-                deviations[j] += (d0 + d1) + (d2 + d3)
-                squares[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-        for r in range(quads, r1):
-            row = x[r, c0:c1]
-            for j in range(width):
-                d = row[j] - shift[j]
-                deviations[j] += d
-                squares[j] += d * d
-        count = np.float64(r1 - r0)
-        for j in range(width):
-            d = deviations[j]
-            shift[j] = shift[j] + d / count
-            squares[j] = max(squares[j] - d * d / count, 0.0)
-    for c in prange(channels):
-        count, running_mean, running_m2 = 0.0, 0.0, 0.0
-        for rb in range(row_blocks):
-            r0, r1 = _row_block(rb, rows_per_item, rows)
-            count, running_mean, running_m2 = merge_chan(
-                count,
-                running_mean,
-                running_m2,
-                np.float64(r1 - r0),
-                part_mean[rb, c],
-                part_m2[rb, c],
+    groups, rows_per_group = _rc_groups(rows, rows_per_item)
+    strips, width = _rc_strips(channels, columns_per_item)
+    part = np.empty((2, groups, channels), dtype=np.float64)
+    for task in prange(groups * strips):
+        g, c0, c1, start, stop = _rc_task(task, strips, width, channels, rows_per_group, rows)
+        work = np.empty((3, c1 - c0), dtype=np.float64)
+        group_mean = part[0, g, c0:c1]
+        group_m2 = part[1, g, c0:c1]
+        group_mean[:] = 0.0
+        group_m2[:] = 0.0
+        count = 0.0
+        for r0 in range(start, stop, rows_per_item):
+            r1 = min(r0 + rows_per_item, stop)
+            _item_moments_rc(x, r0, r1, c0, c1, work[0], work[1], work[2])
+            count = _merge_columns(
+                count, np.float64(r1 - r0), group_mean, group_m2, work[0], work[1]
             )
-        mean[c] = running_mean
-        m2[c] = running_m2
+    for strip in prange(strips):
+        c0 = strip * width
+        c1 = min(c0 + width, channels)
+        mean[c0:c1] = 0.0
+        m2[c0:c1] = 0.0
+        count = 0.0
+        for g in range(groups):
+            r0, r1 = _row_block(g, rows_per_group, rows)
+            count = _merge_columns(
+                count, np.float64(r1 - r0), mean[c0:c1], m2[c0:c1], part[0, g, c0:c1],
+                part[1, g, c0:c1],
+            )  # fmt: skip
 
 
 def _normalize_ncs(x, y, shift, scale, offset):
@@ -216,30 +301,38 @@ def _normalize_rc(x, y, rows_per_item, shift, scale, offset):
                 target[c] = (source[c] - shift[c]) * scale[c] + offset[c]
 
 
+@cpu_kernel()
+def _add_gradient_rows(dy, x, mean, start, stop, c0, c1, part_dy, part_dy_xmu, part_xmu):
+    # part_*[c - c0] += the sums of row (i, c) for rows start..stop of
+    # channels c0..c1, in memory order
+    for i in range(start, stop):
+        for c in range(c0, c1):
+            row_dy, row_dy_xmu, row_xmu = gradient_row_sums(dy[i, c], x[i, c], mean[c])
+            part_dy[c - c0] += row_dy
+            part_dy_xmu[c - c0] += row_dy_xmu
+            part_xmu[c - c0] += row_xmu
+
+
 def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
     # Items and task order of _moments_ncs; the sums are about ``mean``.
     n, channels, s = x.shape
     items_per_channel = (n + rows_per_item - 1) // rows_per_item
     groups = (channels + CHANNELS_PER_TASK - 1) // CHANNELS_PER_TASK
-    part_dy = np.zeros((channels, items_per_channel), dtype=np.float64)
-    part_dy_xmu = np.zeros((channels, items_per_channel), dtype=np.float64)
-    part_xmu = np.zeros((channels, items_per_channel), dtype=np.float64)
+    part = np.zeros((3, items_per_channel, channels), dtype=np.float64)
     for task in prange(items_per_channel * groups):
         j, c0, c1, start, stop = _ncs_task(task, groups, channels, rows_per_item, n)
-        for i in range(start, stop):
-            for c in range(c0, c1):
-                row_dy, row_dy_xmu, row_xmu = gradient_row_sums(dy[i, c], x[i, c], mean[c])
-                part_dy[c, j] += row_dy
-                part_dy_xmu[c, j] += row_dy_xmu
-                part_xmu[c, j] += row_xmu
+        _add_gradient_rows(
+            dy, x, mean, start, stop, c0, c1, part[0, j, c0:c1], part[1, j, c0:c1],
+            part[2, j, c0:c1],
+        )  # fmt: skip
     for c in prange(channels):
         total_dy = 0.0
         total_dy_xmu = 0.0
         total_xmu = 0.0
         for j in range(items_per_channel):
-            total_dy += part_dy[c, j]
-            total_dy_xmu += part_dy_xmu[c, j]
-            total_xmu += part_xmu[c, j]
+            total_dy += part[0, j, c]
+            total_dy_xmu += part[1, j, c]
+            total_xmu += part[2, j, c]
         sum_dy[c] = total_dy
         sum_dy_xmu[c] = total_dy_xmu
         sum_xmu[c] = total_xmu
@@ -248,20 +341,17 @@ def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
 def _gradient_sums_rc(
     dy, x, mean, rows_per_item, columns_per_item, sum_dy, sum_dy_xmu, sum_xmu
 ):  # fmt: skip
-    # Items of _moments_rc, four rows at a time.
+    # Tasks of _moments_rc: a task sums the rows of its row group, four at a
+    # time, into per-column totals; the groups are added in order.
     rows, channels = x.shape
-    row_blocks = (rows + rows_per_item - 1) // rows_per_item
-    column_blocks = (channels + columns_per_item - 1) // columns_per_item
-    part_dy = np.zeros((row_blocks, channels), dtype=np.float64)
-    part_dy_xmu = np.zeros((row_blocks, channels), dtype=np.float64)
-    part_xmu = np.zeros((row_blocks, channels), dtype=np.float64)
-    for item in prange(row_blocks * column_blocks):
-        rb, c0, c1, r0, r1 = _rc_item(
-            item, column_blocks, columns_per_item, channels, rows_per_item, rows
-        )
-        totals_dy = part_dy[rb, c0:c1]
-        totals_dy_xmu = part_dy_xmu[rb, c0:c1]
-        totals_xmu = part_xmu[rb, c0:c1]
+    groups, rows_per_group = _rc_groups(rows, rows_per_item)
+    strips, width = _rc_strips(channels, columns_per_item)
+    part = np.zeros((3, groups, channels), dtype=np.float64)
+    for task in prange(groups * strips):
+        g, c0, c1, r0, r1 = _rc_task(task, strips, width, channels, rows_per_group, rows)
+        totals_dy = part[0, g, c0:c1]
+        totals_dy_xmu = part[1, g, c0:c1]
+        totals_xmu = part[2, g, c0:c1]
         mu = mean[c0:c1]
         quads = r0 + (r1 - r0) // 4 * 4
         for r in range(r0, quads, 4):
@@ -275,39 +365,38 @@ def _gradient_sums_rc(
                 totals_dy_xmu[j] += (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3)
                 totals_xmu[j] += (d0 + d1) + (d2 + d3)
         for r in range(quads, r1):
-            g = dy[r, c0:c1]
+            grad = dy[r, c0:c1]
             v = x[r, c0:c1]
             for j in range(c1 - c0):
-                gj = np.float64(g[j])
+                gj = np.float64(grad[j])
                 xmu = v[j] - mu[j]
                 totals_dy[j] += gj
                 totals_dy_xmu[j] += gj * xmu
                 totals_xmu[j] += xmu
-    for c in prange(channels):
-        total_dy = 0.0
-        total_dy_xmu = 0.0
-        total_xmu = 0.0
-        for rb in range(row_blocks):
-            total_dy += part_dy[rb, c]
-            total_dy_xmu += part_dy_xmu[rb, c]
-            total_xmu += part_xmu[rb, c]
-        sum_dy[c] = total_dy
-        sum_dy_xmu[c] = total_dy_xmu
-        sum_xmu[c] = total_xmu
+    for strip in prange(strips):
+        c0 = strip * width
+        c1 = min(c0 + width, channels)
+        _add_groups(part[0], c0, c1, sum_dy)
+        _add_groups(part[1], c0, c1, sum_dy_xmu)
+        _add_groups(part[2], c0, c1, sum_xmu)
+
+
+@cpu_kernel()
+def _input_gradient_row(g, v, out, hi, lo, a, k1, k3):
+    # dx = ((dy - shift) - ((x - center_hi) - center_lo) * xmu_scale) * dy_scale
+    for k in range(v.shape[0]):
+        out[k] = ((g[k] - k1) - ((v[k] - hi) - lo) * k3) * a
 
 
 def _input_gradient_ncs(dy, x, dx, center_hi, center_lo, dy_scale, shift, xmu_scale):
-    # dx = ((dy - shift) - ((x - center_hi) - center_lo) * xmu_scale) * dy_scale
     n, channels, s = x.shape
     for item in prange(n * channels):
         i = item // channels
         c = item % channels
-        hi, lo, a, k1, k3 = center_hi[c], center_lo[c], dy_scale[c], shift[c], xmu_scale[c]
-        g = dy[i, c]
-        v = x[i, c]
-        out = dx[i, c]
-        for k in range(s):
-            out[k] = ((g[k] - k1) - ((v[k] - hi) - lo) * k3) * a
+        _input_gradient_row(
+            dy[i, c], x[i, c], dx[i, c], center_hi[c], center_lo[c], dy_scale[c], shift[c],
+            xmu_scale[c],
+        )  # fmt: skip
 
 
 def _input_gradient_rc(
@@ -389,6 +478,51 @@ def gradient_constants(
             xmu_scale[c] = 0.0
 
 
+@cpu_kernel()
+def _fused_channels(n, channels, s, itemsize):
+    # Channels per task of _backward_fused_ncs for this shape, 0 to not fuse.
+    per_channel = 2 * n * s * itemsize
+    if per_channel == 0 or per_channel > 2 * FUSED_BACKWARD_BYTES:
+        return 0
+    return max(1, min(FUSED_BACKWARD_BYTES // per_channel, channels // 8))
+
+
+def _backward_fused_ncs(
+    dy, x, dx, save_mean, mean, rows_per_item, channels_per_task, weight, save_invstd, count,
+    training, sums, constants, grad_weight, grad_bias,
+):  # fmt: skip
+    # The backward pass, a task per group of channels: their sums (the items
+    # and order of _gradient_sums_ncs, so the same bits), their constants,
+    # then their dx while their dy and x are still in cache.
+    n, channels, s = x.shape
+    items = (n + rows_per_item - 1) // rows_per_item
+    for task in prange((channels + channels_per_task - 1) // channels_per_task):
+        c0 = task * channels_per_task
+        c1 = min(c0 + channels_per_task, channels)
+        part = np.empty((3, c1 - c0), dtype=np.float64)
+        totals = sums[1:, c0:c1]
+        totals[:] = 0.0
+        for j in range(items):
+            start, stop = _row_block(j, rows_per_item, n)
+            part[:] = 0.0
+            _add_gradient_rows(dy, x, mean, start, stop, c0, c1, part[0], part[1], part[2])
+            for k in range(3):
+                for c in range(c1 - c0):
+                    totals[k, c] += part[k, c]
+        w = weight[c0:c1] if weight.shape[0] > 0 else weight
+        gradient_constants(
+            totals[0], totals[1], totals[2], w, save_invstd[c0:c1], count, training,
+            grad_weight[c0:c1], grad_bias[c0:c1], constants[0, c0:c1], constants[1, c0:c1],
+            constants[2, c0:c1], constants[3, c0:c1],
+        )  # fmt: skip
+        for i in range(n):
+            for c in range(c0, c1):
+                _input_gradient_row(
+                    dy[i, c], x[i, c], dx[i, c], save_mean[c], constants[3, c], constants[0, c],
+                    constants[1, c], constants[2, c],
+                )  # fmt: skip
+
+
 _item_rows = cpu_kernel()(item_rows)
 moments_ncs = KernelPair(_moments_ncs)
 moments_rc = KernelPair(_moments_rc)
@@ -398,6 +532,7 @@ gradient_sums_ncs = KernelPair(_gradient_sums_ncs)
 gradient_sums_rc = KernelPair(_gradient_sums_rc)
 input_gradient_ncs = KernelPair(_input_gradient_ncs)
 input_gradient_rc = KernelPair(_input_gradient_rc)
+backward_fused_ncs = KernelPair(_backward_fused_ncs)
 
 # The fused entry points below run a whole forward or backward pass in one
 # dispatch (a Python call costs microseconds, a tiny BatchNorm less). They are
@@ -410,6 +545,7 @@ _sums_ncs_parallel, _sums_ncs_serial = gradient_sums_ncs.parallel, gradient_sums
 _sums_rc_parallel, _sums_rc_serial = gradient_sums_rc.parallel, gradient_sums_rc.serial
 _input_ncs_parallel, _input_ncs_serial = input_gradient_ncs.parallel, input_gradient_ncs.serial
 _input_rc_parallel, _input_rc_serial = input_gradient_rc.parallel, input_gradient_rc.serial
+_fused_ncs_parallel, _fused_ncs_serial = backward_fused_ncs.parallel, backward_fused_ncs.serial
 
 
 @cpu_kernel()
@@ -509,6 +645,21 @@ def backward(
     for c in range(channels):
         mean[c] = save_mean[c]
     rows = x.shape[0]
+    fused = 0 if channels_last else _fused_channels(rows, channels, x.shape[2], x.itemsize)
+    if fused > 0:
+        constants = np.empty((4, channels), dtype=x.dtype)
+        count = np.float64(rows * x.shape[2])
+        if parallel:
+            _fused_ncs_parallel(
+                dy, x, dx, save_mean, mean, rows_per_item, fused, weight, save_invstd, count,
+                training, sums, constants, grad_weight, grad_bias,
+            )  # fmt: skip
+        else:
+            _fused_ncs_serial(
+                dy, x, dx, save_mean, mean, rows_per_item, fused, weight, save_invstd, count,
+                training, sums, constants, grad_weight, grad_bias,
+            )  # fmt: skip
+        return
     if channels_last:
         count = np.float64(rows)
         dy2 = dy.reshape((rows, channels))

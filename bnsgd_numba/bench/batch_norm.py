@@ -22,9 +22,16 @@ DEFAULT_CASES = (
     ("(256,64,32,32) NCHW", (256, 64, 32, 32), 1),
     ("(256,64,32,32) channels-last", (256, 64, 32, 32), "channels_last"),
     ("(8,256,56,56) NCHW", (8, 256, 56, 56), 1),
+    ("(32,64,56,56) NCHW", (32, 64, 56, 56), 1),
     ("(1024,4096)", (1024, 4096), 1),
     ("(32,64)", (32, 64), 1),
 )
+"""4-D shapes (the headline first), a wide BatchNorm1d batch, the seed's second BatchNorm."""
+
+SWEEP_CHANNELS = 784
+SWEEP_BATCHES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+BATCH_SWEEP = tuple((f"({n},{SWEEP_CHANNELS})", (n, SWEEP_CHANNELS), 1) for n in SWEEP_BATCHES)
+"""BatchNorm1d inputs (N, 784), N = 32..4096: (32,784) is the seed's first BatchNorm."""
 
 # Memory traffic per element, in multiples of the array's size:
 # forward-train reads x twice (statistics, normalization) and writes y;
@@ -38,9 +45,11 @@ class Row:
 
     case: str
     operation: str
+    megabytes: float
     ours_ms: float
     torch_ms: float | None
     numpy_ms: float | None
+    copy_ms: float
     gb_per_s: float
     percent_of_probe: float
     percent_of_same_size_copy: float
@@ -96,18 +105,22 @@ def _torch_functions(x, dy, weight, bias, running_mean, running_var):
 
 
 def run(
-    cases=DEFAULT_CASES, *, probe: float | None = None, repeat: int = 7
+    cases=DEFAULT_CASES + BATCH_SWEEP, *, probe: float | None = None, repeat: int = 7
 ) -> tuple[list[Row], float]:
-    """Measure every case; return the rows and the probe's bandwidth in bytes/s."""
+    """Measure every case; return the rows and the probe's bandwidth in bytes/s.
+
+    NumPy is timed on :data:`DEFAULT_CASES` only (the sweep would double the run).
+    """
     probe = copy_bandwidth() if probe is None else probe
     rng = np.random.default_rng(0)
     rows = []
     for name, shape, layout in cases:
-        rows.extend(_measure_case(name, shape, layout, rng, probe, repeat))
+        with_numpy = (name, shape, layout) in DEFAULT_CASES
+        rows.extend(_measure_case(name, shape, layout, rng, probe, repeat, with_numpy))
     return rows, probe
 
 
-def _measure_case(name, shape, layout, rng, probe, repeat) -> list[Row]:
+def _measure_case(name, shape, layout, rng, probe, repeat, with_numpy=True) -> list[Row]:
     import bnsgd_numba as bn
 
     x, dy = _inputs(shape, layout, rng)
@@ -141,7 +154,7 @@ def _measure_case(name, shape, layout, rng, probe, repeat) -> list[Row]:
         contenders = {"ours": function, "copy": copy}
         if operation in torch_functions:
             contenders["torch"] = torch_functions[operation]
-        if operation in numpy_functions and x.size <= 2**24:
+        if with_numpy and operation in numpy_functions and x.size <= 2**24:
             contenders["numpy"] = numpy_functions[operation]
         seconds = interleaved_best_seconds(contenders, repeat)
         ours_s, torch_s, numpy_s = seconds["ours"], seconds.get("torch"), seconds.get("numpy")
@@ -150,9 +163,11 @@ def _measure_case(name, shape, layout, rng, probe, repeat) -> list[Row]:
             Row(
                 case=name,
                 operation=operation,
+                megabytes=x.nbytes / 1e6,
                 ours_ms=ours_s * 1e3,
                 torch_ms=None if torch_s is None else torch_s * 1e3,
                 numpy_ms=None if numpy_s is None else numpy_s * 1e3,
+                copy_ms=seconds["copy"] * 1e3,
                 gb_per_s=rate / 1e9,
                 percent_of_probe=100 * rate / probe,
                 percent_of_same_size_copy=100 * rate / (2 * x.nbytes / seconds["copy"]),
@@ -184,18 +199,20 @@ def format_table(rows: list[Row], probe: float) -> str:
     lines = [
         f"Copy probe: {probe / 1e9:.1f} GB/s (a 256 MiB parallel copy, 1 read + 1 write "
         "per element). GB/s counts the traffic an operation cannot avoid: forward-train "
-        "2 reads + 1 write, forward-eval 1 + 1, backward 4 + 1. '% of copy' compares "
-        "with a parallel copy of the same array, timed in the same rounds (the "
-        "roofline wherever the data lives: memory, or this machine's large cache).",
+        "2 reads + 1 write, forward-eval 1 + 1, backward 4 + 1. 'copy ms' is a parallel "
+        "copy of the same array timed in the same rounds, the roofline wherever the data "
+        "lives (memory, or this machine's large cache); '% of copy' is ours against it, "
+        "counting that traffic.",
         "",
-        "| case | operation | ours ms | PyTorch ms | NumPy ms | GB/s | % of probe "
-        "| % of copy | speed-up vs PyTorch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | MB | operation | ours ms | PyTorch ms | NumPy ms | copy ms | GB/s "
+        "| % of probe | % of copy | speed-up vs PyTorch |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.case} | {r.operation} | {r.ours_ms:.3f} | {fmt(r.torch_ms, '.3f')} | "
-            f"{fmt(r.numpy_ms, '.3f')} | {r.gb_per_s:.1f} | {r.percent_of_probe:.0f}% | "
+            f"| {r.case} | {r.megabytes:.2f} | {r.operation} | {r.ours_ms:.3f} | "
+            f"{fmt(r.torch_ms, '.3f')} | {fmt(r.numpy_ms, '.3f')} | {r.copy_ms:.3f} | "
+            f"{r.gb_per_s:.1f} | {r.percent_of_probe:.0f}% | "
             f"{r.percent_of_same_size_copy:.0f}% | {fmt(r.speedup_vs_torch, '.2f')} |"
         )
     return "\n".join(lines)

@@ -123,64 +123,76 @@ def _rms_forward(x, y, rows_per_item, eps, weight, invrms):
 
 
 @cpu_kernel()
-def _weighted_gradient_sums(dy, x, weight, center):
-    # (sum(g), sum(g * (x - center))) in float64 with g = dy * weight (weight
-    # empty: 1), the additions reassociable, the subtraction strict.
+def _row_gradient_sums(dy, x, weight, center, scale, part_gw, part_gb):
+    # (sum(g), sum(g * (x - center))) in float64 over one row, g = dy * weight
+    # (``weight`` float64, empty: 1), the additions into them reassociable and
+    # the subtraction strict; and, column by column, part_gw += dy * (x -
+    # center) * scale and part_gb += dy.
     total_g = 0.0
     total_gx = 0.0
     if weight.shape[0] > 0:
         for k in range(x.shape[0]):
-            g = np.float64(dy[k]) * weight[k]
+            d = np.float64(dy[k])
+            xmu = np.float64(x[k]) - center
+            g = d * weight[k]
             total_g = reassociable_add(total_g, g)
-            total_gx = reassociable_add(total_gx, g * (np.float64(x[k]) - center))
+            total_gx = reassociable_add(total_gx, g * xmu)
+            part_gw[k] += d * (xmu * scale)
+            part_gb[k] += d
     else:
         for k in range(x.shape[0]):
-            g = np.float64(dy[k])
-            total_g = reassociable_add(total_g, g)
-            total_gx = reassociable_add(total_gx, g * (np.float64(x[k]) - center))
+            d = np.float64(dy[k])
+            xmu = np.float64(x[k]) - center
+            total_g = reassociable_add(total_g, d)
+            total_gx = reassociable_add(total_gx, d * xmu)
+            part_gw[k] += d * (xmu * scale)
+            part_gb[k] += d
     return total_g, total_gx
 
 
 def _layer_backward(
     dy, x, dx, rows_per_item, mean, invstd, weight, centered, part_gw, part_gb
 ):  # fmt: skip
-    # One pass per row of (dy, x) for the sums, one for dx: with g = dy * weight
-    # and xmu = x - mean, dx = invstd * (g - sum(g)/D - xmu * invstd**2 *
-    # sum(g * xmu)/D), in float64; the block's column sums of dy * xmu * invstd
-    # and dy go to part_gw/part_gb. ``centered`` False is RMSNorm: mean is 0
-    # and the sum(g)/D term drops.
+    # Per row of (dy, x): the float64 sums, with the block's column sums of
+    # dy * xmu * invstd and dy into part_gw/part_gb, in one pass; then, in
+    # the data's dtype while the row is in cache, with g = dy * weight and
+    # xmu = x - mean,
+    #   dx = invstd * (g - sum(g)/D - xmu * invstd**2 * sum(g * xmu)/D)
+    #      = ((g - c1) - ((x - hi) - lo) * c2) * invstd.
+    # ``centered`` False is RMSNorm: mean is 0 and the sum(g)/D term drops.
     rows, length = x.shape
     affine = weight.shape[0] > 0
     for item in prange((rows + rows_per_item - 1) // rows_per_item):
         r0 = item * rows_per_item
         gw = part_gw[item]
         gb = part_gb[item]
-        for k in range(length):
-            gw[k] = 0.0
-            gb[k] = 0.0
+        gw[:] = 0.0
+        gb[:] = 0.0
+        weight64 = np.empty(length if affine else 0, dtype=np.float64)
+        for k in range(weight64.shape[0]):
+            weight64[k] = weight[k]
+        constants = np.empty(5, dtype=x.dtype)
         for r in range(r0, min(r0 + rows_per_item, rows)):
             d = dy[r]
             v = x[r]
             out = dx[r]
             mu = mean[r] if centered else 0.0
             s = invstd[r]
-            total_g, total_gx = _weighted_gradient_sums(d, v, weight, mu)
-            c1 = total_g / length if centered else 0.0
-            c2 = s * s * total_gx / length
+            total_g, total_gx = _row_gradient_sums(d, v, weight64, mu, s, gw, gb)
+            constants[0] = mu
+            constants[1] = mu - np.float64(constants[0])
+            constants[2] = total_g / length if centered else 0.0
+            constants[3] = s * s * total_gx / length
+            constants[4] = s
+            hi, lo, c1, c2, scale = (
+                constants[0], constants[1], constants[2], constants[3], constants[4]
+            )  # fmt: skip
             if affine:
                 for k in range(length):
-                    g = np.float64(d[k]) * weight[k]
-                    xmu = v[k] - mu
-                    out[k] = ((g - c1) - xmu * c2) * s
-                    gw[k] += np.float64(d[k]) * (xmu * s)
-                    gb[k] += d[k]
+                    out[k] = ((d[k] * weight[k] - c1) - ((v[k] - hi) - lo) * c2) * scale
             else:
                 for k in range(length):
-                    g = np.float64(d[k])
-                    xmu = v[k] - mu
-                    out[k] = ((g - c1) - xmu * c2) * s
-                    gw[k] += g * (xmu * s)
-                    gb[k] += d[k]
+                    out[k] = ((d[k] - c1) - ((v[k] - hi) - lo) * c2) * scale
 
 
 def _column_sums(part, total, columns_per_item):
