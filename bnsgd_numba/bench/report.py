@@ -160,7 +160,7 @@ def plot_scaling(points: list[dict[str, Any]], path: str) -> None:
 
 
 def targets(bn_rows, sgd_rows, startup, variant_rows=()) -> list[tuple[str, str, bool]]:
-    """The speed targets of the issues, each with the measured figure and met or not."""
+    """The speed targets, each with the measured figure and met or not."""
     found = {(r.case, r.operation): r for r in bn_rows}
     checks = []
 
@@ -347,9 +347,9 @@ def render(machine, probe, bn_rows, sgd_rows, startup, checks, extra_tables, plo
     lines += [
         "## More",
         "",
-        "- [RESULTS-sgd.md](RESULTS-sgd.md): the SGD benchmark's method and earlier runs.",
-        "- [RESULTS-normalizations.md](RESULTS-normalizations.md): the variants, and why the",
-        "  2x target is above the copy roofline for layer_norm and group_norm here.",
+        "- [RESULTS-sgd.md](RESULTS-sgd.md): the SGD benchmark's method and two full runs.",
+        "- [RESULTS-normalizations.md](RESULTS-normalizations.md): the variants in more detail,",
+        "  and why 2x PyTorch would be above the copy roofline for layer_norm and group_norm.",
         "- [RESULTS-distributed.md](RESULTS-distributed.md): MPI over 1 to 4 ranks.",
         "- [RESULTS-gpu.md](RESULTS-gpu.md): BatchNorm, SGD and the variants on a GPU",
         "  against PyTorch (`bash benchmarks/gpu_check.sh` on a GPU machine).",
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _extra_tables(probe: float, repeat: int) -> tuple[list[tuple[str, str]], list[Any]]:
-    # Benchmarks of other issues that exist in this installation: their
+    # Other benchmarks that exist in this installation: their
     # tables, and their rows for the targets.
     try:
         from bnsgd_numba.bench import normalizations
