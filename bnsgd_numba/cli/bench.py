@@ -28,7 +28,9 @@ def add_parser(subparsers: Any) -> None:
         help="also write every figure as JSON ('-': to stdout, the report then goes to stderr)",
     )
     parser.add_argument(
-        "--plot", metavar="PATH.png", help="draw time against size: 4-D 1e3..1e8 elements and the (N, 784) sweep"
+        "--plot",
+        metavar="PATH.png",
+        help="draw time against size: 4-D 1e3..1e8 elements and the (N, 784) sweep",
     )
     parser.add_argument(
         "--results", metavar="PATH.md", help="write the report, e.g. benchmarks/RESULTS.md"
