@@ -159,7 +159,7 @@ def _tbb_candidates() -> Iterator[Path]:
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         for file in importlib.metadata.files("tbb") or ():
             if file.name == name:
-                yield Path(str(file.locate()))
+                yield Path(str(file.locate())).resolve()
     for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
         yield Path(prefix) / ("Library/bin" if sys.platform == "win32" else "lib") / name
 
