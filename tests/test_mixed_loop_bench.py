@@ -21,7 +21,9 @@ def test_ratios_are_to_the_fastest_single_threaded_blas_row_with_the_same_torch_
         ("default", "1 thread", True): 0.40,
     }
     layers = dict.fromkeys(best, "tbb")
-    rows = {(r.layer, r.blas, r.torch): r for r in mixed_loop.rows_from_best(best, layers)}
+    matmul = {config: ms / 3 for config, ms in best.items()}
+    rows = {(r.layer, r.blas, r.torch): r for r in mixed_loop.rows_from_best(best, layers, matmul)}
+    assert rows[("omp", "default", False)].matmul_ms == pytest.approx(3.0)
     assert rows[("default", "default", False)].ratio_to_single_blas == pytest.approx(1.5)
     assert rows[("omp", "default", False)].ratio_to_single_blas == pytest.approx(45.0)
     assert rows[("omp", "1 thread", False)].ratio_to_single_blas == pytest.approx(1.25)
@@ -49,7 +51,11 @@ def test_a_tiny_run_reports_consistent_figures(tmp_path, capsys):
         assert row["ratio_to_single_blas"] == pytest.approx(row["ms_per_iteration"] / single)
         # a batch of 2 and the seed's SGD step are below CPU_SERIAL_BELOW: no pool
         assert row["layer_in_use"] == "not started"
-        line = f"| {row['layer']} | {row['blas']} | no | {row['ms_per_iteration']:.4f} |"
+        assert 0 < row["matmul_ms"] < 1e3
+        line = (
+            f"| {row['layer']} | {row['blas']} | no | {row['ms_per_iteration']:.4f} "
+            f"| {row['matmul_ms']:.4f} | not started |"
+        )
         assert line in report
     ratio = rows[0]["ratio_to_single_blas"]
     verdict = "meets" if ratio <= mixed_loop.TARGET_RATIO else "MISSES"

@@ -13,7 +13,8 @@ to one thread (``OPENBLAS_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``), each
 without and with ``import torch`` first, optionally under each of numba's
 threading layers (``--layers``). The workers stay alive and are timed in
 interleaved rounds, the best round of each kept, so the ratios survive a
-shared machine. The target: the default within 1.3x of the best
+shared machine. Each round also times the matmul alone: on a busy machine a
+multi-threaded BLAS is slow by itself, with no kernel of this library near it. The target: the default within 1.3x of the best
 single-threaded-BLAS figure. Run it with
 ``python benchmarks/bench_mixed_loop.py``.
 """
@@ -47,6 +48,7 @@ class Row:
     ms_per_iteration: float
     layer_in_use: str
     ratio_to_single_blas: float
+    matmul_ms: float
 
 
 def _loop(batch: int):
@@ -68,7 +70,10 @@ def _loop(batch: int):
         bn.batch_norm_forward(x, None, None, running_mean, running_var, training=True)
         optimizer.step()
 
-    return iteration
+    def matmul() -> None:
+        a @ w
+
+    return iteration, matmul
 
 
 def _worker(batch: int, with_torch: bool, round_seconds: float) -> None:
@@ -78,7 +83,7 @@ def _worker(batch: int, with_torch: bool, round_seconds: float) -> None:
         import torch  # noqa: F401  (its OpenMP runtime loads first, as in user code)
     import numba
 
-    iteration = _loop(batch)
+    iteration, matmul = _loop(batch)
     for _ in range(30):
         iteration()
     start = time.perf_counter()
@@ -92,10 +97,14 @@ def _worker(batch: int, with_torch: bool, round_seconds: float) -> None:
         layer = "not started"
     print(json.dumps({"layer": layer}), flush=True)
     for _ in sys.stdin:
-        start = time.perf_counter()
-        for _ in range(count):
-            iteration()
-        print((time.perf_counter() - start) / count * 1e3, flush=True)
+        # the matmul alone, right after: BLAS's own speed on this machine now
+        times = []
+        for function in (iteration, matmul):
+            start = time.perf_counter()
+            for _ in range(count):
+                function()
+            times.append((time.perf_counter() - start) / count * 1e3)
+        print(json.dumps(times), flush=True)
 
 
 def _start(
@@ -140,16 +149,19 @@ def run(
             for config, worker in workers.items()
         }
         best = dict.fromkeys(configs, float("inf"))
+        best_matmul = dict.fromkeys(configs, float("inf"))
         for r in range(rounds):
             order = configs[r % len(configs) :] + configs[: r % len(configs)]
             for config in order:
                 workers[config].stdin.write("\n")
-                best[config] = min(best[config], float(_read_line(workers[config], config)))
+                ms, matmul_ms = json.loads(_read_line(workers[config], config))
+                best[config] = min(best[config], ms)
+                best_matmul[config] = min(best_matmul[config], matmul_ms)
     finally:
         for worker in workers.values():
             worker.stdin.close()
             worker.wait()
-    return rows_from_best(best, layer_in_use)
+    return rows_from_best(best, layer_in_use, best_matmul)
 
 
 def _read_line(worker: subprocess.Popen, config: tuple[str, str, bool]) -> str:
@@ -160,18 +172,29 @@ def _read_line(worker: subprocess.Popen, config: tuple[str, str, bool]) -> str:
 
 
 def rows_from_best(
-    best: dict[tuple[str, str, bool], float], layer_in_use: dict[tuple[str, str, bool], str]
+    best: dict[tuple[str, str, bool], float],
+    layer_in_use: dict[tuple[str, str, bool], str],
+    matmul: dict[tuple[str, str, bool], float],
 ) -> list[Row]:
     """Rows from the best ms per iteration of each ``(layer, blas, torch)`` configuration.
 
     Each row's ratio is to the fastest single-threaded-BLAS configuration
-    with the same ``torch`` setting (the figure the target refers to).
+    with the same ``torch`` setting (the figure the target refers to);
+    ``matmul`` holds the best ms of the matmul alone in each configuration.
     """
     rows = []
     for (layer, blas, torch_first), ms in best.items():
         single = min(v for c, v in best.items() if c[1] == "1 thread" and c[2] == torch_first)
         rows.append(
-            Row(layer, blas, torch_first, ms, layer_in_use[(layer, blas, torch_first)], ms / single)
+            Row(
+                layer,
+                blas,
+                torch_first,
+                ms,
+                layer_in_use[(layer, blas, torch_first)],
+                ms / single,
+                matmul[(layer, blas, torch_first)],
+            )
         )
     return rows
 
@@ -182,14 +205,14 @@ def format_report(rows: Sequence[Row], batch: int) -> str:
         f"Mixed loop: matmul ({batch}x784 @ 784x64) + batch_norm_forward({batch}, 784) "
         "+ SGD.step (50,890 parameters), ms per iteration (best round)",
         "",
-        "| threading layer | BLAS threads | torch imported | ms/iteration | layer in use "
-        "| vs best 1-thread BLAS |",
-        "|---|---|---|---:|---|---:|",
+        "| threading layer | BLAS threads | torch imported | ms/iteration | matmul alone "
+        "| layer in use | vs best 1-thread BLAS |",
+        "|---|---|---|---:|---:|---|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row.layer} | {row.blas} | {'yes' if row.torch else 'no'} "
-            f"| {row.ms_per_iteration:.4f} | {row.layer_in_use} "
+            f"| {row.ms_per_iteration:.4f} | {row.matmul_ms:.4f} | {row.layer_in_use} "
             f"| {row.ratio_to_single_blas:.2f}x |"
         )
     lines.append("")
