@@ -24,7 +24,7 @@ _DEFAULTS = {
     "REDUCTION_FASTMATH": frozenset({"reassoc", "contract"}),
     "CPU_ITEM_ELEMENTS": 16384,
     "CPU_RC_COLUMNS": 512,
-    "CPU_SERIAL_BELOW": 32768,
+    "CPU_SERIAL_BELOW": 131072,
     "GPU_THREADS_PER_BLOCK": 256,
 }
 
@@ -50,10 +50,14 @@ CPU_RC_COLUMNS: int = _DEFAULTS["CPU_RC_COLUMNS"]
 """Channels per work item of a channels-last reduction."""
 
 CPU_SERIAL_BELOW: int = _DEFAULTS["CPU_SERIAL_BELOW"]
-"""Arrays with fewer elements run the single-threaded build of a kernel.
+"""Work over fewer elements runs the single-threaded build of a kernel.
 
-Both builds split the work into the same items, so they agree bitwise; the
-serial one only saves the cost of waking the thread pool for tiny inputs.
+Both builds split the work into the same items, so they agree bitwise. The
+serial one runs on the calling thread and never starts or wakes the thread
+pool: below about 2**17 elements a parallel region costs more than it saves
+on two cores (measured per kernel family, docs/threading.md), and in a
+training step it would also wake threads next to BLAS's. 0 makes every call
+parallel; a huge value makes every call serial.
 """
 
 GPU_THREADS_PER_BLOCK: int = _DEFAULTS["GPU_THREADS_PER_BLOCK"]

@@ -58,8 +58,10 @@ def test_clip_grad_norm_matches_torch_and_the_exact_norm(norm_type, dtype):
     # float64 accumulation: within a few float64 ulps of the exact value
     # (the power and root of a p-norm cost a few more).
     assert total == pytest.approx(exact, rel=float(64 * np.finfo(np.float64).eps))
-    # torch accumulates float32 in float32
-    assert total == pytest.approx(torch_total, rel=float(32 * np.finfo(dtype).eps))
+    # torch accumulates float32 in float32: its error grows with the length
+    # (one tensor is above CPU_SERIAL_BELOW), so it is allowed on top
+    torch_error = abs(torch_total - exact) / exact
+    assert total == pytest.approx(torch_total, rel=float(32 * np.finfo(dtype).eps) + torch_error)
     eps = np.finfo(dtype).eps
     for g, p, e in zip(grads, params, expected, strict=True):
         assert g.dtype == dtype
@@ -68,7 +70,7 @@ def test_clip_grad_norm_matches_torch_and_the_exact_norm(norm_type, dtype):
         coef_error = abs(total - exact) / exact
         np.testing.assert_allclose(g, e, rtol=4 * eps + coef_error, atol=0)
         # torch's differs as much as its total norm does
-        np.testing.assert_allclose(g, p.grad.numpy(), rtol=40 * eps, atol=0)
+        np.testing.assert_allclose(g, p.grad.numpy(), rtol=40 * eps + torch_error, atol=0)
 
 
 def test_no_clipping_below_max_norm_leaves_gradients_bitwise():

@@ -15,6 +15,7 @@ from typing import Any
 import numba
 
 from bnsgd_numba import config
+from bnsgd_numba._core import threads
 
 
 def cpu_kernel(
@@ -39,48 +40,138 @@ def cpu_kernel(
 
     def decorate(function: Callable[..., Any]) -> Any:
         flags = config.REDUCTION_FASTMATH if reduction else config.FASTMATH
-        # error_model="numpy": a float division by zero gives inf or nan (IEEE)
-        # instead of a ZeroDivisionError check per division, which keeps
-        # loops with divisions from vectorizing.
-        options = {
-            "parallel": parallel,
-            "fastmath": set(flags),
-            "nogil": True,
-            "error_model": "numpy",
-        }
-        try:
-            return numba.njit(cache=True, **options)(function)
-        except RuntimeError:
-            # numba raises RuntimeError("cannot cache function ...") when no
-            # cache locator finds a writable directory.
-            return numba.njit(cache=False, **options)(function)
+        return _njit(function, parallel, flags)
 
     return decorate
+
+
+def _njit(function: Callable[..., Any], parallel: bool, fastmath: Any) -> Any:
+    # error_model="numpy": a float division by zero gives inf or nan (IEEE)
+    # instead of a ZeroDivisionError check per division, which keeps loops
+    # with divisions from vectorizing.
+    options = {
+        "parallel": parallel,
+        "fastmath": set(fastmath),
+        "nogil": True,
+        "error_model": "numpy",
+    }
+    try:
+        return numba.njit(cache=True, **options)(function)
+    except RuntimeError:
+        # numba raises RuntimeError("cannot cache function ...") when no
+        # cache locator finds a writable directory.
+        return numba.njit(cache=False, **options)(function)
 
 
 class KernelPair:
     """A parallel and a single-threaded build of one kernel source.
 
     Both builds run the same loops over the same work items, so they agree
-    bitwise; :meth:`for_size` picks the serial one for arrays too small to be
-    worth waking the thread pool (``config.CPU_SERIAL_BELOW`` elements).
+    bitwise; :meth:`for_size` picks the serial one for work too small to be
+    worth waking the thread pool (``config.CPU_SERIAL_BELOW`` elements), and
+    only a call of the parallel one starts the pool
+    (:mod:`bnsgd_numba._core.threads`).
+
+    Parameters
+    ----------
+    function : callable
+        A kernel source with ``prange`` loops (both builds are compiled from
+        it), or, with ``caller=True``, a compiled serial kernel that calls the
+        parallel builds of other pairs: its serial build calls their serial
+        builds instead, so it never loads the pool.
+    caller : bool
+        See ``function``.
     """
 
-    def __init__(self, function: Callable[..., Any]) -> None:
-        self.parallel = cpu_kernel(parallel=True)(function)
-        self.serial = cpu_kernel(parallel=False)(_renamed(function, "_serial"))
+    def __init__(self, function: Callable[..., Any], *, caller: bool = False) -> None:
+        if caller:
+            self.parallel = function
+            self.serial = _serial_twin(function)
+        else:
+            self.parallel = cpu_kernel(parallel=True)(function)
+            self.serial = cpu_kernel(parallel=False)(_renamed(function, "_serial"))
+            _SERIAL_BUILDS[id(self.parallel)] = self.serial
+        self._exclusive = threads.exclusive(self.parallel, self.serial)
 
     def for_size(self, elements: int) -> Any:
-        """Return the build to use for an array of ``elements`` elements."""
-        return self.serial if elements < config.CPU_SERIAL_BELOW else self.parallel
+        """Return the build to use for work over ``elements`` array elements."""
+        if elements < config.CPU_SERIAL_BELOW:
+            return self.serial
+        mode = threads.parallel_mode()
+        if mode == threads.FREE:
+            return self.parallel
+        if mode == threads.EXCLUSIVE:
+            return self._exclusive
+        return self.serial
 
 
-def _renamed(function: Callable[..., Any], suffix: str) -> Callable[..., Any]:
+def caller_pair(kernel: Any) -> KernelPair:
+    """The :class:`KernelPair` of a serial kernel that calls parallel builds, made once.
+
+    Parameters
+    ----------
+    kernel : numba dispatcher
+        A kernel compiled with :func:`cpu_kernel` (not parallel) that calls
+        the parallel builds of pairs, such as a fused forward pass choosing
+        between builds with a flag.
+
+    Returns
+    -------
+    KernelPair
+        ``parallel`` is ``kernel``; ``serial`` is a copy of it that calls the
+        serial builds only.
+    """
+    pair = _CALLER_PAIRS.get(id(kernel))
+    if pair is None:
+        pair = _CALLER_PAIRS.setdefault(id(kernel), KernelPair(kernel, caller=True))
+    return pair
+
+
+_CALLER_PAIRS: dict[int, KernelPair] = {}
+_SERIAL_BUILDS: dict[int, Any] = {}
+"""id of a dispatcher -> the build of it that runs no parallel region."""
+
+
+def _serial_twin(kernel: Any) -> Any:
+    # The serial twin of a compiled kernel: the kernel itself when nothing it
+    # calls (through its globals, recursively) is a parallel build, else a
+    # copy compiled against globals where each of those is its serial build.
+    known = _SERIAL_BUILDS.get(id(kernel))
+    if known is not None:
+        return known
+    _SERIAL_BUILDS[id(kernel)] = kernel  # until known: ends a cycle of calls
+    function = kernel.py_func
+    replaced = {}
+    for name in _global_names(function.__code__):
+        value = function.__globals__.get(name)
+        if isinstance(value, numba.core.registry.CPUDispatcher):
+            twin = _serial_twin(value)
+            if twin is not value:
+                replaced[name] = twin
+    twin = kernel
+    if replaced:
+        clone = _renamed(function, "_serial", {**function.__globals__, **replaced})
+        twin = _njit(clone, False, kernel.targetoptions["fastmath"])
+    _SERIAL_BUILDS[id(kernel)] = twin
+    return twin
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _global_names(constant)
+    return names
+
+
+def _renamed(
+    function: Callable[..., Any], suffix: str, namespace: dict[str, Any] | None = None
+) -> Callable[..., Any]:
     # Numba names its cache files after the qualified name: the serial build
     # needs its own name so the two builds never load each other's code.
     clone = types.FunctionType(
         function.__code__,
-        function.__globals__,
+        function.__globals__ if namespace is None else namespace,
         function.__name__ + suffix,
         function.__defaults__,
         function.__closure__,

@@ -187,10 +187,9 @@ def _forward(
     weight = no_array if weight is None else weight
     bias = no_array if bias is None else bias
     parallel = x.size >= config.CPU_SERIAL_BELOW
-    kernels = _kernels()
     if training:
         tracked = running_mean is not None
-        bad = kernels.forward_train(
+        bad = _fused("forward_train", x.size)(
             x_view, y_kernel, weight, bias,
             running_mean if tracked else no_array, running_var if tracked else no_array,
             save_mean, save_invstd, momentum, eps, tracked and on_nonfinite == "raise",
@@ -207,7 +206,7 @@ def _forward(
                 stacklevel=warn_stacklevel,
             )
     else:
-        kernels.forward_eval(
+        _fused("forward_eval", x.size)(
             x_view, y_kernel, weight, bias, running_mean, running_var, save_mean, save_invstd,
             eps, layout != NCS, parallel, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS,
         )  # fmt: skip
@@ -290,7 +289,7 @@ def batch_norm_backward(
     dx_kernel = dx_view if dx_view is not None else np.empty_like(x_view)
     dweight = np.empty(channels, dtype=x.dtype)
     dbias = np.empty(channels, dtype=x.dtype)
-    _kernels().backward(
+    _fused("backward", x.size)(
         dy_view, x_view, dx_kernel, _NO_ARRAY[x.dtype] if weight is None else weight,
         save_mean, save_invstd, dweight, dbias, training, layout != NCS,
         x.size >= config.CPU_SERIAL_BELOW, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS,
@@ -301,6 +300,18 @@ def batch_norm_backward(
 
 
 _KERNELS: list[Any] = []
+_FUSED: dict[str, Any] = {}
+
+
+def _fused(name: str, elements: int) -> Any:
+    # the build of a fused pass to run over `elements` values: below
+    # config.CPU_SERIAL_BELOW one that never loads the thread pool
+    pair = _FUSED.get(name)
+    if pair is None:
+        from bnsgd_numba._core.compile import caller_pair
+
+        pair = _FUSED.setdefault(name, caller_pair(getattr(_kernels(), name)))
+    return pair.for_size(elements)
 
 
 def _kernels() -> Any:

@@ -100,11 +100,12 @@ def normalize(
 
     ``mean``/``invstd`` are float64; empty ``weight``/``bias`` mean 1 and 0.
     """
+    from bnsgd_numba._core.compile import caller_pair
     from bnsgd_numba.batch_norm import _cpu as kernels
 
     y_view = view_in_layout(y, axis, layout)
     rows = rows_per_item(x_view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
-    kernels._normalize(
+    caller_pair(kernels._normalize).for_size(x_view.size)(
         x_view, y_view, layout != NCS, x_view.size >= config.CPU_SERIAL_BELOW, rows,
         mean, invstd, weight, bias,
     )  # fmt: skip
