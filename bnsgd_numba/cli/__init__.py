@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-_SUBCOMMAND_MODULES = ["train", "bench", "plugins", "schedule", "linreg"]
+_SUBCOMMAND_MODULES = ["train", "evaluate", "bench", "plugins", "schedule", "linreg"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ def run_distributed(args: argparse.Namespace) -> int:
         :class:`~bnsgd_numba.distributed.RankFailedError`, rank 0 prints it).
     """
     from bnsgd_numba.cli._progress import ProgressBar, summary_table
-    from bnsgd_numba.nn.data import load_digits, load_npz
+    from bnsgd_numba.nn.data import load_data, load_digits
     from bnsgd_numba.nn.training import TrainConfig, make_scheduler
 
     comm = None
@@ -45,7 +45,7 @@ def run_distributed(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, hidden=args.hidden, scheduler=args.scheduler,
             scheduler_params=params, seed=args.seed, dtype=args.dtype,
         )  # fmt: skip
-        data = load_npz(args.data) if args.data else load_digits()
+        data = load_data(args.data) if args.data else load_digits()
         make_scheduler(config, 1 + len(data.x_train) // config.batch_size)  # checked up front
     except (ValueError, TypeError, KeyError, ImportError, RuntimeError) as error:
         # the same options and files on every rank: every rank fails alike; one reports

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from bnsgd_numba.cli._progress import ProgressBar, summary_table
 from bnsgd_numba.cli.schedule import parse_params
+from bnsgd_numba.nn.data import DATA_HELP
 
 
 def add_parser(subparsers: Any) -> None:
@@ -21,9 +24,7 @@ def add_parser(subparsers: Any) -> None:
         "SGD with momentum and a registered scheduler. Default data: the 1,797 8x8 "
         "digits scikit-learn ships (offline).",
     )
-    parser.add_argument(
-        "--data", metavar="FILE.npz", help="MNIST-style x_train, y_train, x_test, y_test"
-    )
+    parser.add_argument("--data", metavar="PATH", help=DATA_HELP)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.1, help="(peak) learning rate")
@@ -47,6 +48,13 @@ def add_parser(subparsers: Any) -> None:
         help="also train without BatchNorm from the same weights and batches",
     )
     parser.add_argument("--json", metavar="PATH", help="write the summary as JSON")
+    parser.add_argument(
+        "--save",
+        metavar="MODEL.npz",
+        help="write the trained model (with BatchNorm) to this .npz file: "
+        "bnsgd-numba evaluate reads it, bnsgd_numba.nn.Sequential.load rebuilds it, and its "
+        "arrays load into the equivalent torch.nn.Sequential",
+    )
     parser.add_argument("--plot", metavar="PATH.png", help="draw loss, accuracy and learning rate")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -61,13 +69,21 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, print the summary, write the JSON and the picture."""
     if args.distributed:  # data-parallel over MPI: bnsgd_numba.distributed
+        if args.save:
+            print(
+                "bnsgd-numba train: error: --save is not available with --distributed",
+                file=sys.stderr,
+            )
+            return 2
         from bnsgd_numba.cli.distributed import run_distributed
 
         return run_distributed(args)
-    from bnsgd_numba.nn.data import load_digits, load_npz
+    from bnsgd_numba.nn.data import load_data, load_digits
     from bnsgd_numba.nn.training import TrainConfig, train
 
     try:
+        if args.save:
+            check_writable_file(args.save, "--save")
         params = parse_params(args.param)
         config = TrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
@@ -81,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                 raise RuntimeError(
                     f"--device cuda: CUDA kernels cannot run here: {unavailable_reason()}"
                 )
-        data = load_npz(args.data) if args.data else load_digits()
+        data = load_data(args.data) if args.data else load_digits()
         from bnsgd_numba.nn.training import make_scheduler
 
         make_scheduler(config, 1 + len(data.x_train) // config.batch_size)  # checked up front
@@ -122,5 +138,20 @@ def run(args: argparse.Namespace) -> int:
         from bnsgd_numba.plotting import plot_training
 
         plot_training(results, args.plot)
+    if args.save:
+        results["bn"].model.save(args.save)
+        print(f"model saved to {args.save}", file=sys.stderr)
     print(f"test accuracy {results['bn'].test_accuracy:.4f} in {seconds:.1f} s", file=sys.stderr)
     return 0
+
+
+def check_writable_file(path: str, option: str) -> None:
+    """Raise ValueError, naming ``option``, unless a file can be written at ``path``."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise ValueError(f"{option} {path}: is a directory")
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: no such directory {str(folder)!r}")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path}: the directory {str(folder)!r} is not writable")
