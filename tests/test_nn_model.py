@@ -343,21 +343,47 @@ def test_a_layer_without_a_file_format_is_refused_before_writing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_buffers_reused_across_steps_give_what_the_layers_give_alone():
-    grad = np.full((16, CLASSES), 0.01, np.float32)
-    model, reference = trained_network(steps=0), trained_network(steps=0)
-    outputs = []
-    for seed in (3, 4, 3):
-        x = examples(16, seed=seed)
-        outputs.append(model.forward(x))
-        dx = model.backward(grad)
-        h = x
-        for layer in reference.layers:  # no out=: every array new
-            h = layer.forward(h, True)
-        g = grad
-        for layer in reversed(reference.layers):
-            g = layer.backward(g)
-        assert outputs[-1].tobytes() == h.tobytes()
-        assert dx.tobytes() == g.tobytes()
-        assert model.arena.flat_grads.tobytes() == reference.arena.flat_grads.tobytes()
-    assert not np.shares_memory(outputs[0], outputs[2])  # what forward returns is new
+def test_dense_and_relu_write_into_out_what_they_return_without_it():
+    rng = np.random.default_rng(0)
+    dense = Dense(5, 3, rng=rng)
+    x = rng.random((4, 5), dtype=np.float32)
+    dy = rng.random((4, 3), dtype=np.float32)
+    y = dense.forward(x)
+    out = np.empty_like(y)
+    assert dense.forward(x, out=out) is out and out.tobytes() == y.tobytes()
+    dx = dense.backward(dy)
+    dx_out = np.empty_like(dx)
+    assert dense.backward(dy, out=dx_out) is dx_out and dx_out.tobytes() == dx.tobytes()
+    relu = ReLU()
+    h = x - 0.5
+    r = relu.forward(h)
+    r_out = np.empty_like(r)
+    assert relu.forward(h, out=r_out) is r_out and r_out.tobytes() == r.tobytes()
+    g = relu.backward(h)
+    g_out = np.empty_like(g)
+    assert relu.backward(h, out=g_out) is g_out and g_out.tobytes() == g.tobytes()
+    np.testing.assert_array_equal(g, np.where(h > 0, h, 0))
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda d, x: d.forward(x[:, :4]), ValueError, r"Dense: x must have shape \(N, 5\)"),
+        (lambda d, x: d.forward(x.astype(np.float64)), TypeError, "Dense: x must be float32"),
+        (lambda d, x: d.forward(list(x)), TypeError, "Dense: x must be a NumPy array"),
+        (lambda d, x: d.forward(x, out=np.empty((4, 2), np.float32)), ValueError, "Dense: out"),
+        (lambda d, x: d.backward(np.ones((3, 3), np.float32)), ValueError, r"dy must have shape"),
+        (lambda d, x: ReLU().forward(x.astype(int)), TypeError, "ReLU: x must be"),
+    ],
+)
+def test_dense_and_relu_reject_bad_input_before_writing(call, error, match):
+    rng = np.random.default_rng(0)
+    dense = Dense(5, 3, rng=rng)
+    x = rng.random((4, 5), dtype=np.float32)
+    dense.forward(x)
+    dense.backward(np.ones((4, 3), np.float32))
+    before = [a.copy() for a in dense.parameters() + dense.gradients()]
+    with pytest.raises(error, match=match):
+        call(dense, x)
+    for array, saved in zip(dense.parameters() + dense.gradients(), before, strict=True):
+        assert array.tobytes() == saved.tobytes()

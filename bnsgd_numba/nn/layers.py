@@ -10,8 +10,6 @@ arrays load directly into the equivalent ``torch.nn.Sequential``.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -310,14 +308,6 @@ def loss_and_grad(
     return total / rows, int(correct)
 
 
-@functools.cache
-def _takes_out(cls: type, method: str) -> bool:
-    try:
-        return "out" in inspect.signature(getattr(cls, method)).parameters
-    except (AttributeError, TypeError, ValueError):
-        return False
-
-
 class Sequential:
     """Layers applied in order, their parameters gathered into one arena.
 
@@ -325,8 +315,7 @@ class Sequential:
     ----------
     layers : sequence of layers
         Each has ``forward(x, training)``, ``backward(dy)``, ``parameters()``
-        and ``gradients()`` (``BatchNorm``, ``Dense``, ``ReLU``); those that
-        take ``out=`` get buffers that are reused from step to step.
+        and ``gradients()`` (``BatchNorm``, ``Dense``, ``ReLU``).
     dtype : float32 or float64
 
     Attributes
@@ -381,7 +370,7 @@ class Sequential:
                 {k: torch.from_numpy(saved[k]) for k in saved.files if k != "__architecture__"}
             )
         net.eval()
-        logits = net(torch.from_numpy(data.x_test)).detach().numpy()  # == model.predict
+        logits = net(torch.from_numpy(data.x_test)).detach().numpy()  # model.predict, to rounding
     """
 
     def __init__(self, layers: Sequence[Any], *, dtype: Any = np.float32) -> None:
@@ -398,8 +387,6 @@ class Sequential:
             param[...] = value
             _rebind(layer, i, param, grad)
         self.training = True
-        self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
-        self._buffered_backward = False
 
     def train(self, mode: bool = True) -> Sequential:
         """Set training mode (``mode=False``: inference); return self, as PyTorch."""
@@ -422,18 +409,11 @@ class Sequential:
         Returns
         -------
         ndarray
-            The last layer's output (a new array). In training mode the
-            layers in between write into buffers kept for the next call of
-            the same shape; they are never returned.
+            The last layer's output.
         """
         mode = self.training if training is None else check_flag(training, "training")
-        last = len(self.layers) - 1
-        for index, layer in enumerate(self.layers):
-            if mode and index < last and _takes_out(type(layer), "forward"):
-                x = self._into_buffer(layer.forward, ("forward", index, x.shape, x.dtype), x, mode)
-            else:
-                x = layer.forward(x, mode)
-        self._buffered_backward = mode
+        for layer in self.layers:
+            x = layer.forward(x, mode)
         return x
 
     __call__ = forward
@@ -441,25 +421,11 @@ class Sequential:
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Run every layer's backward in reverse, filling the arena's gradients.
 
-        Returns the gradient with respect to the model's input (a new array).
+        Returns the gradient with respect to the model's input.
         """
-        for index in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[index]
-            if self._buffered_backward and index > 0 and _takes_out(type(layer), "backward"):
-                dy = self._into_buffer(layer.backward, ("backward", index, dy.shape, dy.dtype), dy)
-            else:
-                dy = layer.backward(dy)
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
         return dy
-
-    def _into_buffer(self, method: Any, key: tuple[Any, ...], *args: Any) -> np.ndarray:
-        buffer = self._buffers.get(key)
-        if buffer is not None:
-            return method(*args, out=buffer)
-        result = method(*args)
-        if len(self._buffers) >= 4 * len(self.layers):
-            self._buffers.clear()  # a few batch shapes at most stay allocated
-        self._buffers[key] = np.empty_like(result)
-        return result
 
     def predict(self, x: Any) -> np.ndarray:
         """The network's output for ``x`` in inference mode, whatever :attr:`training` is.

@@ -254,15 +254,12 @@ class HostRunner:
             "val": np.ascontiguousarray(data.x_val, dtype=dtype),
             "test": np.ascontiguousarray(data.x_test, dtype=dtype),
         }
-        self._grads: dict[tuple[int, ...], np.ndarray] = {}
 
     def forward_backward(self, index: np.ndarray) -> tuple[float, int]:
         """Forward and backward on the training examples ``index``: (loss, correct)."""
         labels = self.labels["train"][index]
         logits = self.model.forward(self.inputs["train"][index], training=True)
-        grad = self._grads.get(logits.shape)
-        if grad is None:
-            grad = self._grads.setdefault(logits.shape, np.empty_like(logits))
+        grad = np.empty_like(logits)
         loss, correct = loss_and_grad(logits, labels, grad)
         self.model.backward(grad)
         return loss, correct
