@@ -23,7 +23,7 @@ Register = Callable[..., None]
 
 @hookspec
 def bnsgd_register_schedulers(register: Register) -> None:
-    """Register learning-rate schedulers: ``register(name, cls, examples=[{...}])``."""
+    """Register learning-rate schedulers: ``register(name, cls, examples=[{...}])``, cls a Scheduler."""
 
 
 @hookspec

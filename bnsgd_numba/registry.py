@@ -10,9 +10,12 @@ any function here:
 
 Every plugin goes through the same hooks (:mod:`bnsgd_numba.hookspecs`); the
 built-ins have no back door. A third-party plugin that fails to import,
-carries a misspelled hook, or raises while registering is recorded with its
-name (see :func:`list_plugins` and ``bnsgd-numba plugins``) and left out; the
-other plugins work. Two plugins registering one name make that name an error
+carries a misspelled hook, raises while registering (``sys.exit()``
+included; only ``KeyboardInterrupt`` passes through), or registers something
+unusable (a scheduler that is not a :class:`~bnsgd_numba.Scheduler`, a name
+that is not an identifier, ``examples`` that are not a list of dicts) is
+recorded with its name (see :func:`list_plugins` and ``bnsgd-numba
+plugins``) and left out; the other plugins work. Two plugins registering one name make that name an error
 naming both plugins (no silent override): looking it up raises
 :class:`DuplicateNameError`, and :func:`register_plugin` refuses the second
 one. The environment variable ``BNSGD_NUMBA_BLOCK_PLUGINS`` (comma-separated
@@ -161,7 +164,54 @@ def _blocked_names() -> set[str]:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the plugin called sys.exit({exc.code!r})"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _contained(exc: BaseException) -> None:
+    """Re-raise what a plugin's failure must not swallow: the user's Ctrl-C."""
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, got {type(name).__name__} {name!r}")
+    return name
+
+
+def _check_registration(kind: str, name: Any, factory: Any, metadata: dict[str, Any]) -> None:
+    """Raise if ``register(name, factory, **metadata)`` cannot give a usable entry."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"{kind} name must be an identifier-like string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"{kind} {name!r}: factory must be callable, got {factory!r}")
+    if kind == "scheduler" and isinstance(factory, type):
+        from bnsgd_numba.schedulers.base import Scheduler
+
+        if not issubclass(factory, Scheduler):
+            raise TypeError(
+                f"scheduler {name!r}: {factory.__name__} is not a subclass of "
+                "bnsgd_numba.Scheduler (register the class, or a function returning one)"
+            )
+    if kind == "normalization" and isinstance(factory, type) and factory.__module__ == "builtins":
+        raise TypeError(f"normalization {name!r}: {factory.__name__} is not a layer factory")
+    examples = metadata.get("examples", [])
+    if isinstance(examples, (str, bytes, Mapping)) or not isinstance(examples, Iterable):
+        raise TypeError(f"{kind} {name!r}: examples must be a list of dicts, got {examples!r}")
+    for i, example in enumerate(examples):
+        if not isinstance(example, Mapping) or not all(isinstance(k, str) for k in example):
+            raise TypeError(
+                f"{kind} {name!r}: examples[{i}] must be a dict of keyword arguments, "
+                f"got {example!r}"
+            )
+    for flag in ("standardizes", "batch_statistics"):
+        if flag in metadata and not isinstance(metadata[flag], bool):
+            raise TypeError(f"{kind} {name!r}: {flag} must be True or False")
+    rank = metadata.get("min_rank", 2)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 2:
+        raise ValueError(f"{kind} {name!r}: min_rank must be an integer >= 2, got {rank!r}")
 
 
 class _Registry:
@@ -217,7 +267,8 @@ class _Registry:
             return
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: a plugin must not end the process
+            _contained(exc)
             info.error = f"failed to import {ep.value!r}: {_describe(exc)}"
             return
         info.error = self._register_checked(plugin, ep.name)
@@ -227,13 +278,14 @@ class _Registry:
         assert self._pm is not None
         try:
             self._pm.register(plugin, name=name)
-        except Exception as exc:
-            return f"invalid hook: {_describe(exc)}"
-        try:
             self._pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            self._pm.unregister(name=name)
-            return f"invalid hook: {exc}"
+        except BaseException as exc:
+            _contained(exc)
+            # pluggy keeps the hooks it added before the one that failed: drop them all
+            if self._pm.get_plugin(name) is plugin:
+                self._pm.unregister(name=name)
+            detail = str(exc) if isinstance(exc, pluggy.PluginValidationError) else _describe(exc)
+            return f"invalid hook: {detail}"
         return None
 
     # -- name tables ----------------------------------------------------------------------
@@ -278,18 +330,17 @@ class _Registry:
         staged: list[Registration] = []
 
         def register(name: str, factory: Callable[..., Any], **metadata: Any) -> None:
-            if not isinstance(name, str) or not name.isidentifier():
-                raise ValueError(f"{kind} name must be an identifier-like string, got {name!r}")
-            if not callable(factory):
-                raise TypeError(f"{kind} {name!r}: factory must be callable, got {factory!r}")
+            _check_registration(kind, name, factory, metadata)
             if any(r.name == name for r in staged):
                 raise ValueError(f"{kind} {name!r} registered twice by one plugin")
             staged.append(Registration(kind, name, factory, plugin_name, dict(metadata)))
 
         try:
             impl.function(**{arg: register for arg in impl.argnames})
-        except Exception as exc:
-            info.error = f"registration failed in {impl.function.__name__}: {_describe(exc)}"
+        except BaseException as exc:  # SystemExit too: a plugin must not end the process
+            _contained(exc)
+            function = getattr(impl.function, "__name__", repr(impl.function))
+            info.error = f"registration failed in {function}: {_describe(exc)}"
             return None
         return staged
 
@@ -312,6 +363,7 @@ class _Registry:
         return dict(self._conflicts)
 
     def lookup(self, kind: str, name: str) -> Registration:
+        _check_name(name, f"{kind} name")
         table = self.tables()[kind]
         if name in table:
             return table[name]
@@ -331,6 +383,10 @@ class _Registry:
 
     # -- explicit registration ---------------------------------------------------------------
     def register(self, plugin: Any, name: str | None) -> str | None:
+        if plugin is None or isinstance(plugin, (str, bytes)):
+            raise TypeError(f"plugin must be a module, class or object with hooks, got {plugin!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str or None, got {name!r}")
         with self._lock:
             pm = self.pm
             name = name or pm.get_canonical_name(plugin)
@@ -418,9 +474,12 @@ def register_plugin(plugin: Any, name: str | None = None) -> str | None:
 
     Raises
     ------
+    TypeError
+        ``plugin`` is None or a string, or ``name`` is not a non-empty str.
     PluginError
-        The plugin has a misspelled hook or its hook raised; nothing of it
-        stays registered.
+        The plugin has a misspelled hook, its hook raised (``sys.exit()``
+        included) or registered something unusable; nothing of it stays
+        registered.
     DuplicateNameError
         It registers a name another plugin has; nothing of it stays registered.
     """
@@ -448,6 +507,17 @@ def normalization_registration(name: str) -> Registration:
     return _REGISTRY.lookup("normalization", name)
 
 
+def _create(registration: Registration, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """Call a registered factory; a plugin's ``sys.exit()`` becomes a PluginError."""
+    try:
+        return registration.factory(*args, **params)
+    except SystemExit as exc:
+        raise PluginError(
+            f"{registration.kind} {registration.name!r} of plugin {registration.plugin!r}: "
+            f"{_describe(exc)}"
+        ) from exc
+
+
 def create_scheduler(name: str, *, base_lr: float | None = None, **params: Any) -> Any:
     """Create the registered scheduler ``name``.
 
@@ -455,9 +525,12 @@ def create_scheduler(name: str, *, base_lr: float | None = None, **params: Any) 
     ----------
     name : str
         Registered name, e.g. ``"cosine"``; see :func:`available_schedulers`.
-    base_lr : float
+    base_lr : float, optional
         The learning rate the schedule scales (schedules that derive it,
-        such as ``one_cycle``, accept it only if it agrees).
+        such as ``one_cycle``, accept it only if it agrees). Left out, the
+        scheduler takes the optimizer's ``lr`` when it is bound
+        (``create_scheduler("cosine", T_max=100).bind(optimizer)``), as a
+        PyTorch scheduler takes its optimizer's.
     **params
         The schedule's keyword arguments (PyTorch's names and defaults).
 
@@ -468,15 +541,28 @@ def create_scheduler(name: str, *, base_lr: float | None = None, **params: Any) 
 
     Raises
     ------
+    TypeError, ValueError
+        ``name`` is not a str, or a parameter is bad (the message names it).
     UnknownNameError
         No such name; the message lists the available ones.
     DuplicateNameError
         Two plugins registered ``name``; the message names both.
+    PluginError
+        The plugin's factory called ``sys.exit()`` or returned something
+        other than a :class:`~bnsgd_numba.Scheduler` (``TypeError``).
     """
-    factory = scheduler_registration(name).factory
+    from bnsgd_numba.schedulers.base import Scheduler
+
+    registration = scheduler_registration(name)
     if base_lr is not None:
         params["base_lr"] = base_lr
-    return factory(**params)
+    scheduler = _create(registration, (), params)
+    if not isinstance(scheduler, Scheduler):
+        raise TypeError(
+            f"scheduler {name!r} of plugin {registration.plugin!r} returned "
+            f"{type(scheduler).__name__}, not a bnsgd_numba.Scheduler"
+        )
+    return scheduler
 
 
 def available_schedulers() -> list[str]:
@@ -500,7 +586,7 @@ def create_normalization(name: str, *args: Any, **params: Any) -> Any:
     object
         The layer.
     """
-    return normalization_registration(name).factory(*args, **params)
+    return _create(normalization_registration(name), args, params)
 
 
 def available_normalizations() -> list[str]:

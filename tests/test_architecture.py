@@ -12,7 +12,9 @@ The layers, bottom to top (CONTRIBUTING.md has the map):
    and the examples;
 3. front ends: ``cli``, ``bench``, ``plotting``, ``__main__``.
 
-A module imports only from its own layer or below. Imports inside functions
+A module imports only from its own layer or below, and a backend imports no
+other concept's backend (what kernels of several concepts share is in
+``_core``). Imports inside functions
 count (a lazy import is still a dependency), and so do
 ``importlib.import_module("...")`` calls with a constant name.
 """
@@ -157,6 +159,31 @@ def test_the_package_has_no_import_cycle():
 
 def test_no_module_imports_from_a_layer_above_its_own():
     assert upward_imports(import_graph()) == []
+
+
+def cross_concept_backend_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Backend modules importing another concept's backend (they share through _core)."""
+    return [
+        f"{module} imports {target}"
+        for module, targets in sorted(graph.items())
+        if layer_of(module) == 1
+        for target in sorted(targets)
+        if layer_of(target) == 1 and target.split(".")[1] != module.split(".")[1]
+    ]
+
+
+def test_no_backend_imports_another_concepts_backend():
+    assert cross_concept_backend_imports(import_graph()) == []
+
+
+def test_the_cross_concept_check_catches_one():
+    graph = import_graph()
+    graph["bnsgd_numba.sgd._cuda"] = graph["bnsgd_numba.sgd._cuda"] | {
+        "bnsgd_numba.batch_norm._cuda"
+    }
+    assert cross_concept_backend_imports(graph) == [
+        "bnsgd_numba.sgd._cuda imports bnsgd_numba.batch_norm._cuda"
+    ]
 
 
 def test_the_package_facade_imports_nothing_eagerly():

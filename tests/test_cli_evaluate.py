@@ -51,7 +51,7 @@ def test_evaluate_errors_are_one_line_with_exit_code_2(saved, tmp_path):
     content = path.read_bytes()
     (tmp_path / "cut.npz").write_bytes(content[: len(content) // 2])
     line = one_error_line(run_cli("evaluate", str(tmp_path / "cut.npz")))
-    assert "cut.npz: truncated .npz file: the file ends inside array '1.weight'" in line
+    assert "cut.npz: corrupt .npz archive: truncated: the file ends inside array '1.weight'" in line
     rng = np.random.default_rng(0)
     np.savez(
         tmp_path / "mnist.npz",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import re
 import sys
 
 import pytest
@@ -55,17 +56,25 @@ def bnsgd_register_schedulers(register):
 """
 
 
-def test_plugins_reports_failures_conflicts_and_blocks(isolated, monkeypatch, tmp_path, capsys):
-    (tmp_path / "fake_plugin_clash.py").write_text(CLASH)
+def _install(monkeypatch, tmp_path, plugins: dict[str, tuple[str, str | None]]) -> None:
+    """Make ``{entry-point name: (module, source or None: missing)}`` the installed plugins."""
     monkeypatch.syspath_prepend(str(tmp_path))
-    group = registry.ENTRY_POINT_GROUP
-    eps = [
-        importlib.metadata.EntryPoint("broken_thing", "no_such_module_xyz", group),
-        importlib.metadata.EntryPoint("clash", "fake_plugin_clash", group),
-    ]
+    eps = []
+    for name, (module, source) in plugins.items():
+        if source is not None:
+            (tmp_path / f"{module}.py").write_text(source)
+        eps.append(importlib.metadata.EntryPoint(name, module, registry.ENTRY_POINT_GROUP))
     monkeypatch.setattr(registry, "_entry_points", lambda: eps)
-    monkeypatch.setenv(registry.BLOCK_ENV_VAR, "bnsgd_numba.schedulers.plateau")
     registry._REGISTRY.reset()
+
+
+def test_plugins_reports_failures_conflicts_and_blocks(isolated, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(registry.BLOCK_ENV_VAR, "bnsgd_numba.schedulers.plateau")
+    _install(
+        monkeypatch,
+        tmp_path,
+        {"broken_thing": ("no_such_module_xyz", None), "clash": ("fake_plugin_clash", CLASH)},
+    )
     assert run("plugins") == 0
     out = capsys.readouterr().out
     assert "broken_thing" in out and "no_such_module_xyz" in out
@@ -133,5 +142,58 @@ def test_schedule_plot_reports_bad_arguments(isolated, tmp_path, capsys):
 def test_schedule_plot_without_matplotlib_says_how_to_install(isolated, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    assert run("schedule", "plot", "cosine", "-p", "T_max=10") == 1
+    assert run("schedule", "plot", "cosine", "-p", "T_max=10") == 2
     assert "bnsgd-numba[demo]" in capsys.readouterr().err
+
+
+EXITS = """
+import sys
+from bnsgd_numba import hookimpl
+
+@hookimpl
+def bnsgd_register_schedulers(register):
+    sys.exit(4)
+"""
+
+
+def test_plugins_survives_a_plugin_that_calls_sys_exit(isolated, monkeypatch, tmp_path, capsys):
+    _install(
+        monkeypatch,
+        tmp_path,
+        {
+            "quits_early": ("fake_plugin_exits_at_import", "import sys\nsys.exit(9)\n"),
+            "quits_late": ("fake_plugin_exits_in_hook", EXITS),
+        },
+    )
+    assert run("plugins") == 0
+    out = capsys.readouterr().out
+    assert "quits_early: failed to import" in out and "sys.exit(9)" in out
+    assert "quits_late: registration failed" in out and "sys.exit(4)" in out
+    assert "cosine, cosine_warm_restarts, warmup_cosine" in out
+    assert run("plugins", "--strict") == 1
+    for module in ("fake_plugin_exits_at_import", "fake_plugin_exits_in_hook"):
+        sys.modules.pop(module, None)
+
+
+def test_parse_params_refuses_a_key_given_twice():
+    with pytest.raises(ValueError, match="--param gamma is given twice"):
+        schedule_cli.parse_params(["gamma=0.5", "gamma=0.9"])
+
+
+@pytest.mark.parametrize(
+    ("name", "param", "named"),
+    [
+        ("reduce_on_plateau", "patience=two", "patience"),
+        ("multistep", "milestones=['a']", r"milestones\[0\]"),
+        ("one_cycle", "div_factor=0", "div_factor"),
+        ("exponential", "gamma=-1", "gamma"),
+        ("one_cycle", "three_phase=yes", "three_phase"),
+    ],
+)
+def test_schedule_plot_names_the_bad_parameter(isolated, tmp_path, capsys, name, param, named):
+    pytest.importorskip("matplotlib")
+    args = ["-p", param] + (["-p", "total_steps=10", "-p", "max_lr=0.1"] if "cycle" in name else [])
+    assert run("schedule", "plot", name, *args, "-o", str(tmp_path / "x.png")) == 2
+    err = capsys.readouterr().err
+    assert re.search(named, err), err
+    assert not (tmp_path / "x.png").exists()

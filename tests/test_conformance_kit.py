@@ -332,6 +332,49 @@ class ReturnsInt(Halving):
         return int(super().step(metric))
 
 
+class OverflowsFar(Halving):
+    """Grows without a guard: a bare OverflowError at far steps."""
+
+    def lr_at(self, step):
+        return self.base_lr * 1.01**step
+
+
+class NegativeFar(Halving):
+    def lr_at(self, step):
+        return self.base_lr if step < 10**5 else -self.base_lr
+
+
+class LoadsHalfTheState(Halving):
+    """Takes the step count before the rest of the state is checked."""
+
+    def load_state_dict(self, state):
+        if isinstance(state, dict):
+            self.last_step = state.get("last_step", self.last_step)
+        super().load_state_dict(state)
+
+
+class CountsBeforeCheckingTheMetric(Halving):
+    requires_metric = True
+
+    def lr_at(self, step):
+        return self.base_lr * 0.5 ** (step // 10)
+
+    def step(self, metric=None):
+        self.last_step += 1
+        self._lr = self.lr_at(self.last_step) * (float(metric) >= 0)
+        return self._lr
+
+
+class AdvancesBeforeTheOptimizerAgrees(Halving):
+    """Commits the step, then sets the optimizer's rate (which may refuse it)."""
+
+    def step(self, metric=None):
+        self.last_step += 1
+        self._lr = self.lr_at(self.last_step)
+        self.optimizer.lr = self._lr
+        return self._lr
+
+
 def _scase(cls):
     return SchedulerCase(cls.__name__, lambda: cls(base_lr=0.1), steps=60)
 
@@ -350,6 +393,11 @@ def test_correct_scheduler_passes_every_check():
         (ForgetsState, kit.check_state_dict_round_trip, "resumed at step"),
         (NeverTellsOptimizer, kit.check_bound_optimizer_follows, "optimizer lr"),
         (ReturnsInt, kit.check_lr_finite_nonnegative, "not float"),
+        (OverflowsFar, kit.check_rates_at_far_steps, "OverflowError"),
+        (NegativeFar, kit.check_rates_at_far_steps, "learning rate -0.1"),
+        (LoadsHalfTheState, kit.check_bad_input_changes_nothing, "raised but changed the state"),
+        (CountsBeforeCheckingTheMetric, kit.check_bad_input_changes_nothing, "changed the state"),
+        (AdvancesBeforeTheOptimizerAgrees, kit.check_refused_rate_changes_nothing, "changed"),
     ],
     ids=lambda v: getattr(v, "__name__", None) if isinstance(v, type) else None,
 )

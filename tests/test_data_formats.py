@@ -110,7 +110,7 @@ def bad_magic(contents):
         (
             "x_test",
             lambda c: idx_bytes(np.ascontiguousarray(c["x_test"][:, :27])),
-            r"756 features per example, but .*train-images-idx3-ubyte.gz: 784",
+            r"has 756 features per example, but .*train-images-idx3-ubyte.gz: has 784",
         ),
     ],
 )
@@ -118,7 +118,7 @@ def test_bad_idx_files_are_named(tmp_path, key, make, match):
     contents = arrays()
     write_idx(tmp_path, contents, **{key: make(contents)})
     with pytest.raises(ValueError, match=match) as error:
-        load_data(tmp_path)
+        load_data(tmp_path, num_classes=10)
     assert "\n" not in str(error.value)
 
 
@@ -138,7 +138,7 @@ def test_missing_files_are_listed(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty: no MNIST IDX files"):
         load_data(tmp_path / "empty")
-    with pytest.raises(ValueError, match="no such file or directory"):
+    with pytest.raises(ValueError, match="--data: no such file"):
         load_data(tmp_path / "nothing.npz")
     with pytest.raises(ValueError, match="pass the directory"):
         load_data(tmp_path / "train-images-idx3-ubyte.gz")
@@ -156,7 +156,9 @@ def test_truncated_npz_names_the_array(tmp_path):
     np.savez(tmp_path / "m.npz", **arrays())
     data = (tmp_path / "m.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"cut.npz: truncated .npz file: .*array 'x_train'"):
+    with pytest.raises(
+        ValueError, match=r"cut.npz: corrupt .npz archive: truncated: .*array 'x_train'"
+    ):
         load_data(tmp_path / "cut.npz")
 
 

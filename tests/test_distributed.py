@@ -62,8 +62,11 @@ def test_timeout_setting(monkeypatch):
     monkeypatch.setenv(TIMEOUT_ENV, "soon")
     with pytest.raises(ValueError, match=TIMEOUT_ENV):
         resolve_timeout()
-    for bad in (-1, float("nan"), "1", True):
+    for bad in (-1, float("nan"), "1"):
         with pytest.raises(ValueError, match="timeout"):
+            resolve_timeout(bad)
+    for bad in (True, [1.0], object()):
+        with pytest.raises(TypeError, match="timeout"):
             resolve_timeout(bad)
 
 
@@ -97,6 +100,31 @@ def test_rank_slices_cover_the_batch():
             sizes = [s.stop - s.start for s in slices]
             assert sum(sizes) == length and max(sizes) - min(sizes) <= 1
             assert [s.start for s in slices[1:]] == [s.stop for s in slices[:-1]]
+
+
+def test_rank_failed_error_names_ranks_that_failed_alike_once():
+    from bnsgd_numba.distributed.errors import _error_class
+
+    same = "ValueError: --data: no such file: x.npz"
+    failures = {0: same, 1: same, 2: same, 4: same, 5: "TypeError: other"}
+    error = _error_class("ValueError")("startup", failures, 6)
+    assert str(error) == (
+        f"ranks 0-2, 4 of 6 failed in startup: {same}; rank 5 of 6 failed in startup: "
+        "TypeError: other"
+    )
+    pair = _error_class("ValueError")("startup", {0: same, 1: same}, 2)
+    assert str(pair) == f"ranks 0, 1 of 2 failed in startup: {same}"
+
+
+def test_rank_slices_rejects_bad_arguments():
+    from bnsgd_numba.distributed.training import rank_slices
+
+    for length, ranks, error, name in (
+        (5, 0, ValueError, "ranks"), (-1, 2, ValueError, "length"),
+        (5.0, 2, TypeError, "length"), (5, True, TypeError, "ranks"),
+    ):  # fmt: skip
+        with pytest.raises(error, match=name):
+            rank_slices(length, ranks)
 
 
 # -- one process, in this interpreter (mpi4py only) ---------------------------------------
@@ -184,6 +212,127 @@ def test_one_rank_data_parallel_sgd_is_sgd_bitwise(mpi):
         DataParallelSGD(b, comm=mpi.COMM_SELF, lr=0.1, bucket_elements=0)
 
 
+def test_rank_guard_checks_its_arguments(mpi):
+    from bnsgd_numba.distributed import RankGuard
+
+    for arguments, keywords, error, name in (
+        ((mpi.COMM_SELF, 3), {}, TypeError, "where"),
+        ((mpi.COMM_SELF, "op"), {"timeout": "soon"}, ValueError, "timeout"),
+        ((mpi.COMM_SELF, "op"), {"timeout": True}, TypeError, "timeout"),
+        ((mpi.COMM_SELF, "op"), {"signature": "7"}, TypeError, "signature"),
+        ((mpi.COMM_SELF, "op"), {"signature": -2}, ValueError, "signature"),
+        ((object(), "op"), {}, TypeError, "comm"),
+        ((mpi.COMM_NULL, "op"), {}, ValueError, "comm"),
+    ):
+        with pytest.raises(error, match=name):
+            RankGuard(*arguments, **keywords)
+    with RankGuard(None, "op") as guard:  # COMM_WORLD, the default deadline
+        guard.signature = 3
+    assert guard.comm.Get_size() == 1
+    with pytest.raises(TypeError, match="signature"):
+        guard.signature = 1.5
+
+
+def test_data_parallel_sgd_names_bad_arguments_and_writes_nothing(mpi):
+    from bnsgd_numba import ParameterArena
+    from bnsgd_numba.distributed import DataParallelSGD, RankFailedError
+
+    arena = ParameterArena([(3,), (2, 2)], dtype=np.float64)
+    arena.flat_params[...] = np.arange(arena.size)
+    arena.flat_grads[...] = 1.0
+    before = arena.flat_params.copy()
+    for keywords, error, name in (
+        ({"bucket_elements": 2.5}, TypeError, "bucket_elements"),
+        ({"bucket_elements": "4"}, TypeError, "bucket_elements"),
+        ({"bucket_elements": 0}, ValueError, "bucket_elements"),
+        ({"timeout": "soon"}, ValueError, "timeout"),
+        ({"timeout": [1]}, TypeError, "timeout"),
+        ({"lr": -1.0}, ValueError, "lr"),
+    ):
+        with pytest.raises(error, match=name) as caught:
+            DataParallelSGD(arena, comm=mpi.COMM_SELF, **{"lr": 0.1, **keywords})
+        assert isinstance(caught.value, RankFailedError), keywords  # raised on every rank
+        np.testing.assert_array_equal(arena.flat_params, before)
+    with pytest.raises(ValueError, match="comm is MPI.COMM_NULL"):
+        DataParallelSGD(arena, comm=mpi.COMM_NULL, lr=0.1)
+    optimizer = DataParallelSGD(arena, comm=mpi.COMM_SELF, lr=0.1)
+    for root, error in ((1, ValueError), (-1, ValueError), ("0", TypeError), (0.0, TypeError)):
+        with pytest.raises(error, match="root"):
+            optimizer.sync_parameters(root)
+    optimizer.sync_parameters(np.int64(0))
+    np.testing.assert_array_equal(arena.flat_params, before)
+
+
+def _tiny_dataset(rows: int = 12):
+    from bnsgd_numba.nn.data import Dataset
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(rows, 3))
+    y = rng.integers(0, 2, rows)
+    return Dataset(x, y, x[:4], y[:4], x[:4], y[:4], num_classes=2, name="tiny")
+
+
+def test_train_distributed_names_bad_arguments_on_every_rank(mpi):
+    from bnsgd_numba.distributed import RankFailedError, train_distributed
+    from bnsgd_numba.distributed.training import synchronize_batch_norm
+    from bnsgd_numba.nn.training import TrainConfig
+
+    data = _tiny_dataset()
+    config = TrainConfig(epochs=1, batch_size=4, hidden=4, scheduler="cosine", dtype="float64")
+    for arguments, keywords, error, name in (
+        (([1, 2], config), {}, TypeError, "data"),
+        ((data, {"epochs": 1}), {}, TypeError, "config"),
+        ((data, config), {"on_epoch": 5}, TypeError, "on_epoch"),
+        ((data, config), {"timeout": -1}, ValueError, "timeout"),
+    ):
+        with pytest.raises(error, match=name) as caught:
+            train_distributed(*arguments, comm=mpi.COMM_SELF, **keywords)
+        assert isinstance(caught.value, RankFailedError)
+        assert "train_distributed (startup)" in str(caught.value)
+    with pytest.raises(TypeError, match="model"):
+        synchronize_batch_norm([1], mpi.COMM_SELF)
+
+
+def test_a_failing_callback_fails_train_distributed_on_every_rank(mpi):
+    from bnsgd_numba.distributed import RankFailedError, train_distributed
+    from bnsgd_numba.nn.training import TrainConfig
+
+    config = TrainConfig(epochs=2, batch_size=4, hidden=4, scheduler="cosine", dtype="float64")
+
+    def stop(record):
+        raise ValueError("stop here")
+
+    with pytest.raises(ValueError, match="failed in train_distributed .end of epoch 1.: .*stop"):
+        train_distributed(_tiny_dataset(), config, comm=mpi.COMM_SELF, on_epoch=stop)
+    steps = []
+
+    def step_then_fail(step, loss):
+        steps.append(step)
+        if step == 2:
+            raise KeyError("no step 2")
+
+    with pytest.raises(RankFailedError, match="failed in training step 3: KeyError"):
+        train_distributed(_tiny_dataset(), config, comm=mpi.COMM_SELF, on_step=step_then_fail)
+    assert steps == [1, 2]
+
+
+def test_train_command_distributed_checks_output_paths_before_training(mpi, tmp_path, capsys):
+    from bnsgd_numba.cli import main
+
+    data = tmp_path / "tiny.npz"
+    x = np.random.default_rng(0).integers(0, 255, (30, 4)).astype(np.uint8)
+    y = (x.sum(axis=1) % 3).astype(np.int64)
+    np.savez(data, x_train=x[:20], y_train=y[:20], x_test=x[20:], y_test=y[20:])
+    for option, value in (("--json", "no/such/dir/x.json"), ("--json", str(tmp_path))):
+        code = main(["train", "--distributed", "--data", str(data), "--epochs", "1",
+                     "--batch-size", "10", "--hidden", "4", option, value])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("bnsgd-numba train: error: "), err
+        assert option in lines[0]
+
+
 # -- several processes ----------------------------------------------------------------------
 
 
@@ -192,31 +341,41 @@ def _mpiexec() -> str | None:
     return str(beside) if beside.exists() else shutil.which("mpiexec")
 
 
+def _mpi_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("BNSGD_NUMBA_MPI_TIMEOUT", "60")
+    # harmless for MPICH; lets Open MPI oversubscribe and run as root
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1")  # fmt: skip
+    return env
+
+
+def _run_limited(command: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess:
+    """Run ``command``; fail the test, killing every process it started, past LAUNCH_LIMIT."""
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True, **kw,
+    ) as process:  # fmt: skip
+        try:
+            out, err = process.communicate(timeout=LAUNCH_LIMIT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+            pytest.fail(f"{' '.join(command)} hung for {LAUNCH_LIMIT} s:\n{out}\n{err}")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
 @pytest.fixture(scope="module")
 def launch(mpi):
     """Return run(ranks, script, *args) -> CompletedProcess, after warming numba's cache."""
     mpiexec = _mpiexec()
     if mpiexec is None:
         pytest.skip("mpiexec not found (pip install 'bnsgd-numba[mpi]' brings one)")
-    env = dict(os.environ)
-    env.setdefault("BNSGD_NUMBA_MPI_TIMEOUT", "60")
-    # harmless for MPICH; lets Open MPI oversubscribe and run as root
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1")  # fmt: skip
+    env = _mpi_environment()
 
     def run(ranks: int, script: str, *args: str) -> subprocess.CompletedProcess:
         command = [mpiexec, "-n", str(ranks), sys.executable, str(SCRIPTS / script), *args]
-        with subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            start_new_session=True,
-        ) as process:  # fmt: skip
-            try:
-                out, err = process.communicate(timeout=LAUNCH_LIMIT)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                out, err = process.communicate()
-                pytest.fail(f"{' '.join(command)} hung for {LAUNCH_LIMIT} s:\n{out}\n{err}")
-        return subprocess.CompletedProcess(command, process.returncode, out, err)
+        return _run_limited(command, env)
 
     # one process first: compiles (and caches) the kernels once instead of in every rank
     for script in ("sync_batch_norm.py", "distributed_training.py"):
@@ -298,9 +457,73 @@ def test_a_rank_that_never_joins_is_aborted_after_the_deadline(launch, tmp_path)
     seconds = time.perf_counter() - start
     assert done.returncode != 0
     assert lines == ["", ""]  # no rank got an error: the deadline ended them
-    assert "did not complete within 2 s" in done.stderr
-    assert "MPI_Abort" in done.stderr
+    assert (
+        "rank 0 of 2: SyncBatchNorm.forward (agreement) did not complete within 2 s: rank 1 "
+        "did not answer (busy, stuck, waiting outside bnsgd_numba's collectives, or exited "
+        "before its first one on this communicator); calling MPI_Abort (error code 75)"
+    ) in done.stderr
     assert seconds < 30  # the silent rank sleeps 60 s: the abort ended it
+
+
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        (  # the traceback, then one line from the failing rank
+            "raise_outside",
+            "bnsgd_numba.distributed: rank 1 of 2 ended with an uncaught RuntimeError: not in "
+            "a guard; calling MPI_Abort (error code 75)",
+        ),
+        (  # from the rank left waiting, as soon as the departure message arrives
+            "exit_early",
+            "bnsgd_numba.distributed: rank 0 of 2: SyncBatchNorm.forward (agreement) cannot "
+            "complete: rank 1 exited (end of its script or sys.exit) without joining it; "
+            "calling MPI_Abort (error code 75)",
+        ),
+    ],
+    ids=["raise_outside", "exit_early"],
+)
+def test_a_rank_that_is_gone_ends_the_job_at_once_naming_it(launch, tmp_path, mode, message):
+    start = time.perf_counter()
+    done, lines = _failure(launch, 2, mode, tmp_path)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 75
+    assert message in done.stderr
+    assert seconds < 30  # the deadline is 60 s
+
+
+def test_different_data_on_one_rank_fails_every_rank_at_startup(launch, tmp_path):
+    done, lines = _failure(launch, 2, "different_data", tmp_path)
+    assert done.returncode != 0
+    for rank, line in enumerate(lines):
+        assert line.startswith(f"RANK {rank} RankFailedValueError value_error=True"), line
+        assert (
+            "rank 1 of 2 failed in train_distributed (startup): ValueError: digest of the "
+            "data and config differs across ranks"
+        ) in line
+
+
+def test_train_command_distributed_with_data_missing_on_one_rank(mpi, tmp_path):
+    # MPMD: rank 0 gets a data file, rank 1 a path that does not exist
+    mpiexec = _mpiexec()
+    if mpiexec is None:
+        pytest.skip("mpiexec not found")
+    x = np.random.default_rng(0).integers(0, 255, (30, 4)).astype(np.uint8)
+    y = (x.sum(axis=1) % 3).astype(np.int64)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=x[:20], y_train=y[:20], x_test=x[20:], y_test=y[20:])
+    train = [sys.executable, "-m", "bnsgd_numba", "train", "--distributed", "--epochs", "1",
+             "--batch-size", "10", "--hidden", "4", "--quiet", "--data"]  # fmt: skip
+    command = [mpiexec, "-n", "1", *train, str(data), ":", "-n", "1", *train, "missing.npz"]
+    start = time.perf_counter()
+    done = _run_limited(command, _mpi_environment(), cwd=tmp_path)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "bnsgd-numba train: error: rank 1 of 2 failed in train --distributed (options and "
+        "data): ValueError: --data: no such file: missing.npz"
+    ]
+    assert done.stdout == ""
+    assert seconds < 30  # the deadline is 60 s
 
 
 def test_train_command_distributed(launch, tmp_path):

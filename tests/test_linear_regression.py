@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -48,3 +49,25 @@ def test_command_line_prints_the_fit(capsys):
     assert abs(result["slope"] - 3.0) < 0.1 and abs(result["intercept"] - 1.0) < 0.1
     assert main(["linreg", "--epochs", "1"]) == 0
     assert "slope" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "lr,message",
+    [
+        (5.0, r"diverged at epoch 1, step \d+: the slope and intercept are inf"),
+        (2.0, r"diverged: the mean squared error grew from .* in epoch 1"),
+    ],
+)
+def test_divergence_raises_naming_where_without_numpy_warnings(lr, message):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(FloatingPointError, match=message):
+            fit_linear_regression(lr=lr, epochs=3)
+
+
+def test_command_line_reports_divergence_as_one_line(capsys):
+    assert main(["linreg", "--lr", "5", "--epochs", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("bnsgd-numba linreg: error: linear regression diverged")

@@ -307,3 +307,161 @@ def test_a_plugin_failing_in_one_hook_is_left_out_of_both(entry_points, plugin_d
     info = _info("fake_plugin_half")
     assert "ImportError: optional dependency missing" in info.error
     assert info.registered == {}
+
+
+# -- robustness (issue 15): bad registrations, bad names, plugins that exit ---------------
+
+
+def test_a_scheduler_that_is_not_a_scheduler_is_reported(entry_points, plugin_dir):
+    source = """
+    from bnsgd_numba import hookimpl
+
+    @hookimpl
+    def bnsgd_register_schedulers(register):
+        register("not_a_schedule", dict)
+    """
+    entry_points.append(plugin_dir("fake_plugin_dict", source))
+    assert "not_a_schedule" not in bnsgd_numba.available_schedulers()
+    assert "dict is not a subclass of bnsgd_numba.Scheduler" in _info("fake_plugin_dict").error
+
+
+def test_a_factory_function_must_return_a_scheduler(entry_points):
+    class Plugin:
+        @hookimpl
+        def bnsgd_register_schedulers(self, register):
+            register("made", lambda **kw: ExponentialLR(**kw))
+            register("fake", lambda **kw: {"lr": 0.1})
+
+    bnsgd_numba.register_plugin(Plugin(), name="factories")
+    assert bnsgd_numba.create_scheduler("made", base_lr=1.0, gamma=0.5).step() == 0.5
+    with pytest.raises(TypeError, match="'fake' of plugin 'factories' returned dict"):
+        bnsgd_numba.create_scheduler("fake")
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"examples": 5}, "examples must be a list"),
+        ({"examples": [3]}, r"examples\[0\] must be a dict"),
+        ({"examples": {"gamma": 0.5}}, "examples must be a list"),
+        ({"standardizes": "yes"}, "standardizes must be True or False"),
+        ({"min_rank": 1}, "min_rank"),
+    ],
+)
+def test_bad_metadata_is_refused(entry_points, metadata, message):
+    class Plugin:
+        @hookimpl
+        def bnsgd_register_schedulers(self, register):
+            register("meta", ExponentialLR, **metadata)
+
+    with pytest.raises(registry.PluginError, match=message):
+        bnsgd_numba.register_plugin(Plugin(), name="meta")
+    assert "meta" not in bnsgd_numba.available_schedulers()
+
+
+@pytest.mark.parametrize("name", [123, b"mine", ""])
+def test_register_plugin_wants_a_string_name(entry_points, name):
+    class Plugin:
+        @hookimpl
+        def bnsgd_register_schedulers(self, register):
+            register("named", ExponentialLR)
+
+    with pytest.raises(TypeError, match="name must be a non-empty str"):
+        bnsgd_numba.register_plugin(Plugin(), name=name)
+    assert "named" not in bnsgd_numba.available_schedulers()
+    assert all(isinstance(p.name, str) for p in bnsgd_numba.list_plugins())
+
+
+@pytest.mark.parametrize("plugin", [None, "bnsgd_numba.schedulers.cosine"])
+def test_register_plugin_wants_a_plugin_object(entry_points, plugin):
+    with pytest.raises(TypeError, match="plugin must be"):
+        bnsgd_numba.register_plugin(plugin)
+
+
+@pytest.mark.parametrize("name", [123, None, ["cosine"], 1.5])
+def test_lookups_want_a_string_name(entry_points, name):
+    with pytest.raises(TypeError, match="scheduler name must be a str"):
+        bnsgd_numba.create_scheduler(name)
+    with pytest.raises(TypeError, match="normalization name must be a str"):
+        bnsgd_numba.create_normalization(name, 3)
+
+
+EXITS_AT_IMPORT = """
+import sys
+sys.exit(3)
+"""
+EXITS_IN_HOOK = """
+import sys
+from bnsgd_numba import hookimpl
+
+@hookimpl
+def bnsgd_register_schedulers(register):
+    sys.exit()
+"""
+INTERRUPTED_IN_HOOK = """
+from bnsgd_numba import hookimpl
+
+@hookimpl
+def bnsgd_register_schedulers(register):
+    raise KeyboardInterrupt
+"""
+
+
+def test_a_plugin_calling_sys_exit_is_contained(entry_points, plugin_dir):
+    entry_points.append(plugin_dir("fake_plugin_exit_import", EXITS_AT_IMPORT))
+    entry_points.append(plugin_dir("fake_plugin_exit_hook", EXITS_IN_HOOK))
+    entry_points.append(plugin_dir("fake_plugin_ok", GOOD.format(name="fine")))
+    assert {"fine", "cosine"} <= set(bnsgd_numba.available_schedulers())
+    assert "SystemExit: the plugin called sys.exit(3)" in _info("fake_plugin_exit_import").error
+    assert "SystemExit: the plugin called sys.exit(None)" in _info("fake_plugin_exit_hook").error
+
+
+def test_register_plugin_contains_sys_exit_too(entry_points):
+    class Exits:
+        @hookimpl
+        def bnsgd_register_schedulers(self, register):
+            register("gone", ExponentialLR)
+            raise SystemExit(1)
+
+    with pytest.raises(registry.PluginError, match="sys.exit"):
+        bnsgd_numba.register_plugin(Exits(), name="exits")
+    assert "gone" not in bnsgd_numba.available_schedulers()
+
+
+def test_keyboard_interrupt_in_a_plugin_is_not_swallowed(entry_points, plugin_dir):
+    entry_points.append(plugin_dir("fake_plugin_interrupt", INTERRUPTED_IN_HOOK))
+    with pytest.raises(KeyboardInterrupt):
+        bnsgd_numba.available_schedulers()
+
+
+def test_sys_exit_while_creating_a_plugins_scheduler_is_a_plugin_error(entry_points):
+    def quit_now(**params):
+        raise SystemExit(0)
+
+    class Plugin:
+        @hookimpl
+        def bnsgd_register_schedulers(self, register):
+            register("quitter", quit_now)
+
+    bnsgd_numba.register_plugin(Plugin(), name="quitter_plugin")
+    with pytest.raises(registry.PluginError, match="'quitter' of plugin 'quitter_plugin'"):
+        bnsgd_numba.create_scheduler("quitter")
+
+
+def test_a_plugin_with_one_invalid_hook_registers_nothing(entry_points, plugin_dir):
+    # pluggy adds hooks in name order and keeps those before the one that fails
+    source = """
+    from bnsgd_numba import hookimpl
+
+    @hookimpl
+    def bnsgd_register_normalizations(register):
+        register("orphan_norm", lambda num_features, **kw: None)
+
+    @hookimpl
+    def bnsgd_register_schedulers(reg):
+        pass
+    """
+    entry_points.append(plugin_dir("fake_plugin_half_valid", source))
+    assert "invalid hook" in _info("fake_plugin_half_valid").error
+    assert "orphan_norm" not in bnsgd_numba.available_normalizations()
+    assert "fake_plugin_half_valid" not in dict(bnsgd_numba.plugin_manager().list_name_plugin())

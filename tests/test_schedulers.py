@@ -51,8 +51,11 @@ def test_warmup_cosine_base_lr_is_the_peak_value():
     with pytest.raises(ValueError, match="name one value"):
         create_scheduler("warmup_cosine", base_lr=1.0, peak_value=2.0, init_value=0.0,
                          warmup_steps=1, decay_steps=5)  # fmt: skip
-    with pytest.raises(TypeError, match="peak_value"):
-        create_scheduler("warmup_cosine", init_value=0.0, warmup_steps=1, decay_steps=5)
+    # neither given: the bound optimizer's rate is the peak
+    waiting = create_scheduler("warmup_cosine", init_value=0.0, warmup_steps=1, decay_steps=5)
+    with pytest.raises(TypeError, match="no base_lr yet"):
+        waiting.step()
+    assert waiting.bind(StandIn(lr=0.4)).peak_value == 0.4 and waiting.lr_at(1) == 0.4
 
 
 def test_piecewise_constant_as_optax_defines_it():
@@ -240,7 +243,7 @@ def test_load_state_dict_refuses_another_schedulers_state():
         ("cosine_warm_restarts", {"T_0": 3, "T_mult": 0}, "T_mult"),
         ("cyclic", {"max_lr": 1.0, "mode": "zigzag"}, "mode"),
         ("lambda", {"lr_lambda": 3}, "callable"),
-        ("reduce_on_plateau", {"threshold_mode": "pct"}, "threshold mode"),
+        ("reduce_on_plateau", {"threshold_mode": "pct"}, "threshold_mode"),
         ("reduce_on_plateau", {"mode": "up"}, "mode"),
     ],
 )

@@ -113,7 +113,7 @@ def test_plateau_needs_a_metric_and_has_no_closed_form():
     assert sched.lr_at(0) == 0.1
     with pytest.raises(ValueError, match="current step"):
         sched.lr_at(5)
-    with pytest.raises(ValueError, match="Factor"):
+    with pytest.raises(ValueError, match="factor"):
         bnsgd_numba.create_scheduler("reduce_on_plateau", base_lr=0.1, factor=1.0)
 
 

@@ -401,13 +401,35 @@ def test_learning_rate_matches_torch(name, base_lr, params, make):
     sched, ours = _ours(name, base_lr, params, steps)
     torch_base = base_lr if base_lr is not None else sched.base_lr
     expected, closed, momenta = _torch_run(make, torch_base, steps)
+    ours_m = [sched.momentum_at(t) for t in range(steps + 1)]
+    if sched.max_step is not None:
+        # torch's phases end at max_step - 1 and it extrapolates one step past them;
+        # here the last step holds the final value (issue 16)
+        assert ours[-1] == ours[-2] and ours_m[-1] == ours_m[-2]
+        ours, expected, momenta, ours_m = ours[:-1], expected[:-1], momenta[:-1], ours_m[:-1]
+        closed = None if closed is None else closed[:-1]
     np.testing.assert_allclose(ours, expected, rtol=RTOL, atol=0)
     if closed is not None:
         # the chosen set is one where torch's step() and its closed form agree
         np.testing.assert_allclose(closed, expected, rtol=RTOL, atol=0)
     if sched.momentum_at(0) is not None:
-        ours_m = [sched.momentum_at(t) for t in range(steps + 1)]
         np.testing.assert_allclose(ours_m, momenta, rtol=RTOL, atol=0)
+
+
+def test_one_cycle_holds_its_final_value_where_torch_goes_negative():
+    # torch 2.13: OneCycleLR(anneal_strategy="linear") at its last step is below zero
+    opt = _optimizer(0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch_sched = L.OneCycleLR(opt, max_lr=0.1, total_steps=100, anneal_strategy="linear")
+        for _ in range(100):
+            opt.step()
+            torch_sched.step()
+    assert opt.param_groups[0]["lr"] < 0
+    ours = bnsgd_numba.create_scheduler(
+        "one_cycle", max_lr=0.1, total_steps=100, anneal_strategy="linear"
+    )
+    assert ours.lr_at(100) == ours.lr_at(99) == pytest.approx(0.1 / 25 / 1e4)
 
 
 def test_cycle_momentum_drives_a_bound_torch_like_optimizer():

@@ -140,8 +140,8 @@ x_nan[3, 1, 2] = np.nan
 def test_bad_data_file_is_rejected_before_training(tmp_path, overrides, message):
     path = write_npz(tmp_path / "bad.npz", **overrides)
     with pytest.raises(ValueError, match=message):
-        load_npz(path)
-    result = run_cli("--data", str(path), "--epochs", "1")
+        load_npz(path, num_classes=10)
+    result = run_cli("--data", str(path), "--classes", "10", "--epochs", "1")
     assert result.returncode == 2
     assert "error:" in result.stderr and "epoch" not in result.stderr
 
@@ -152,3 +152,39 @@ def test_bad_data_file_is_rejected_before_training(tmp_path, overrides, message)
 def test_bad_configuration_is_rejected(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
+
+
+class _Optimizer:
+    lr = 0.0
+    momentum = 0.0
+
+
+def test_one_cycle_takes_lr_as_its_peak_and_the_run_as_its_length():
+    from bnsgd_numba.nn.training import make_scheduler
+
+    schedule = make_scheduler(TrainConfig(epochs=2, lr=0.5, scheduler="one_cycle"), 10)
+    assert schedule.max_lr == 0.5 and schedule.total_steps == 20
+    assert schedule.lr_at(0) == pytest.approx(0.5 / 25)
+    assert max(schedule.lr_at(step) for step in range(21)) == pytest.approx(0.5)
+
+
+def test_epoch_unit_steps_the_schedule_once_per_epoch():
+    from bnsgd_numba.nn.training import make_scheduler
+
+    config = TrainConfig(
+        epochs=3, scheduler="step", scheduler_params={"step_size": 1}, schedule_unit="epoch"
+    )
+    optimizer = _Optimizer()
+    schedule = make_scheduler(config, 4).bind(optimizer)
+    rates = [optimizer.lr]
+    for _ in range(12):
+        schedule.step()
+        rates.append(optimizer.lr)
+    expected = [0.1] * 4 + [0.01] * 4 + [0.001] * 4 + [0.0001]
+    assert rates == pytest.approx(expected, rel=1e-12)
+    assert [schedule.lr_at(step) for step in range(13)] == pytest.approx(expected, rel=1e-12)
+    # the lengths it fills in count epochs: cosine's T_max is the 3 epochs
+    cosine = make_scheduler(TrainConfig(epochs=3, scheduler="cosine", schedule_unit="epoch"), 4)
+    assert cosine.schedule.T_max == 3
+    with pytest.raises(ValueError, match="schedule_unit"):
+        TrainConfig(schedule_unit="batch")

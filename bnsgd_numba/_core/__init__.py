@@ -1,7 +1,7 @@
 """Shared low-level pieces below every concept package.
 
-Array predicates, compile options, memory layouts, float64 reductions,
-layer-state loading and the CUDA backend (the only module that imports
-numba-cuda). Nothing here imports a concept package (``batch_norm``,
+Array predicates, argument checks, compile options, memory layouts, float64
+reductions, the base class of every normalization layer and the CUDA backend
+(the only module that imports numba-cuda). Nothing here imports a concept package (``batch_norm``,
 ``sgd``, ``normalizations``, ``schedulers``, ``nn``) or the command line.
 """

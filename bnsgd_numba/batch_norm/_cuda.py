@@ -17,9 +17,10 @@ Reductions (forward statistics and the backward sums) have two stages:
    accumulates in float64 (moments: statistics about its first value, four
    values merged at a time, see :func:`_add_values`; sums: plain sums); the
    threads' partials are merged with Chan's formula (or added) through warp
-   shuffles (``ncs``) or a shared-memory tree over the rows of the tile
-   (``rc``), then across warps through shared memory. One partial per
-   (channel, span) is written, never accumulated with atomics.
+   shuffles, then across warps through shared memory (``ncs``), or through
+   a shared-memory tree over the rows of the tile (``rc``): the block and
+   tile reductions of :mod:`bnsgd_numba._core.cuda_reductions`. One partial
+   per (channel, span) is written, never accumulated with atomics.
 2. ``finish_*``: one block per channel merges its partials, again per thread
    in a fixed order and then through the same block merge, and computes the
    per-channel constants.
@@ -38,6 +39,10 @@ exactly as the CPU kernels do: one (n, c) plane per block for ``ncs`` with
 long rows (``*_planes``), a fixed channel per thread for ``rc`` when the
 grid's stride is a multiple of C (``*_columns``), a grid-stride loop that
 steps the channel otherwise.
+
+The two layouts' twins differ in their indexing only: what a thread does
+with the values it reads (:func:`_add_four`, :func:`_add_gradients_two`,
+:func:`_normalize_run`, :func:`_input_gradient_run`, ...) is written once.
 """
 
 from __future__ import annotations
@@ -46,115 +51,65 @@ import math
 
 from numba import float64, int32
 
-from bnsgd_numba._core.cuda import (
-    MAX_THREADS_PER_BLOCK,
-    WARP_SIZE,
-    cuda,
-    gpu_device_function,
-    gpu_kernel,
-    shfl_down3,
+from bnsgd_numba._core.cuda import MAX_THREADS_PER_BLOCK, cuda, gpu_device_function, gpu_kernel
+from bnsgd_numba._core.cuda_reductions import (
+    TILE_WIDTH,
+    block_merge,
+    block_sum3,
+    merge_chan,
+    tile_merge,
+    tile_sum3,
 )
 
-MAX_WARPS = MAX_THREADS_PER_BLOCK // WARP_SIZE
-TILE_CHANNELS = WARP_SIZE
+TILE_CHANNELS = TILE_WIDTH
 """Channels per block of the channels-last (``rc``) tiling: one warp wide."""
 
 
-# --- merges -----------------------------------------------------------------
+# --- per-thread steps both layouts share ---------------------------------------
 
 
 @gpu_device_function
-def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    # Chan, Golub & LeVeque (1979): combine (count, mean, M2) of two parts.
-    if n_b == 0.0:
-        return n_a, mean_a, m2_a
-    if n_a == 0.0:
-        return n_b, mean_b, m2_b
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    mean = mean_a + delta * (n_b / n)
-    m2 = m2_a + m2_b + delta * delta * (n_a * (n_b / n))
-    return n, mean, m2
+def _ncs_span(size, channels, inner, span):
+    # Thread tid of block (c, b) of an ncs reduction: its first value j of
+    # channel c at (row, col), the (row, col) step of the block's stride,
+    # and the end of the block's span
+    m = (size // (channels * inner)) * inner
+    start = cuda.blockIdx.y * span
+    j = start + cuda.threadIdx.x
+    row = j // inner
+    step_row = cuda.blockDim.x // inner
+    step_col = cuda.blockDim.x - step_row * inner
+    return j, row, j - row * inner, step_row, step_col, min(start + span, m)
 
 
 @gpu_device_function
-def _warp_merge(n, mean, m2):
-    # Tree over the warp's lanes (offsets 16, 8, 4, 2, 1); lane 0 gets the result.
-    offset = WARP_SIZE // 2
-    while offset > 0:
-        n_b, mean_b, m2_b = shfl_down3(n, mean, m2, offset)
-        n, mean, m2 = _chan(n, mean, m2, n_b, mean_b, m2_b)
-        offset //= 2
-    return n, mean, m2
+def _rc_span(size, channels, span):
+    # Thread (tx, ty) of block (t, b) of an rc reduction: its channel
+    # 32 t + tx and the block's span [start, stop) of rows
+    c = cuda.blockIdx.x * TILE_CHANNELS + cuda.threadIdx.x
+    start = cuda.blockIdx.y * span
+    return c, start, min(start + span, size // channels)
 
 
 @gpu_device_function
-def _block_merge(tid, threads, n, mean, m2):
-    # Every thread of the block calls this; thread 0 gets the block's merge.
-    warp_n = cuda.shared.array(MAX_WARPS, float64)
-    warp_mean = cuda.shared.array(MAX_WARPS, float64)
-    warp_m2 = cuda.shared.array(MAX_WARPS, float64)
-    n, mean, m2 = _warp_merge(n, mean, m2)
-    lane = tid % WARP_SIZE
-    if lane == 0:
-        warp = tid // WARP_SIZE
-        warp_n[warp] = n
-        warp_mean[warp] = mean
-        warp_m2[warp] = m2
-    cuda.syncthreads()
-    if lane < threads // WARP_SIZE:
-        n = warp_n[lane]
-        mean = warp_mean[lane]
-        m2 = warp_m2[lane]
-    else:
-        n = 0.0
-        mean = 0.0
-        m2 = 0.0
-    n, mean, m2 = _warp_merge(n, mean, m2)
-    cuda.syncthreads()
-    return n, mean, m2
+def _ncs_take(row, col, c, channels, inner, step_row, step_col):
+    # Flat index of value (row, col) of channel c of an (N, C, S) array, and
+    # the position a block's stride further on: col advances by the
+    # stride % S and carries into row.
+    k = (row * channels + c) * inner + col
+    row, col = _carry(row, col, step_row, step_col, inner)
+    return k, row, col
 
 
 @gpu_device_function
-def _warp_sum3(a, b, c):
-    offset = WARP_SIZE // 2
-    while offset > 0:
-        a_b, b_b, c_b = shfl_down3(a, b, c, offset)
-        a += a_b
-        b += b_b
-        c += c_b
-        offset //= 2
-    return a, b, c
-
-
-@gpu_device_function
-def _block_sum3(tid, threads, a, b, c):
-    # Every thread of the block calls this; thread 0 gets the block's sums.
-    warp_a = cuda.shared.array(MAX_WARPS, float64)
-    warp_b = cuda.shared.array(MAX_WARPS, float64)
-    warp_c = cuda.shared.array(MAX_WARPS, float64)
-    a, b, c = _warp_sum3(a, b, c)
-    lane = tid % WARP_SIZE
-    if lane == 0:
-        warp = tid // WARP_SIZE
-        warp_a[warp] = a
-        warp_b[warp] = b
-        warp_c[warp] = c
-    cuda.syncthreads()
-    if lane < threads // WARP_SIZE:
-        a = warp_a[lane]
-        b = warp_b[lane]
-        c = warp_c[lane]
-    else:
-        a = 0.0
-        b = 0.0
-        c = 0.0
-    a, b, c = _warp_sum3(a, b, c)
-    cuda.syncthreads()
-    return a, b, c
-
-
-# --- forward statistics -----------------------------------------------------
+def _carry(outer, position, step_outer, step_position, size):
+    # (outer, position) advanced by (step_outer, step_position), position < size carrying into outer
+    outer += step_outer
+    position += step_position
+    if position >= size:
+        position -= size
+        outer += 1
+    return outer, position
 
 
 @gpu_device_function
@@ -187,6 +142,57 @@ def _add_values(n, shift, total, m2, v0, v1, v2, v3, count):
     return merged, total + local * k, m2 + local_m2 + delta * delta * (n * (k / merged))
 
 
+@gpu_device_function
+def _add_four(x, k0, k1, k2, k3, n, shift, total, m2):
+    # x[k0..k3] into a thread's statistics (four loads in flight)
+    v0 = float64(x[k0])
+    v1 = float64(x[k1])
+    v2 = float64(x[k2])
+    v3 = float64(x[k3])
+    return _add_values(n, shift, total, m2, v0, v1, v2, v3, 4)
+
+
+@gpu_device_function
+def _add_one(x, k, n, shift, total, m2):
+    return _add_values(n, shift, total, m2, float64(x[k]), 0.0, 0.0, 0.0, 1)
+
+
+@gpu_device_function
+def _add_gradients(dy, x, k, mu, total_dy, total_dy_xmu, total_xmu):
+    # dy[k], dy[k] * (x[k] - mu) and x[k] - mu into a thread's sums
+    g = float64(dy[k])
+    xmu = float64(x[k]) - mu
+    return total_dy + g, total_dy_xmu + g * xmu, total_xmu + xmu
+
+
+@gpu_device_function
+def _add_gradients_two(dy, x, k0, k1, mu, total_dy, total_dy_xmu, total_xmu):
+    # two elements per step: four loads in flight, the same order of sums
+    g0 = float64(dy[k0])
+    g1 = float64(dy[k1])
+    x0 = float64(x[k0])
+    x1 = float64(x[k1])
+    xmu = x0 - mu
+    total_dy += g0
+    total_dy_xmu += g0 * xmu
+    total_xmu += xmu
+    xmu = x1 - mu
+    total_dy += g1
+    total_dy_xmu += g1 * xmu
+    total_xmu += xmu
+    return total_dy, total_dy_xmu, total_xmu
+
+
+@gpu_device_function
+def _store_partial(parts, c, b, a0, a1, a2):
+    parts[0, c, b] = a0
+    parts[1, c, b] = a1
+    parts[2, c, b] = a2
+
+
+# --- forward statistics -----------------------------------------------------
+
+
 @gpu_kernel
 def moments_ncs(x, channels, inner, span, parts):
     """Partials (count, mean, M2) of a flat (N, C, S) array: block (c, b) reduces span b of c.
@@ -202,64 +208,26 @@ def moments_ncs(x, channels, inner, span, parts):
     b = cuda.blockIdx.y
     tid = cuda.threadIdx.x
     threads = cuda.blockDim.x
-    m = (x.shape[0] // (channels * inner)) * inner
-    start = b * span
-    stop = min(start + span, m)
-    step_row = threads // inner
-    step_col = threads - step_row * inner
+    j, row, col, step_row, step_col, stop = _ncs_span(x.shape[0], channels, inner, span)
     n = 0.0
     total = 0.0
     m2 = 0.0
-    j = start + tid
-    row = j // inner
-    col = j - row * inner
     shift = float64(x[(row * channels + c) * inner + col]) if j < stop else 0.0
     while j + 3 * threads < stop:
-        k0 = (row * channels + c) * inner + col
-        row += step_row
-        col += step_col
-        if col >= inner:
-            col -= inner
-            row += 1
-        k1 = (row * channels + c) * inner + col
-        row += step_row
-        col += step_col
-        if col >= inner:
-            col -= inner
-            row += 1
-        k2 = (row * channels + c) * inner + col
-        row += step_row
-        col += step_col
-        if col >= inner:
-            col -= inner
-            row += 1
-        k3 = (row * channels + c) * inner + col
-        row += step_row
-        col += step_col
-        if col >= inner:
-            col -= inner
-            row += 1
-        v0 = float64(x[k0])
-        v1 = float64(x[k1])
-        v2 = float64(x[k2])
-        v3 = float64(x[k3])
-        n, total, m2 = _add_values(n, shift, total, m2, v0, v1, v2, v3, 4)
+        k0, row, col = _ncs_take(row, col, c, channels, inner, step_row, step_col)
+        k1, row, col = _ncs_take(row, col, c, channels, inner, step_row, step_col)
+        k2, row, col = _ncs_take(row, col, c, channels, inner, step_row, step_col)
+        k3, row, col = _ncs_take(row, col, c, channels, inner, step_row, step_col)
+        n, total, m2 = _add_four(x, k0, k1, k2, k3, n, shift, total, m2)
         j += 4 * threads
     while j < stop:
-        v0 = float64(x[(row * channels + c) * inner + col])
-        n, total, m2 = _add_values(n, shift, total, m2, v0, 0.0, 0.0, 0.0, 1)
+        k, row, col = _ncs_take(row, col, c, channels, inner, step_row, step_col)
+        n, total, m2 = _add_one(x, k, n, shift, total, m2)
         j += threads
-        row += step_row
-        col += step_col
-        if col >= inner:
-            col -= inner
-            row += 1
     mean = shift + total / n if n > 0.0 else 0.0
-    n, mean, m2 = _block_merge(tid, threads, n, mean, m2)
+    n, mean, m2 = block_merge(tid, threads, n, mean, m2)
     if tid == 0:
-        parts[0, c, b] = n
-        parts[1, c, b] = mean
-        parts[2, c, b] = m2
+        _store_partial(parts, c, b, n, mean, m2)
 
 
 @gpu_kernel
@@ -271,17 +239,11 @@ def moments_rc(x, channels, span, parts):
     at a time as :func:`moments_ncs` does, and the tile's rows are merged
     through shared memory.
     """
-    tile_n = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
-    tile_mean = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
-    tile_m2 = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     rows_step = cuda.blockDim.y
-    c = cuda.blockIdx.x * TILE_CHANNELS + tx
     b = cuda.blockIdx.y
-    rows = x.shape[0] // channels
-    start = b * span
-    stop = min(start + span, rows)
+    c, start, stop = _rc_span(x.shape[0], channels, span)
     n = 0.0
     total = 0.0
     m2 = 0.0
@@ -290,38 +252,31 @@ def moments_rc(x, channels, span, parts):
     if c < channels and r < stop:
         shift = float64(x[r * channels + c])
         while r + 3 * rows_step < stop:
-            v0 = float64(x[r * channels + c])
-            v1 = float64(x[(r + rows_step) * channels + c])
-            v2 = float64(x[(r + 2 * rows_step) * channels + c])
-            v3 = float64(x[(r + 3 * rows_step) * channels + c])
-            n, total, m2 = _add_values(n, shift, total, m2, v0, v1, v2, v3, 4)
+            k0 = r * channels + c
+            k1 = (r + rows_step) * channels + c
+            k2 = (r + 2 * rows_step) * channels + c
+            k3 = (r + 3 * rows_step) * channels + c
+            n, total, m2 = _add_four(x, k0, k1, k2, k3, n, shift, total, m2)
             r += 4 * rows_step
         while r < stop:
-            v0 = float64(x[r * channels + c])
-            n, total, m2 = _add_values(n, shift, total, m2, v0, 0.0, 0.0, 0.0, 1)
+            n, total, m2 = _add_one(x, r * channels + c, n, shift, total, m2)
             r += rows_step
         mean = shift + total / n
-    k = ty * TILE_CHANNELS + tx
-    tile_n[k] = n
-    tile_mean[k] = mean
-    tile_m2[k] = m2
-    cuda.syncthreads()
-    half = rows_step // 2
-    while half > 0:
-        if ty < half:
-            other = k + half * TILE_CHANNELS
-            n, mean, m2 = _chan(
-                n, mean, m2, tile_n[other], tile_mean[other], tile_m2[other]
-            )  # fmt: skip
-            tile_n[k] = n
-            tile_mean[k] = mean
-            tile_m2[k] = m2
-        cuda.syncthreads()
-        half //= 2
+    n, mean, m2 = tile_merge(tx, ty, rows_step, n, mean, m2)
     if ty == 0 and c < channels:
-        parts[0, c, b] = n
-        parts[1, c, b] = mean
-        parts[2, c, b] = m2
+        _store_partial(parts, c, b, n, mean, m2)
+
+
+@gpu_device_function
+def _write_constants(saved, constants, c, mean, invstd, weight, bias, has_weight, has_bias):
+    # saved: save_mean, save_invstd; constants: shift_hi, shift_lo, scale, offset
+    saved[0, c] = mean
+    saved[1, c] = invstd
+    constants[0, c] = mean
+    constants[1, c] = mean - float64(constants[0, c])
+    w = float64(weight[c]) if has_weight else 1.0
+    constants[2, c] = w * invstd
+    constants[3, c] = bias[c] if has_bias else 0.0
 
 
 @gpu_kernel
@@ -341,20 +296,14 @@ def finish_moments(
     mean = 0.0
     m2 = 0.0
     for j in range(tid, parts.shape[2], threads):
-        n, mean, m2 = _chan(n, mean, m2, parts[0, c, j], parts[1, c, j], parts[2, c, j])
-    n, mean, m2 = _block_merge(tid, threads, n, mean, m2)
+        n, mean, m2 = merge_chan(n, mean, m2, parts[0, c, j], parts[1, c, j], parts[2, c, j])
+    n, mean, m2 = block_merge(tid, threads, n, mean, m2)
     if tid == 0:
         variance = m2 / n
         invstd = 1.0 / math.sqrt(variance + eps)
         stats[0, c] = mean
         stats[1, c] = m2
-        saved[0, c] = mean
-        saved[1, c] = invstd
-        constants[0, c] = mean
-        constants[1, c] = mean - float64(constants[0, c])
-        w = float64(weight[c]) if has_weight else 1.0
-        constants[2, c] = w * invstd
-        constants[3, c] = bias[c] if has_bias else 0.0
+        _write_constants(saved, constants, c, mean, invstd, weight, bias, has_weight, has_bias)
         bad[c] = 0 if (math.isfinite(mean) and math.isfinite(variance)) else 1
 
 
@@ -403,16 +352,71 @@ def eval_constants(
     if c < running_mean.shape[0]:
         mean = float64(running_mean[c])
         invstd = 1.0 / math.sqrt(float64(running_var[c]) + eps)
-        saved[0, c] = running_mean[c]
-        saved[1, c] = invstd
-        constants[0, c] = mean
-        constants[1, c] = mean - float64(constants[0, c])
-        w = float64(weight[c]) if has_weight else 1.0
-        constants[2, c] = w * invstd
-        constants[3, c] = bias[c] if has_bias else 0.0
+        _write_constants(saved, constants, c, mean, invstd, weight, bias, has_weight, has_bias)
 
 
 # --- elementwise ------------------------------------------------------------
+
+
+@gpu_device_function
+def _normalized(v, hi, lo, scale, offset):
+    return ((v - hi) - lo) * scale + offset
+
+
+@gpu_device_function
+def _input_gradient_of(v, hi, lo, g, shift, xmu_scale, dy_scale):
+    return ((g - shift) - ((v - hi) - lo) * xmu_scale) * dy_scale
+
+
+@gpu_device_function
+def _first_channel(i, inner, channels):
+    # (position in the row, channel) of flat element i: i = (q * C + c) * inner + s
+    q = i // inner
+    return i - q * inner, q % channels
+
+
+@gpu_device_function
+def _next_channel(s, c, step_s, step_c, inner, channels):
+    c, s = _carry(c, s, step_c, step_s, inner)
+    if c >= channels:
+        c -= channels
+    return s, c
+
+
+@gpu_device_function
+def _normalize_run(x, y, i, stop, step, hi, lo, scale, offset):
+    # y at i, i + step, ... below stop, with one channel's constants; four
+    # loads in flight per pass
+    while i + 3 * step < stop:
+        a0 = x[i]
+        a1 = x[i + step]
+        a2 = x[i + 2 * step]
+        a3 = x[i + 3 * step]
+        y[i] = _normalized(a0, hi, lo, scale, offset)
+        y[i + step] = _normalized(a1, hi, lo, scale, offset)
+        y[i + 2 * step] = _normalized(a2, hi, lo, scale, offset)
+        y[i + 3 * step] = _normalized(a3, hi, lo, scale, offset)
+        i += 4 * step
+    while i < stop:
+        y[i] = _normalized(x[i], hi, lo, scale, offset)
+        i += step
+
+
+@gpu_device_function
+def _input_gradient_run(dy, x, dx, i, stop, step, hi, lo, dy_scale, shift, xmu_scale):
+    # dx at i, i + step, ... below stop, with one channel's constants; four
+    # loads in flight per pass
+    while i + step < stop:
+        x0 = x[i]
+        x1 = x[i + step]
+        g0 = dy[i]
+        g1 = dy[i + step]
+        dx[i] = _input_gradient_of(x0, hi, lo, g0, shift, xmu_scale, dy_scale)
+        dx[i + step] = _input_gradient_of(x1, hi, lo, g1, shift, xmu_scale, dy_scale)
+        i += 2 * step
+    while i < stop:
+        dx[i] = _input_gradient_of(x[i], hi, lo, dy[i], shift, xmu_scale, dy_scale)
+        i += step
 
 
 @gpu_kernel
@@ -431,19 +435,11 @@ def normalize(x, y, inner, channels, step_s, step_c, constants, status):
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     size = x.shape[0]
-    q = i // inner
-    s = i - q * inner
-    c = q % channels
+    s, c = _first_channel(i, inner, channels)
     while i < size:
-        y[i] = ((x[i] - constants[0, c]) - constants[1, c]) * constants[2, c] + constants[3, c]
+        y[i] = _normalized(x[i], constants[0, c], constants[1, c], constants[2, c], constants[3, c])
         i += stride
-        s += step_s
-        c += step_c
-        if s >= inner:
-            s -= inner
-            c += 1
-        if c >= channels:
-            c -= channels
+        s, c = _next_channel(s, c, step_s, step_c, inner, channels)
 
 
 @gpu_kernel
@@ -466,21 +462,9 @@ def normalize_planes(x, y, inner, channels, constants, status):
         lo = constants[1, c]
         scale = constants[2, c]
         offset = constants[3, c]
-        i = plane * inner + tid
+        start = plane * inner + tid
         stop = (plane + 1) * inner
-        while i + 3 * threads < stop:
-            a0 = x[i]
-            a1 = x[i + threads]
-            a2 = x[i + 2 * threads]
-            a3 = x[i + 3 * threads]
-            y[i] = ((a0 - hi) - lo) * scale + offset
-            y[i + threads] = ((a1 - hi) - lo) * scale + offset
-            y[i + 2 * threads] = ((a2 - hi) - lo) * scale + offset
-            y[i + 3 * threads] = ((a3 - hi) - lo) * scale + offset
-            i += 4 * threads
-        while i < stop:
-            y[i] = ((x[i] - hi) - lo) * scale + offset
-            i += threads
+        _normalize_run(x, y, start, stop, threads, hi, lo, scale, offset)
         plane += cuda.gridDim.x
 
 
@@ -497,19 +481,7 @@ def normalize_columns(x, y, channels, constants, status):
     lo = constants[1, c]
     scale = constants[2, c]
     offset = constants[3, c]
-    while i + 3 * stride < size:
-        a0 = x[i]
-        a1 = x[i + stride]
-        a2 = x[i + 2 * stride]
-        a3 = x[i + 3 * stride]
-        y[i] = ((a0 - hi) - lo) * scale + offset
-        y[i + stride] = ((a1 - hi) - lo) * scale + offset
-        y[i + 2 * stride] = ((a2 - hi) - lo) * scale + offset
-        y[i + 3 * stride] = ((a3 - hi) - lo) * scale + offset
-        i += 4 * stride
-    while i < size:
-        y[i] = ((x[i] - hi) - lo) * scale + offset
-        i += stride
+    _normalize_run(x, y, i, size, stride, hi, lo, scale, offset)
 
 
 @gpu_kernel
@@ -522,20 +494,14 @@ def input_gradient(dy, x, dx, inner, channels, step_s, step_c, center_hi, consta
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     size = x.shape[0]
-    q = i // inner
-    s = i - q * inner
-    c = q % channels
+    s, c = _first_channel(i, inner, channels)
     while i < size:
-        xmu = (x[i] - center_hi[c]) - constants[3, c]
-        dx[i] = ((dy[i] - constants[1, c]) - xmu * constants[2, c]) * constants[0, c]
+        dx[i] = _input_gradient_of(
+            x[i], center_hi[c], constants[3, c], dy[i], constants[1, c], constants[2, c],
+            constants[0, c],
+        )  # fmt: skip
         i += stride
-        s += step_s
-        c += step_c
-        if s >= inner:
-            s -= inner
-            c += 1
-        if c >= channels:
-            c -= channels
+        s, c = _next_channel(s, c, step_s, step_c, inner, channels)
 
 
 @gpu_kernel
@@ -552,19 +518,9 @@ def input_gradient_planes(dy, x, dx, inner, channels, center_hi, constants):
         shift = constants[1, c]
         xmu_scale = constants[2, c]
         lo = constants[3, c]
-        i = plane * inner + tid
+        start = plane * inner + tid
         stop = (plane + 1) * inner
-        while i + threads < stop:
-            x0 = x[i]
-            x1 = x[i + threads]
-            g0 = dy[i]
-            g1 = dy[i + threads]
-            dx[i] = ((g0 - shift) - ((x0 - hi) - lo) * xmu_scale) * dy_scale
-            dx[i + threads] = ((g1 - shift) - ((x1 - hi) - lo) * xmu_scale) * dy_scale
-            i += 2 * threads
-        while i < stop:
-            dx[i] = ((dy[i] - shift) - ((x[i] - hi) - lo) * xmu_scale) * dy_scale
-            i += threads
+        _input_gradient_run(dy, x, dx, start, stop, threads, hi, lo, dy_scale, shift, xmu_scale)
         plane += cuda.gridDim.x
 
 
@@ -580,17 +536,7 @@ def input_gradient_columns(dy, x, dx, channels, center_hi, constants):
     shift = constants[1, c]
     xmu_scale = constants[2, c]
     lo = constants[3, c]
-    while i + stride < size:
-        x0 = x[i]
-        x1 = x[i + stride]
-        g0 = dy[i]
-        g1 = dy[i + stride]
-        dx[i] = ((g0 - shift) - ((x0 - hi) - lo) * xmu_scale) * dy_scale
-        dx[i + stride] = ((g1 - shift) - ((x1 - hi) - lo) * xmu_scale) * dy_scale
-        i += 2 * stride
-    while i < size:
-        dx[i] = ((dy[i] - shift) - ((x[i] - hi) - lo) * xmu_scale) * dy_scale
-        i += stride
+    _input_gradient_run(dy, x, dx, i, size, stride, hi, lo, dy_scale, shift, xmu_scale)
 
 
 # --- backward sums ----------------------------------------------------------
@@ -607,80 +553,37 @@ def gradient_sums_ncs(dy, x, channels, inner, center, span, part):
     b = cuda.blockIdx.y
     tid = cuda.threadIdx.x
     threads = cuda.blockDim.x
-    s_size = inner
-    m = (x.shape[0] // (channels * inner)) * inner
+    j, row, col, step_row, step_col, stop = _ncs_span(x.shape[0], channels, inner, span)
     mu = float64(center[c])
-    start = b * span
-    stop = min(start + span, m)
     total_dy = 0.0
     total_dy_xmu = 0.0
     total_xmu = 0.0
-    j = start + tid
-    row = j // s_size
-    col = j - row * s_size
-    step_row = threads // s_size
-    step_col = threads - step_row * s_size
     while j + threads < stop:
-        # two elements per step: four loads in flight, the same order of sums
-        k0 = (row * channels + c) * s_size + col
-        row += step_row
-        col += step_col
-        if col >= s_size:
-            col -= s_size
-            row += 1
-        k1 = (row * channels + c) * s_size + col
-        row += step_row
-        col += step_col
-        if col >= s_size:
-            col -= s_size
-            row += 1
-        g0 = float64(dy[k0])
-        g1 = float64(dy[k1])
-        x0 = float64(x[k0])
-        x1 = float64(x[k1])
-        xmu = x0 - mu
-        total_dy += g0
-        total_dy_xmu += g0 * xmu
-        total_xmu += xmu
-        xmu = x1 - mu
-        total_dy += g1
-        total_dy_xmu += g1 * xmu
-        total_xmu += xmu
+        k0, row, col = _ncs_take(row, col, c, channels, inner, step_row, step_col)
+        k1, row, col = _ncs_take(row, col, c, channels, inner, step_row, step_col)
+        total_dy, total_dy_xmu, total_xmu = _add_gradients_two(
+            dy, x, k0, k1, mu, total_dy, total_dy_xmu, total_xmu
+        )
         j += 2 * threads
     while j < stop:
-        k = (row * channels + c) * s_size + col
-        g = float64(dy[k])
-        xmu = float64(x[k]) - mu
-        total_dy += g
-        total_dy_xmu += g * xmu
-        total_xmu += xmu
+        k, row, col = _ncs_take(row, col, c, channels, inner, step_row, step_col)
+        total_dy, total_dy_xmu, total_xmu = _add_gradients(
+            dy, x, k, mu, total_dy, total_dy_xmu, total_xmu
+        )
         j += threads
-        row += step_row
-        col += step_col
-        if col >= s_size:
-            col -= s_size
-            row += 1
-    total_dy, total_dy_xmu, total_xmu = _block_sum3(tid, threads, total_dy, total_dy_xmu, total_xmu)
+    total_dy, total_dy_xmu, total_xmu = block_sum3(tid, threads, total_dy, total_dy_xmu, total_xmu)
     if tid == 0:
-        part[0, c, b] = total_dy
-        part[1, c, b] = total_dy_xmu
-        part[2, c, b] = total_xmu
+        _store_partial(part, c, b, total_dy, total_dy_xmu, total_xmu)
 
 
 @gpu_kernel
 def gradient_sums_rc(dy, x, channels, center, span, part):
     """As :func:`gradient_sums_ncs` for flat (R, C) arrays, tiled as :func:`moments_rc`."""
-    tile_a = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
-    tile_b = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
-    tile_c = cuda.shared.array(MAX_THREADS_PER_BLOCK, float64)
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     rows_step = cuda.blockDim.y
-    c = cuda.blockIdx.x * TILE_CHANNELS + tx
     b = cuda.blockIdx.y
-    rows = x.shape[0] // channels
-    start = b * span
-    stop = min(start + span, rows)
+    c, start, stop = _rc_span(x.shape[0], channels, span)
     total_dy = 0.0
     total_dy_xmu = 0.0
     total_xmu = 0.0
@@ -688,44 +591,21 @@ def gradient_sums_rc(dy, x, channels, center, span, part):
         mu = float64(center[c])
         r = start + ty
         while r + rows_step < stop:
-            # two rows per step: four loads in flight, the same order of sums
-            g0 = float64(dy[r * channels + c])
-            g1 = float64(dy[(r + rows_step) * channels + c])
-            x0 = float64(x[r * channels + c])
-            x1 = float64(x[(r + rows_step) * channels + c])
-            xmu = x0 - mu
-            total_dy += g0
-            total_dy_xmu += g0 * xmu
-            total_xmu += xmu
-            xmu = x1 - mu
-            total_dy += g1
-            total_dy_xmu += g1 * xmu
-            total_xmu += xmu
+            k0 = r * channels + c
+            k1 = (r + rows_step) * channels + c
+            total_dy, total_dy_xmu, total_xmu = _add_gradients_two(
+                dy, x, k0, k1, mu, total_dy, total_dy_xmu, total_xmu
+            )
             r += 2 * rows_step
         if r < stop:
-            g = float64(dy[r * channels + c])
-            xmu = float64(x[r * channels + c]) - mu
-            total_dy += g
-            total_dy_xmu += g * xmu
-            total_xmu += xmu
-    k = ty * TILE_CHANNELS + tx
-    tile_a[k] = total_dy
-    tile_b[k] = total_dy_xmu
-    tile_c[k] = total_xmu
-    cuda.syncthreads()
-    half = rows_step // 2
-    while half > 0:
-        if ty < half:
-            other = k + half * TILE_CHANNELS
-            tile_a[k] += tile_a[other]
-            tile_b[k] += tile_b[other]
-            tile_c[k] += tile_c[other]
-        cuda.syncthreads()
-        half //= 2
+            total_dy, total_dy_xmu, total_xmu = _add_gradients(
+                dy, x, r * channels + c, mu, total_dy, total_dy_xmu, total_xmu
+            )
+    total_dy, total_dy_xmu, total_xmu = tile_sum3(
+        tx, ty, rows_step, total_dy, total_dy_xmu, total_xmu
+    )
     if ty == 0 and c < channels:
-        part[0, c, b] = tile_a[k]
-        part[1, c, b] = tile_b[k]
-        part[2, c, b] = tile_c[k]
+        _store_partial(part, c, b, total_dy, total_dy_xmu, total_xmu)
 
 
 @gpu_kernel
@@ -749,7 +629,7 @@ def finish_gradient_sums(part, count, training, weight, has_weight, invstd, grad
         sum_dy += part[0, c, j]
         sum_dy_xmu += part[1, c, j]
         sum_xmu += part[2, c, j]
-    sum_dy, sum_dy_xmu, sum_xmu = _block_sum3(tid, threads, sum_dy, sum_dy_xmu, sum_xmu)
+    sum_dy, sum_dy_xmu, sum_xmu = block_sum3(tid, threads, sum_dy, sum_dy_xmu, sum_xmu)
     if tid == 0:
         s = float64(invstd[c])
         w = float64(weight[c]) if has_weight else 1.0

@@ -6,22 +6,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bnsgd_numba._core.arrays import is_device_array
-from bnsgd_numba._core.checks import (
-    check_float_dtype,
-    check_nonfinite_policy,
-    check_positive_eps,
-    check_positive_int,
-    check_unit_momentum,
-)
-from bnsgd_numba._core.state import load_checked_state
+from bnsgd_numba._core.layer import NormLayer
 from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
 
-STATE_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-_ARRAY_KEYS = ("weight", "bias", "grad_weight", "grad_bias", "running_mean", "running_var")
 
-
-class BatchNorm:
+class BatchNorm(NormLayer):
     """Batch Normalization over the channel axis of inputs of any rank >= 2.
 
     One class serves ``BatchNorm1d``/``2d``/``3d`` of PyTorch: the input may be
@@ -78,6 +67,9 @@ class BatchNorm:
     either side.
     """
 
+    BUFFERS = ("running_mean", "running_var")
+    REPR_KEYWORDS = ("eps", "momentum", "affine", "track_running_stats", "channel_axis")
+
     def __init__(
         self,
         num_features: int,
@@ -90,27 +82,14 @@ class BatchNorm:
         dtype: Any = np.float32,
         on_nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
-        num_features = check_positive_int(num_features, "num_features")
-        dtype = check_float_dtype(dtype)
-        check_nonfinite_policy(on_nonfinite)
-        self.num_features = num_features
-        self.eps = check_positive_eps(eps)
-        self.momentum = None if momentum is None else check_unit_momentum(momentum)
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
-        self.channel_axis = int(channel_axis)
-        self.dtype = dtype
-        self.on_nonfinite = on_nonfinite
-        self.weight = np.ones(num_features, dtype) if affine else None
-        self.bias = np.zeros(num_features, dtype) if affine else None
-        self.grad_weight = np.zeros(num_features, dtype) if affine else None
-        self.grad_bias = np.zeros(num_features, dtype) if affine else None
-        self.running_mean = np.zeros(num_features, dtype) if track_running_stats else None
-        self.running_var = np.ones(num_features, dtype) if track_running_stats else None
-        self.num_batches_tracked = 0
-        self.skipped_updates = 0
-        self._saved: tuple[Any, np.ndarray, np.ndarray, bool] | None = None
-        self._on_device = False
+        self._init_channels(
+            num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype,
+            on_nonfinite,
+        )  # fmt: skip
+
+    def _check_channel_axis(self, channel_axis: Any) -> int:
+        # any axis, 0 included: batch_norm_forward checks it against each input
+        return int(channel_axis)
 
     def forward(self, x: Any, training: bool = True, *, out: Any = None) -> Any:
         """Normalize ``x``; in training also update the running statistics.
@@ -129,26 +108,17 @@ class BatchNorm:
         ndarray
             The normalized, scaled and shifted input.
         """
-        if is_device_array(x) != self.on_device:
-            where = "the GPU" if self.on_device else "the host"
-            move = "to_host()" if self.on_device else "to_device()"
-            raise TypeError(
-                f"BatchNorm: the layer's arrays are on {where} but x is not; move x, or "
-                f"call the layer's {move}"
-            )
+        self._check_side(x)
         use_batch_stats = bool(training) or not self.track_running_stats
-        tracking = bool(training) and self.track_running_stats
-        factor = self.momentum
-        if tracking and factor is None:
-            factor = 1.0 / (self.num_batches_tracked + 1)
+        tracking = self.track_running_stats and bool(training)
         result, bad = forward_with_status(
             x,
             self.weight,
             self.bias,
-            self.running_mean if (tracking or not use_batch_stats) else None,
-            self.running_var if (tracking or not use_batch_stats) else None,
+            self.running_mean,
+            self.running_var,
             training=use_batch_stats,
-            momentum=0.0 if factor is None else factor,
+            momentum=self._running_factor() if tracking else 0.0,
             eps=self.eps,
             channel_axis=self.channel_axis,
             out=out,
@@ -180,9 +150,7 @@ class BatchNorm:
         ndarray
             Gradient of the loss with respect to the last input.
         """
-        if self._saved is None:
-            raise RuntimeError("backward() called before forward()")
-        x, save_mean, save_invstd, used_batch_stats = self._saved
+        x, save_mean, save_invstd, used_batch_stats = self._saved_input()
         dx, dweight, dbias = batch_norm_backward(
             dy,
             x,
@@ -193,87 +161,5 @@ class BatchNorm:
             channel_axis=self.channel_axis,
             out=out,
         )
-        if self.affine:
-            if self.on_device:
-                self.grad_weight.copy_to_device(dweight)
-                self.grad_bias.copy_to_device(dbias)
-            else:
-                self.grad_weight[...] = dweight
-                self.grad_bias[...] = dbias
+        self._set_gradients(dweight, dbias)
         return dx
-
-    @property
-    def on_device(self) -> bool:
-        """Whether the layer's arrays are CUDA device arrays (see :meth:`to_device`)."""
-        return self._on_device
-
-    def to_device(self) -> BatchNorm:
-        """Move parameters, gradients and running statistics to the GPU; return self.
-
-        Raises
-        ------
-        CudaUnavailableError
-            When CUDA kernels cannot run here (no GPU, no simulator).
-        """
-        from bnsgd_numba._core import cuda as backend
-
-        backend.require_cuda("BatchNorm.to_device")
-        if not self._on_device:
-            for key in _ARRAY_KEYS:
-                value = getattr(self, key)
-                if value is not None:
-                    setattr(self, key, backend.to_device(value))
-            self._on_device = True
-            self._saved = None
-        return self
-
-    def to_host(self) -> BatchNorm:
-        """Move the layer's arrays back to the host (NumPy arrays); return self."""
-        if self._on_device:
-            for key in _ARRAY_KEYS:
-                value = getattr(self, key)
-                if value is not None:
-                    setattr(self, key, value.copy_to_host())
-            self._on_device = False
-            self._saved = None
-        return self
-
-    def parameters(self) -> list[np.ndarray]:
-        """Return ``[weight, bias]`` (empty without ``affine``)."""
-        return [self.weight, self.bias] if self.affine else []
-
-    def gradients(self) -> list[np.ndarray]:
-        """Return ``[grad_weight, grad_bias]``, aligned with :meth:`parameters`."""
-        return [self.grad_weight, self.grad_bias] if self.affine else []
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Return copies of the parameters and running statistics (PyTorch's keys)."""
-        state = {}
-        for key in STATE_KEYS[:4]:
-            value = getattr(self, key)
-            if value is not None:
-                state[key] = value.copy_to_host() if self.on_device else np.array(value, copy=True)
-        if self.track_running_stats:
-            state["num_batches_tracked"] = np.array(self.num_batches_tracked, dtype=np.int64)
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy ``state`` into the layer, in place; check all of it first.
-
-        Raises
-        ------
-        KeyError
-            When a key is missing or unexpected.
-        ValueError, TypeError
-            When an entry has the wrong shape or dtype. Nothing is modified.
-        """
-        load_checked_state(
-            self, state, sorted(set(self.state_dict()) - {"num_batches_tracked"}), self.on_device
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
-            f"channel_axis={self.channel_axis}, dtype={self.dtype.name})"
-        )

@@ -177,6 +177,43 @@ def copy_probe(nbytes: int, synchronize: Callable[[], None], repeat: int, calls:
     return 2 * count * 4 / seconds
 
 
+def _measure(
+    name, ours, theirs, traffic, nbytes, torch, synchronize, probe, repeat, calls
+) -> list[Row]:
+    """Time each of ``ours`` and its PyTorch counterpart; one row each.
+
+    An operation "base, detail" (an allocating variant) is compared with
+    PyTorch's "base", timed again without a profile; ``traffic[base]`` times
+    ``nbytes`` is the traffic it cannot avoid.
+    """
+    rows = []
+    for operation, function in ours.items():
+        seconds = _timed(
+            f"ours {name} {operation}", function, synchronize, torch, repeat=repeat, calls=calls
+        )
+        torch_s = None
+        base = operation.split(",")[0]
+        if base in theirs and base == operation:
+            torch_s = _timed(
+                f"torch {name} {base}", theirs[base], synchronize, torch,
+                repeat=repeat, calls=calls,
+            )  # fmt: skip
+        elif base in theirs:
+            torch_s = best_seconds(theirs[base], synchronize, repeat=repeat, calls=calls)
+        rate = traffic[base] * nbytes / seconds
+        rows.append(
+            Row(
+                name,
+                operation,
+                seconds * 1e3,
+                None if torch_s is None else torch_s * 1e3,
+                rate / 1e9,
+                100 * rate / probe,
+            )  # fmt: skip
+        )
+    return rows
+
+
 def _bn_case(name, shape, channels_last, torch, synchronize, probe, repeat, calls) -> list[Row]:
     import bnsgd_numba as bn
     from bnsgd_numba._core import cuda as backend
@@ -233,33 +270,8 @@ def _bn_case(name, shape, channels_last, torch, synchronize, probe, repeat, call
                 dyt, xt, wt, rmt, rvt, save_mean, save_invstd, True, 1e-5, [True, True, True]
             ),
         }
-    rows = []
     nbytes = math.prod(shape) * 4
-    for operation, function in ours.items():
-        seconds = _timed(
-            f"ours {name} {operation}", function, synchronize, torch, repeat=repeat, calls=calls
-        )
-        torch_s = None
-        base = operation.split(",")[0]
-        if base in theirs and base == operation:
-            torch_s = _timed(
-                f"torch {name} {base}", theirs[base], synchronize, torch,
-                repeat=repeat, calls=calls,
-            )  # fmt: skip
-        elif base in theirs:
-            torch_s = best_seconds(theirs[base], synchronize, repeat=repeat, calls=calls)
-        rate = TRAFFIC[base] * nbytes / seconds
-        rows.append(
-            Row(
-                name,
-                operation,
-                seconds * 1e3,
-                None if torch_s is None else torch_s * 1e3,
-                rate / 1e9,
-                100 * rate / probe,
-            )  # fmt: skip
-        )
-    return rows
+    return _measure(name, ours, theirs, TRAFFIC, nbytes, torch, synchronize, probe, repeat, calls)
 
 
 def _sgd_case(shapes, torch, synchronize, probe, repeat, calls) -> Row:
@@ -321,30 +333,10 @@ def _variant_case(name, variant, shape, arguments, torch, synchronize, probe, re
         "backward": lambda: layer.backward(dy, out=dx_out),
     }
     theirs = {} if torch is None else _torch_variant(variant, layer, x_host, dy_host, torch)
-    rows = []
     nbytes = math.prod(shape) * 4
-    for operation, function in ours.items():
-        seconds = _timed(
-            f"ours {name} {operation}", function, synchronize, torch, repeat=repeat, calls=calls
-        )
-        torch_s = None
-        if operation in theirs:
-            torch_s = _timed(
-                f"torch {name} {operation}", theirs[operation], synchronize, torch,
-                repeat=repeat, calls=calls,
-            )  # fmt: skip
-        rate = VARIANT_TRAFFIC[operation] * nbytes / seconds
-        rows.append(
-            Row(
-                name,
-                operation,
-                seconds * 1e3,
-                None if torch_s is None else torch_s * 1e3,
-                rate / 1e9,
-                100 * rate / probe,
-            )  # fmt: skip
-        )
-    return rows
+    return _measure(
+        name, ours, theirs, VARIANT_TRAFFIC, nbytes, torch, synchronize, probe, repeat, calls
+    )
 
 
 def _versions(torch: Any) -> list[str]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
+from bnsgd_numba.cli._options import fail
 from bnsgd_numba.nn.data import DATA_HELP
 
 
@@ -20,7 +20,11 @@ def add_parser(subparsers: Any) -> None:
         "Default data: the 1,797 8x8 digits scikit-learn ships (the test split train uses).",
     )
     parser.add_argument("model", metavar="MODEL.npz", help="the saved model")
-    parser.add_argument("--data", metavar="PATH", help=DATA_HELP)
+    parser.add_argument(
+        "--data",
+        metavar="PATH",
+        help=f"{DATA_HELP} evaluate reads the test set. Default: the digits",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -41,10 +45,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.model}: the model has {outputs} outputs, the data {data.num_classes} classes"
             )
         loss, accuracy = model.evaluate(data.x_test, data.y_test)
-    except (ValueError, TypeError, ImportError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"bnsgd-numba evaluate: error: {message}", file=sys.stderr)
-        return 2
+    except (ValueError, TypeError, ImportError, OSError) as error:
+        return fail("evaluate", error)
     print(
         f"test loss {loss:.4f}  accuracy {accuracy:.4f}  "
         f"({len(data.y_test)} examples of {data.name})"

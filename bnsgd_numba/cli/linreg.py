@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from bnsgd_numba.cli._options import fail, non_negative_float, non_negative_int, positive_int
+
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``linreg`` subcommand."""
@@ -17,33 +19,35 @@ def add_parser(subparsers: Any) -> None:
             "bnsgd_numba's optimizer, and compare with the least-squares fit."
         ),
     )
-    parser.add_argument("--samples", type=int, default=20_000, help="data points (20000)")
-    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size (64)")
-    parser.add_argument("--epochs", type=int, default=20, help="passes over the data (20)")
-    parser.add_argument("--lr", type=float, default=0.05, help="initial learning rate (0.05)")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0.9)")
-    parser.add_argument("--noise", type=float, default=1.0, help="noise standard deviation (1)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.add_argument("--samples", type=positive_int, default=20_000, help="data points")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="mini-batch size")
+    parser.add_argument("--epochs", type=positive_int, default=20, help="passes over the data")
+    parser.add_argument("--lr", type=non_negative_float, default=0.05, help="initial learning rate")
+    parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
+    parser.add_argument(
+        "--noise", type=non_negative_float, default=1.0, help="noise standard deviation"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, print slope and intercept; return 0."""
+    """Train, print slope and intercept; return 0, or 2 with one line if it diverges."""
     from bnsgd_numba.examples.linear_regression import fit_linear_regression
 
-    for name in ("samples", "batch_size", "epochs"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"bnsgd-numba linreg: --{name.replace('_', '-')} must be >= 1")
-    result = fit_linear_regression(
-        n_samples=args.samples,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        lr=args.lr,
-        momentum=args.momentum,
-        noise=args.noise,
-        seed=args.seed,
-    )
+    try:
+        result = fit_linear_regression(
+            n_samples=args.samples,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            lr=args.lr,
+            momentum=args.momentum,
+            noise=args.noise,
+            seed=args.seed,
+        )
+    except (FloatingPointError, ValueError) as error:
+        return fail("linreg", error)
     if args.json:
         print(
             json.dumps(

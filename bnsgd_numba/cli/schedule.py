@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import ast
-import sys
 from typing import Any
 
+from bnsgd_numba.cli._options import (
+    check_matplotlib,
+    check_output_path,
+    fail,
+    non_negative_float,
+    positive_int,
+)
+
 DEFAULT_BASE_LR = 0.1
-MATPLOTLIB_HINT = "pip install 'bnsgd-numba[demo]' (or: pip install matplotlib)"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -33,10 +39,23 @@ def add_parser(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="a scheduler parameter; VALUE is a Python literal (30, 0.5, [30, 80]) or a string",
     )
-    plot.add_argument("--base-lr", type=float, default=None, help="base learning rate (0.1)")
-    plot.add_argument("--steps", type=int, default=300, help="number of steps (300)")
-    plot.add_argument("-o", "--output", default="lr.png", help="image file to write (lr.png)")
+    plot.add_argument(
+        "--base-lr",
+        type=non_negative_float,
+        default=None,
+        help=f"base learning rate (default: the schedule's own, else {DEFAULT_BASE_LR})",
+    )
+    plot.add_argument("--steps", type=positive_int, default=300, help="number of steps")
+    plot.add_argument("-o", "--output", default="lr.png", help="image file to write")
     plot.set_defaults(handler=run_plot)
+
+
+class _PlotOptimizer:
+    """What a schedule binds to: one created without a rate takes ``DEFAULT_BASE_LR``."""
+
+    def __init__(self) -> None:
+        self.lr = DEFAULT_BASE_LR
+        self.momentum = 0.0
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -50,18 +69,29 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     Returns
     -------
     dict
-        Keyword arguments for the scheduler.
+        Keyword arguments for the scheduler, which checks them and names
+        the parameter of a bad one (``patience=two`` stays the string
+        ``'two'``, which ``reduce_on_plateau`` rejects naming ``patience``).
+
+    Raises
+    ------
+    ValueError
+        A pair is not ``KEY=VALUE`` with an identifier key, or a key is
+        given twice.
     """
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or not key.strip().isidentifier():
+        key = key.strip()
+        if not sep or not key.isidentifier():
             raise ValueError(f"--param expects KEY=VALUE, got {pair!r}")
+        if key in params:
+            raise ValueError(f"--param {key} is given twice")
         try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             value = raw
-        params[key.strip()] = value
+        params[key] = value
     return params
 
 
@@ -93,10 +123,14 @@ def schedule_values(
     if base_lr is not None:
         sched = create_scheduler(name, base_lr=base_lr, **params)
     else:
-        try:  # schedules that derive their rate (one_cycle) or take it by another name
+        try:  # derived (one_cycle), named otherwise (peak_value), or the optimizer's at bind
             sched = create_scheduler(name, **params)
-        except TypeError:
-            sched = create_scheduler(name, base_lr=DEFAULT_BASE_LR, **params)
+        except TypeError as error:  # a plugin's scheduler that requires base_lr
+            try:
+                sched = create_scheduler(name, base_lr=DEFAULT_BASE_LR, **params)
+            except (TypeError, ValueError):
+                raise error from None  # the parameter's own error, not base_lr's
+    sched.bind(_PlotOptimizer())
     if sched.max_step is not None:
         steps = min(steps, sched.max_step)
     metrics = default_metrics(max(steps, 1))
@@ -108,32 +142,21 @@ def schedule_values(
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    """Write the plot; return 0, or 2 with a message on bad arguments, 1 without matplotlib."""
+    """Write the plot; return 0, or 2 with one line on stderr (bad arguments, no matplotlib)."""
+    from bnsgd_numba.plotting import schedule_figure
+
     try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        print(f"error: 'schedule plot' needs matplotlib: {MATPLOTLIB_HINT}", file=sys.stderr)
-        return 1
-    if args.steps < 1:
-        print("error: --steps must be >= 1", file=sys.stderr)
-        return 2
+        check_matplotlib("drawing a schedule")
+        check_output_path("--output", args.output)
+    except (ImportError, ValueError) as exc:
+        return fail("schedule plot", exc)
     try:
         params = parse_params(args.param)
         rates, momenta = schedule_values(args.name, params, args.base_lr, args.steps)
     except (TypeError, ValueError, LookupError) as exc:
-        print(f"error: schedule {args.name!r}: {exc}", file=sys.stderr)
-        return 2
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot(range(len(rates)), rates, color="tab:blue", label="learning rate")
-    ax.set_xlabel("step")
-    ax.set_ylabel("learning rate")
+        return fail("schedule plot", f"{args.name!r}: {exc}")
     shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-    ax.set_title(f"{args.name}({shown})" if shown else args.name, fontsize=9)
-    if momenta is not None:
-        twin = ax.twinx()
-        twin.plot(range(len(momenta)), momenta, color="tab:orange", label="momentum")
-        twin.set_ylabel("momentum")
-    fig.savefig(args.output)
+    title = f"{args.name}({shown})" if shown else args.name
+    schedule_figure(title, rates, momenta).savefig(args.output)
     print(f"wrote {args.output} ({len(rates) - 1} steps)")
     return 0

@@ -14,7 +14,7 @@ from bnsgd_numba.distributed.errors import (
     allgather,
     allreduce_in_place,
     broadcast,
-    resolve_timeout,
+    checked_timeout,
 )
 from bnsgd_numba.sgd.arena import ParameterArena
 from bnsgd_numba.sgd.optimizer import SGD
@@ -46,6 +46,17 @@ class DataParallelSGD(SGD):
         ``lr``, ``momentum``, ``dampening``, ``nesterov``, ``weight_decay``,
         ``decoupled_weight_decay``, ``maximize``: as for SGD (a scheduler
         bound to it sets ``lr`` as usual; use the same schedule everywhere).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``comm`` is not an mpi4py intra-communicator (on this rank, before
+        any collective).
+    RankFailedError
+        On every rank, also a ``TypeError``/``ValueError`` naming the
+        argument, when on any rank ``arena``, ``timeout``,
+        ``bucket_elements`` or an SGD keyword is bad, or the arenas differ
+        in size or dtype between ranks; no parameter is written then.
 
     Notes
     -----
@@ -83,32 +94,27 @@ class DataParallelSGD(SGD):
         bucket_elements: int | None = None,
         **sgd_keywords: Any,
     ) -> None:
-        self.timeout = resolve_timeout(timeout)
         self.comm = resolve_comm(comm, "DataParallelSGD")
+        self.timeout, timeout_error = checked_timeout(timeout)
         with RankGuard(
             self.comm,
             "DataParallelSGD()",
             timeout=self.timeout,
             signature_name="arena elements * 100 + bytes per element",
         ) as guard:
+            if timeout_error is not None:
+                raise timeout_error
             if not isinstance(arena, ParameterArena):
                 raise TypeError(
                     f"arena: DataParallelSGD needs a ParameterArena, got {type(arena).__name__}"
                 )
             if is_device_array(arena.flat_params):
                 raise TypeError("arena: DataParallelSGD works on host arenas only")
-            if bucket_elements is not None and (
-                isinstance(bucket_elements, bool)
-                or not isinstance(bucket_elements, (int, np.integer))
-                or bucket_elements < 1
-            ):
-                raise ValueError(
-                    f"bucket_elements must be a positive integer or None, got {bucket_elements!r}"
-                )
+            _check_bucket_elements(bucket_elements)
             super().__init__(arena, **sgd_keywords)
             guard.signature = arena.size * 100 + arena.flat_params.dtype.itemsize
         self.bucket_elements = None if bucket_elements is None else int(bucket_elements)
-        self.sync_parameters()
+        self._broadcast_parameters(0)
 
     @property
     def ranks(self) -> int:
@@ -116,7 +122,27 @@ class DataParallelSGD(SGD):
         return self.comm.Get_size()
 
     def sync_parameters(self, root: int = 0) -> None:
-        """Broadcast the parameters of rank ``root`` to every rank (a collective)."""
+        """Broadcast the parameters of rank ``root`` to every rank (a collective).
+
+        Raises
+        ------
+        RankFailedError
+            (also a ``TypeError``/``ValueError``) on every rank when ``root``
+            is not a rank of the communicator on some rank, or differs
+            between ranks; nothing is written then.
+        """
+        with RankGuard(
+            self.comm, "DataParallelSGD.sync_parameters", timeout=self.timeout,
+            signature_name="root",
+        ) as guard:  # fmt: skip
+            if isinstance(root, bool) or not isinstance(root, (int, np.integer)):
+                raise TypeError(f"root must be an int, got {root!r}")
+            if not 0 <= root < self.ranks:
+                raise ValueError(f"root must be a rank in [0, {self.ranks}), got {root!r}")
+            guard.signature = int(root)
+        self._broadcast_parameters(int(root))
+
+    def _broadcast_parameters(self, root: int) -> None:
         assert self.arena is not None
         broadcast(
             self.comm,
@@ -196,6 +222,15 @@ class DataParallelSGD(SGD):
 
     def __repr__(self) -> str:
         return "DataParallel" + super().__repr__() + f" over {self.ranks} rank(s)"
+
+
+def _check_bucket_elements(bucket_elements: Any) -> None:
+    if bucket_elements is None:
+        return
+    if isinstance(bucket_elements, bool) or not isinstance(bucket_elements, (int, np.integer)):
+        raise TypeError(f"bucket_elements must be a positive int or None, got {bucket_elements!r}")
+    if bucket_elements < 1:
+        raise ValueError(f"bucket_elements must be a positive int or None, got {bucket_elements!r}")
 
 
 class _AllRequests:

@@ -16,8 +16,13 @@ Two rules keep a multi-process run from hanging when something goes wrong:
 2. **A deadline on every collective.** Every collective is started
    non-blocking and waited for with :func:`wait`, which calls
    ``MPI_Abort`` on the communicator (ending every process of the job) with
-   a message on stderr when the deadline passes: a rank that died, is stuck,
-   or failed outside any guard cannot hang the others forever.
+   a message on stderr when the deadline passes: a rank that is stuck, or
+   failed outside any guard, cannot hang the others forever.
+3. **A rank that is gone is named at once.** While it waits, :func:`wait`
+   also watches for ranks that left (see :mod:`._liveness`): a rank that
+   exited before joining the collective ends the job within a second, an
+   uncaught exception on any rank ends it at once, and past the deadline
+   the message names the ranks that are not waiting in the collective.
 
 The deadline is ``timeout`` seconds (default :data:`DEFAULT_TIMEOUT`, or the
 environment variable :data:`TIMEOUT_ENV`; ``None`` or ``0`` means no
@@ -29,24 +34,38 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
+from bnsgd_numba.distributed._liveness import ABORT_CODE, ABORT_GRACE, end_job, watch
+from bnsgd_numba.distributed._mpi import resolve_comm
+
+__all__ = [
+    "ABORT_CODE",
+    "ABORT_GRACE",
+    "DEFAULT_TIMEOUT",
+    "MESSAGE_BYTES",
+    "TIMEOUT_ENV",
+    "RankFailedError",
+    "RankGuard",
+    "abort",
+    "agree",
+    "allgather",
+    "allreduce_in_place",
+    "broadcast",
+    "checked_timeout",
+    "resolve_timeout",
+    "wait",
+]
+
 TIMEOUT_ENV = "BNSGD_NUMBA_MPI_TIMEOUT"
 """Environment variable holding the default deadline of a collective, in seconds."""
 
 DEFAULT_TIMEOUT = 300.0
 """Default deadline of a collective (seconds) when :data:`TIMEOUT_ENV` is not set."""
-
-ABORT_CODE = 75
-"""Error code given to ``MPI_Abort`` when a collective misses its deadline."""
-
-ABORT_GRACE = 0.5
-"""Seconds between writing the abort message and calling ``MPI_Abort``."""
 
 MESSAGE_BYTES = 1024
 """Bytes of a failure message exchanged between ranks (longer ones are cut)."""
@@ -108,11 +127,13 @@ class RankFailedError(RuntimeError):
         self.failed_in = {r: (failed_in or {}).get(r, where) for r in self.failures}
         self.rank = next(iter(self.failures))
         self.size = size
-        parts = [
-            f"rank {r} of {size} failed in {self.failed_in[r]}: {text}"
-            for r, text in self.failures.items()
-        ]
-        message = "; ".join(parts)
+        alike: dict[tuple[str, str], list[int]] = {}
+        for r, text in self.failures.items():
+            alike.setdefault((self.failed_in[r], text), []).append(r)
+        message = "; ".join(
+            f"{_rank_list(ranks)} of {size} failed in {place}: {text}"
+            for (place, text), ranks in alike.items()
+        )
         if any(place != where for place in self.failed_in.values()):
             message += f" (raised here in {where})"
         self.message = message
@@ -124,6 +145,18 @@ class RankFailedError(RuntimeError):
     def __reduce__(self) -> tuple[Any, ...]:
         base = getattr(type(self), "_builtin_name", "")
         return (_rebuild, (base, self.where, self.failures, self.size, self.failed_in))
+
+
+def _rank_list(ranks: list[int]) -> str:
+    """``rank 3``, ``ranks 0, 1`` or ``ranks 0-4, 7`` (sorted ranks, runs of 3+ shortened)."""
+    runs: list[list[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    names = [f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs]
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(names)
 
 
 def _rebuild(
@@ -163,9 +196,14 @@ def resolve_timeout(timeout: float | None | str = "default") -> float | None:
 
     Raises
     ------
+    TypeError
+        A timeout that is neither a number, None nor a string (a bool too).
     ValueError
-        A negative, NaN or non-numeric timeout (also from the environment).
+        A negative or NaN timeout, a string other than ``"default"``, or
+        such a value in the environment variable.
     """
+    if type(timeout) is float and 0.0 < timeout < math.inf:
+        return timeout  # the library's own calls pass the resolved value on
     source = "timeout"
     if isinstance(timeout, str):
         if timeout != "default":
@@ -183,45 +221,68 @@ def resolve_timeout(timeout: float | None | str = "default") -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.floating, np.integer)):
-        raise ValueError(f"{source} must be a number of seconds or None, got {timeout!r}")
+        raise TypeError(f"{source} must be a number of seconds or None, got {timeout!r}")
     timeout = float(timeout)
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"{source} must be >= 0 seconds, got {timeout!r}")
     return None if timeout == 0 or math.isinf(timeout) else timeout
 
 
+def checked_timeout(timeout: Any) -> tuple[float | None, Exception | None]:
+    """:func:`resolve_timeout`, or :data:`DEFAULT_TIMEOUT` and the error it raised.
+
+    A collective operation raises the error inside its first
+    :class:`RankGuard` (which runs with the default deadline): a bad
+    ``timeout`` on one rank then fails on every rank instead of leaving the
+    others waiting.
+    """
+    try:
+        return resolve_timeout(timeout), None
+    except (TypeError, ValueError) as error:
+        return DEFAULT_TIMEOUT, error
+
+
 def abort(comm: Any, what: str, timeout: float) -> None:
     """Report a missed deadline on stderr and end every process with ``MPI_Abort``."""
-    sys.stderr.write(
-        f"bnsgd_numba.distributed: rank {comm.Get_rank()} of {comm.Get_size()}: {what} did "
-        f"not complete within {timeout:g} s (another rank died, hangs, or failed outside a "
-        f"RankGuard); calling MPI_Abort (error code {ABORT_CODE})\n"
+    end_job(
+        comm,
+        f"rank {comm.Get_rank()} of {comm.Get_size()}: {what} did not complete within "
+        f"{timeout:g} s (another rank hangs, or failed outside a RankGuard)",
     )
-    sys.stderr.flush()
-    # mpiexec forwards a rank's stderr asynchronously and tears the job down on
-    # MPI_Abort: give it a moment to deliver the message first.
-    time.sleep(ABORT_GRACE)
-    comm.Abort(ABORT_CODE)
 
 
 def wait(request: Any, comm: Any, *, timeout: float | None, what: str) -> None:
-    """Wait for a non-blocking MPI request; abort the job past ``timeout`` seconds.
+    """Wait for a non-blocking MPI request; end the job when it cannot complete.
 
     Polls ``request.Test()`` (which also drives MPI's progress, as a blocking
     wait would) and yields the processor now and then, so that ranks
-    oversubscribing the cores let each other run.
+    oversubscribing the cores let each other run. Every 32 polls it also
+    takes the other ranks' departure messages and roll calls: a rank that
+    exited without joining this collective ends the job at once, naming it.
+    Past ``timeout`` seconds the job ends too, naming the ranks that are not
+    waiting in this collective.
     """
-    if timeout is None:
+    watched = watch(comm)
+    if watched is None and timeout is None:
         request.Wait()
         return
-    deadline = time.monotonic() + timeout
+    seq = 0 if watched is None else watched.begin(what)
+    deadline = None if timeout is None else time.monotonic() + timeout
     spins = 0
     while not request.Test():
         spins += 1
         if spins % 32 == 0:
-            if time.monotonic() > deadline:
-                abort(comm, what, timeout)
+            if watched is not None:
+                watched.poll(seq, what)
+            if deadline is not None and time.monotonic() > deadline:
+                assert timeout is not None
+                if watched is None:
+                    abort(comm, what, timeout)
+                else:
+                    watched.missed_deadline(seq, what, timeout)
             os.sched_yield()
+    if watched is not None:
+        watched.end()
 
 
 def allgather(
@@ -341,21 +402,30 @@ class RankGuard:
     Code inside may fail on some ranks only; on leaving, every rank learns
     whether any rank failed and, if so, raises :class:`RankFailedError`.
     A ``RankFailedError`` raised inside (a nested guard already agreed) goes
-    through untouched; ``KeyboardInterrupt`` and other non-``Exception``
-    errors are not caught (the other ranks then hit their deadline).
+    through untouched; ``KeyboardInterrupt``, ``SystemExit`` and other
+    non-``Exception`` errors are not caught (an uncaught one ends the job
+    with ``MPI_Abort``, a ``sys.exit`` ends it when the other ranks reach
+    their next collective).
 
     Parameters
     ----------
-    comm : mpi4py communicator
+    comm : mpi4py communicator, optional
+        Default ``MPI.COMM_WORLD``.
     where : str
         Operation named in the error.
-    timeout : float or None
-        Deadline of the agreement's collectives.
+    timeout : float, None or "default"
+        Deadline of the agreement's collectives (see :func:`resolve_timeout`).
     signature : int, optional
         A value every rank must hold (see :func:`agree`); it may also be set
         inside the block through :attr:`signature`.
     signature_name : str
         What the signature is.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On construction, naming the bad argument (on this rank only: the
+        guard has not agreed yet).
 
     Examples
     --------
@@ -369,15 +439,30 @@ class RankGuard:
         comm: Any,
         where: str,
         *,
-        timeout: float | None,
+        timeout: float | None | str = "default",
         signature: int | None = None,
         signature_name: str = "",
     ) -> None:
-        self.comm = comm
+        if not isinstance(where, str):
+            raise TypeError(f"where must be a str, got {type(where).__name__}")
+        if not isinstance(signature_name, str):
+            raise TypeError(f"signature_name must be a str, got {type(signature_name).__name__}")
+        _check_signature(signature)
+        self.timeout = resolve_timeout(timeout)
+        self.comm = resolve_comm(comm, "RankGuard")
         self.where = where
-        self.timeout = timeout
-        self.signature = signature
+        self._signature = signature
         self.signature_name = signature_name
+
+    @property
+    def signature(self) -> int | None:
+        """The value every rank must hold (None: not compared)."""
+        return self._signature
+
+    @signature.setter
+    def signature(self, value: int | None) -> None:
+        _check_signature(value)
+        self._signature = value
 
     def __enter__(self) -> RankGuard:
         return self
@@ -399,3 +484,12 @@ class RankGuard:
             timeout=self.timeout,
         )
         return False
+
+
+def _check_signature(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"signature must be None or an int, got {value!r}")
+    if not 0 <= value < 2**63:
+        raise ValueError(f"signature must be in [0, 2**63), got {value!r}")

@@ -23,7 +23,7 @@ input gradient of the global batch.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +35,6 @@ from bnsgd_numba._core.layouts import (
     empty_in_layout,
     from_layout,
     native_layout,
-    normalize_channel_axis,
     rows_per_item,
     to_layout,
     view_in_layout,
@@ -137,22 +136,23 @@ class SyncBatchNorm(BatchNorm):
         *,
         comm: Any = None,
         timeout: float | None | str = "default",
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        channel_axis: int = 1,
-        dtype: Any = np.float32,
-        on_nonfinite: Literal["raise", "skip"] = "raise",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            num_features, eps=eps, momentum=momentum, affine=affine,
-            track_running_stats=track_running_stats, channel_axis=channel_axis, dtype=dtype,
-            on_nonfinite=on_nonfinite,
-        )  # fmt: skip
+        super().__init__(num_features, **kwargs)
         self.timeout = resolve_timeout(timeout)
         self.comm = resolve_comm(comm, "SyncBatchNorm")
         self._global_count: float | None = None
+
+    def _allgather(self, send: np.ndarray, what: str) -> np.ndarray:
+        """Return every rank's float64 ``send``, one row per rank in rank order."""
+        ranks = self.comm.Get_size()
+        return allgather(
+            self.comm,
+            send,
+            np.empty((ranks, send.shape[0]), np.float64),
+            timeout=self.timeout,
+            what=f"SyncBatchNorm.{what}",
+        )
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: Any, training: bool = True, *, out: Any = None) -> Any:
@@ -186,9 +186,6 @@ class SyncBatchNorm(BatchNorm):
             self._global_count = None
             return super().forward(x, False, out=out)
         tracking = self.track_running_stats
-        factor = self.momentum
-        if tracking and factor is None:
-            factor = 1.0 / (self.num_batches_tracked + 1)
         with RankGuard(
             self.comm,
             "SyncBatchNorm.forward",
@@ -199,14 +196,8 @@ class SyncBatchNorm(BatchNorm):
             local = self._prepare_forward(x, out, tracking)
         x, view, layout, axis, weight, bias, out, send = local
         channels = self.num_features
-        ranks = self.comm.Get_size()
-        table = allgather(
-            self.comm,
-            send,
-            np.empty((ranks, send.shape[0]), np.float64),
-            timeout=self.timeout,
-            what="SyncBatchNorm.forward (statistics)",
-        )
+        table = self._allgather(send, "forward (statistics)")
+        ranks = table.shape[0]
         mean = np.empty(channels, np.float64)
         m2 = np.empty(channels, np.float64)
         count = float(merge_rank_moments(table, channels, mean, m2))
@@ -248,7 +239,7 @@ class SyncBatchNorm(BatchNorm):
                 self.skipped_updates += 1
             else:
                 kernels.update_running_statistics(
-                    self.running_mean, self.running_var, mean, m2, count, factor
+                    self.running_mean, self.running_var, mean, m2, count, self._running_factor()
                 )
                 self.num_batches_tracked += 1
         self._saved = (x, save_mean, save_invstd, True)
@@ -262,12 +253,8 @@ class SyncBatchNorm(BatchNorm):
         if self.on_device or is_device_array(x):
             raise TypeError("SyncBatchNorm: x must be a host (NumPy) array")
         x = host_input(x, "x")
-        axis = normalize_channel_axis(self.channel_axis, x.ndim)
-        channels = x.shape[axis]
-        if channels != self.num_features:
-            raise ValueError(
-                f"x: expected {self.num_features} channels on axis {axis}, got shape {x.shape}"
-            )
+        axis = self._channels_axis(x.shape, self.num_features, allow_batch=True)
+        channels = self.num_features
         weight = host_channel_vector(self.weight, "weight", x.dtype, channels)
         bias = host_channel_vector(self.bias, "bias", x.dtype, channels)
         for name in ("running_mean", "running_var"):
@@ -327,14 +314,8 @@ class SyncBatchNorm(BatchNorm):
         ):
             prepared = self._prepare_backward(dy, out)
         x, dy, dx, axis, layout, x_view, dy_view, send, rows = prepared
-        ranks = self.comm.Get_size()
-        table = allgather(
-            self.comm,
-            send,
-            np.empty((ranks, send.shape[0]), np.float64),
-            timeout=self.timeout,
-            what="SyncBatchNorm.backward (gradient sums)",
-        )
+        table = self._allgather(send, "backward (gradient sums)")
+        ranks = table.shape[0]
         totals = table[0].copy()
         for r in range(1, ranks):  # rank order: bitwise the same on every rank
             totals += table[r]
@@ -379,17 +360,15 @@ class SyncBatchNorm(BatchNorm):
         return dx
 
     def _prepare_backward(self, dy: Any, out: Any) -> tuple[Any, ...]:
-        if self._saved is None:
-            raise RuntimeError("backward() called before forward()")
-        x = self._saved[0]
+        x, save_mean, save_invstd, _ = self._saved_input()
         dy = host_input(dy, "dy")
         if dy.shape != x.shape:
             raise ValueError(f"dy: shape {dy.shape} does not match x {x.shape}")
         if dy.dtype != x.dtype:
             raise TypeError(f"dy: dtype {dy.dtype} does not match x {x.dtype}")
         if out is not None:
-            check_out(out, x, "out", (dy, self.weight, self._saved[1], self._saved[2]))
-        axis = normalize_channel_axis(self.channel_axis, x.ndim)
+            check_out(out, x, "out", (dy, self.weight, save_mean, save_invstd))
+        axis = self._channels_axis(x.shape, self.num_features, allow_batch=True)
         layout = native_layout(x, axis)
         x_view = to_layout(x, axis, layout)
         dy_view = to_layout(dy, axis, layout)
@@ -398,7 +377,7 @@ class SyncBatchNorm(BatchNorm):
         send = np.empty(3 * channels, np.float64)
         sum_dy, sum_dy_xmu, sum_xmu = (send[k * channels : (k + 1) * channels] for k in range(3))
         rows = rows_per_item(x_view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
-        mean = self._saved[1].astype(np.float64)
+        mean = save_mean.astype(np.float64)
         from bnsgd_numba.batch_norm import _cpu as kernels
 
         if layout == NCS:
@@ -427,4 +406,4 @@ class SyncBatchNorm(BatchNorm):
         )
 
     def __repr__(self) -> str:
-        return "Sync" + super().__repr__() + f" over {self.comm.Get_size()} rank(s)"
+        return super().__repr__() + f" over {self.comm.Get_size()} rank(s)"

@@ -14,6 +14,7 @@ slope itself is only known to about +-0.35).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +81,13 @@ def fit_linear_regression(
         The learned slope and intercept, the closed-form least-squares fit of
         the same data for comparison, and the mean squared error per epoch.
 
+    Raises
+    ------
+    FloatingPointError
+        If the fit diverges (``lr`` too large): at the first step whose
+        slope or intercept is not finite, naming the epoch and the step, or
+        at the end if the loss ended above the loss of the initial weights.
+
     Notes
     -----
     On a batch of ``B`` points, with residual ``r = w x + b - y``, the loss is
@@ -92,6 +100,7 @@ def fit_linear_regression(
     grad_weight, grad_bias = arena.grads
     weight[...] = rng.standard_normal()
     optimizer = SGD(arena, lr=lr, momentum=momentum)
+    start_loss = float(np.mean((float(weight) * x - y) ** 2))
     losses = []
     steps = 0
     for epoch in range(epochs):
@@ -100,13 +109,29 @@ def fit_linear_regression(
         for start in range(0, n_samples, batch_size):
             batch = order[start : start + batch_size]
             xb, yb = x[batch], y[batch]
-            residual = float(weight) * xb + float(bias) - yb
-            grad_weight[...] = 2.0 * np.mean(residual * xb)
-            grad_bias[...] = 2.0 * np.mean(residual)
+            # a diverging fit overflows on its way to the non-finite value checked below
+            with np.errstate(over="ignore", invalid="ignore"):
+                residual = float(weight) * xb + float(bias) - yb
+                grad_weight[...] = 2.0 * np.mean(residual * xb)
+                grad_bias[...] = 2.0 * np.mean(residual)
             optimizer.step()
             steps += 1
+            if not (math.isfinite(float(weight)) and math.isfinite(float(bias))):
+                raise FloatingPointError(
+                    f"linear regression diverged at epoch {epoch + 1}, step {steps}: the slope "
+                    f"and intercept are {float(weight)} and {float(bias)}; lr={lr:g} is too "
+                    f"large for momentum={momentum:g}: try a smaller lr"
+                )
         residual = float(weight) * x + float(bias) - y
         losses.append(float(np.mean(residual**2)))
+    if losses[-1] > start_loss:
+        worse = next(i for i, loss in enumerate(losses) if loss > start_loss)
+        raise FloatingPointError(
+            f"linear regression diverged: the mean squared error grew from {start_loss:.4g} "
+            f"at the start to {losses[worse]:.4g} in epoch {worse + 1} and ended at "
+            f"{losses[-1]:.4g}; lr={lr:g} is too large for momentum={momentum:g}: try a "
+            "smaller lr"
+        )
     design = np.column_stack([x, np.ones_like(x)])
     (ls_slope, ls_intercept), *_ = np.linalg.lstsq(design, y, rcond=None)
     return LinearRegressionResult(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 _INDEX_SIGNATURE = b"PK\x01\x02"
 _ZIP64_EXTRA_ID = 0x0001
-_READ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError)
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError)
 
 
 def _member_name(raw: bytes) -> str:
@@ -99,19 +100,19 @@ def read_npz(path: str | Path, keys: Iterable[str] | None = None) -> dict[str, n
         raise ValueError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file, not an .npz archive")
+    with open(path, "rb") as handle:
+        start = handle.read(6)
+    if start == b"\x93NUMPY":
+        raise ValueError(f"{path}: a single .npy array, not an .npz archive of named arrays")
+    if not start.startswith(b"PK"):
+        raise ValueError(f"{path}: not an .npz archive (a zip file of .npy arrays)")
     try:
         archive = np.load(path, allow_pickle=False)
     except _READ_ERRORS as error:
-        with open(path, "rb") as handle:
-            is_zip = handle.read(4) == _LOCAL_SIGNATURE
-        if not is_zip:
-            raise ValueError(f"{path}: not an .npz file (no zip signature)") from None
         where = describe_truncation(path)
         if where is not None:
-            raise ValueError(f"{path}: truncated .npz file: {where}") from None
-        raise ValueError(f"{path}: corrupt .npz file ({error})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: a single .npy array, not an .npz archive of named arrays")
+            raise ValueError(f"{path}: corrupt .npz archive: truncated: {where}") from None
+        raise ValueError(f"{path}: corrupt .npz archive ({error})") from None
     with archive:
         wanted = list(archive.files if keys is None else keys)
         missing = [key for key in wanted if key not in archive.files]

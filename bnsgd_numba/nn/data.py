@@ -17,7 +17,8 @@ to [0, 1]: 8-bit pixels (uint8, as MNIST's) are divided by 255, pixels of
 any other type by the largest absolute value in the training images. The
 last ``validation`` fraction of the training set (in file order, 6,000 of
 MNIST's 60,000 by default) is held out for validation; the test set is the
-file's test set.
+file's test set. Labels are integers 0..N-1; unless given, N is the largest
+label + 1.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ DATA_HELP = (
     "with MNIST's IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
     "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzipped (.gz) or not (also found in "
     "its raw/ or MNIST/raw/, as torchvision keeps them). Images are flattened, uint8 pixels "
-    "divided by 255 (other types by the largest training value); the last 10%% of the "
-    "training set is the validation set; the test set is the file's."
+    "divided by 255 (other types by the largest training value); labels are integers "
+    "0..N-1; the last 10%% of the training set is the validation set, the test set is the "
+    "file's."
 )
 """What ``--data`` accepts (the command line's help; ``%%`` is argparse's ``%``)."""
 _UINT8_SCALE = (np.arange(256) / 255.0).astype(np.float32)
@@ -108,7 +110,9 @@ def load_digits(validation: float = 0.15, test: float = 0.2) -> Dataset:
     )  # fmt: skip
 
 
-def load_data(path: str | Path, *, num_classes: int = 10, validation: float = 0.1) -> Dataset:
+def load_data(
+    path: str | Path, *, num_classes: int | None = None, validation: float = 0.1
+) -> Dataset:
     """Load MNIST-style data from an ``.npz`` file or a directory of IDX files.
 
     Parameters
@@ -116,8 +120,9 @@ def load_data(path: str | Path, *, num_classes: int = 10, validation: float = 0.
     path : str or Path
         A directory: the IDX files (:func:`load_idx`); a file: an ``.npz``
         archive (:func:`load_npz`). ``~`` is expanded.
-    num_classes : int
-        Labels must lie in [0, num_classes).
+    num_classes : int, optional
+        Labels must lie in [0, num_classes). Default: the largest label
+        (of the training and test sets) + 1, at least 2.
     validation : float
         The fraction of the training set, taken from its end, held out.
 
@@ -129,14 +134,14 @@ def load_data(path: str | Path, *, num_classes: int = 10, validation: float = 0.
     ------
     ValueError
         With a one-line message naming the file (and the array): a missing
-        path, an unknown format, or any problem :func:`load_npz` and
+        path, an IDX file given alone, or any problem :func:`load_npz` and
         :func:`load_idx` find, before any training starts.
     """
     path = Path(path).expanduser()
     if path.is_dir():
         return load_idx(path, num_classes=num_classes, validation=validation)
     if not path.exists():
-        raise ValueError(f"{path}: no such file or directory")
+        raise ValueError(f"--data: no such file: {path}")
     if path.name.endswith(("-ubyte", "-ubyte.gz")):
         raise ValueError(
             f"{path}: an IDX file; pass the directory that holds all four "
@@ -145,7 +150,9 @@ def load_data(path: str | Path, *, num_classes: int = 10, validation: float = 0.
     return load_npz(path, num_classes=num_classes, validation=validation)
 
 
-def load_npz(path: str | Path, *, num_classes: int = 10, validation: float = 0.1) -> Dataset:
+def load_npz(
+    path: str | Path, *, num_classes: int | None = None, validation: float = 0.1
+) -> Dataset:
     """MNIST-style arrays from a ``.npz`` file: x_train, y_train, x_test, y_test.
 
     Images of any shape are flattened; pixels are scaled to [0, 1] (uint8
@@ -153,25 +160,42 @@ def load_npz(path: str | Path, *, num_classes: int = 10, validation: float = 0.1
     last ``validation`` fraction of the training set is held out for
     validation.
 
+    Parameters
+    ----------
+    path : str or Path
+    num_classes : int, optional
+        Labels must lie in [0, num_classes). Default: the largest label
+        (of the training and test sets) + 1, at least 2.
+    validation : float
+        The fraction of the training set, from its end, held out.
+
+    Returns
+    -------
+    Dataset
+
     Raises
     ------
     ValueError
-        Naming the file and the array: a file that cannot be read (missing,
-        truncated, not an ``.npz``), a missing array, lengths that differ
-        between images and labels, labels that are not integers in
-        [0, num_classes), or pixels that are not finite — before any
-        training starts.
+        Naming the file and the array: a file that is not an intact
+        ``.npz`` (empty, text, a single ``.npy``, a corrupt or truncated
+        archive), a missing array, lengths that differ between images and
+        labels, labels that are not integers in [0, num_classes), or pixels
+        that are complex or not finite — before any training starts.
     """
     from bnsgd_numba.nn._npz import read_npz
 
     path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--data: no such file: {path}")
     arrays = read_npz(path, _ARRAYS)
     return _dataset(
         arrays, {key: f"{path}: {key}" for key in _ARRAYS}, num_classes, validation, str(path)
     )
 
 
-def load_idx(directory: str | Path, *, num_classes: int = 10, validation: float = 0.1) -> Dataset:
+def load_idx(
+    directory: str | Path, *, num_classes: int | None = None, validation: float = 0.1
+) -> Dataset:
     """MNIST from its original IDX files in ``directory`` (gzipped or not).
 
     The files are those of :data:`IDX_FILES`, each optionally ending in
@@ -292,7 +316,11 @@ def _scale_pixels(x: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _dataset(
-    arrays: dict[str, Any], where: dict[str, str], num_classes: int, validation: float, name: str
+    arrays: dict[str, Any],
+    where: dict[str, str],
+    num_classes: int | None,
+    validation: float,
+    name: str,
 ) -> Dataset:
     # checks shared by both formats; where[key] names the array in messages
     for split in ("train", "test"):
@@ -304,7 +332,7 @@ def _dataset(
             raise ValueError(f"{wx} has {len(x)} examples but y_{split} has {len(y)} labels")
         if len(x) == 0:
             raise ValueError(f"{wx} is empty")
-        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
             raise ValueError(f"{wx} is not real-valued ({x.dtype})")
         if x.dtype.kind == "f":
             bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
@@ -314,8 +342,22 @@ def _dataset(
                     f"first at index {bad[0]}"
                 )
         if not np.issubdtype(y.dtype, np.integer):
-            if not np.issubdtype(y.dtype, np.floating) or np.any(y != np.round(y)):
+            if (
+                not np.issubdtype(y.dtype, np.floating)
+                or not np.isfinite(y).all()
+                or np.any(y != np.round(y))
+            ):
                 raise ValueError(f"{wy} labels must be integers, got {y.dtype}")
+    if num_classes is None:
+        largest = int(max(arrays["y_train"].max(), arrays["y_test"].max()))
+        if largest > len(arrays["y_train"]) + len(arrays["y_test"]):
+            raise ValueError(
+                f"{where['y_train']} has the label {largest}, which would make more classes "
+                "than examples; give the number of classes (--classes) if that is meant"
+            )
+        num_classes = max(2, largest + 1)
+    for split in ("train", "test"):
+        y, wy = arrays[f"y_{split}"], where[f"y_{split}"]
         if y.min() < 0 or y.max() >= num_classes:
             raise ValueError(
                 f"{wy} labels must be in [0, {num_classes}), found {int(y.min())}..{int(y.max())}"
@@ -324,8 +366,8 @@ def _dataset(
     x_test = arrays["x_test"].reshape(len(arrays["x_test"]), -1)
     if x_train.shape[1] != x_test.shape[1]:
         raise ValueError(
-            f"{where['x_test']} {x_test.shape[1]} features per example, "
-            f"but {where['x_train']} {x_train.shape[1]}"
+            f"{where['x_test']} has {x_test.shape[1]} features per example, "
+            f"but {where['x_train']} has {x_train.shape[1]}"
         )
     n_val = max(1, int(round(validation * len(x_train))))
     if len(x_train) - n_val < 2:

@@ -17,6 +17,9 @@ import numpy as np
 from bnsgd_numba.nn.data import Dataset
 from bnsgd_numba.nn.layers import Dense, ReLU, Sequential, loss_and_grad
 
+SCHEDULE_UNITS = ("step", "epoch")
+"""What a schedule's steps count (Lightning's ``interval``): batches or epochs."""
+
 
 @dataclass
 class TrainConfig:
@@ -33,6 +36,8 @@ class TrainConfig:
     seed: int = 0
     batch_norm: bool = True
     dtype: str = "float32"
+    schedule_unit: str = "step"
+    """What the scheduler's steps count: ``"step"`` (one per batch) or ``"epoch"``."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "hidden"):
@@ -43,6 +48,8 @@ class TrainConfig:
             raise ValueError("batch_size must be at least 2 with BatchNorm")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.schedule_unit not in SCHEDULE_UNITS:
+            raise ValueError(f"schedule_unit must be 'step' or 'epoch', got {self.schedule_unit!r}")
 
 
 @dataclass
@@ -103,29 +110,99 @@ def build_network(
     return Sequential(layers, dtype=dtype)
 
 
+class EpochSchedule:
+    """A schedule stepped once per epoch by a loop that steps it once per batch.
+
+    :func:`train` calls ``step()`` after every batch; this passes every
+    ``steps_per_epoch``-th call on to ``schedule``, so the schedule's steps
+    count epochs, as with Lightning's ``interval: "epoch"``.
+
+    Parameters
+    ----------
+    schedule : Scheduler
+        A schedule that does not need a metric.
+    steps_per_epoch : int
+        Batches per epoch.
+    """
+
+    requires_metric = False
+
+    def __init__(self, schedule: Any, steps_per_epoch: int) -> None:
+        self.schedule = schedule
+        self.steps_per_epoch = steps_per_epoch
+        self.calls = 0
+
+    @property
+    def lr(self) -> float:
+        """The current learning rate."""
+        return self.schedule.lr
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate after ``step`` batches."""
+        return self.schedule.lr_at(step // self.steps_per_epoch)
+
+    def bind(self, optimizer: Any) -> EpochSchedule:
+        """Drive ``optimizer`` (see :meth:`Scheduler.bind`)."""
+        self.schedule.bind(optimizer)
+        return self
+
+    def step(self, metric: float | None = None) -> float:
+        """Count a batch; step the schedule at the end of each epoch."""
+        if (self.calls + 1) % self.steps_per_epoch == 0:
+            self.schedule.step()
+        self.calls += 1
+        return self.schedule.lr
+
+
 def make_scheduler(config: TrainConfig, steps_per_epoch: int) -> Any:
     """Create the configured scheduler, filling in lengths it needs from the run.
 
-    Defaults given when the user did not: ``warmup_cosine`` warms up over the
-    first epoch from 0 and decays to 0 at the last step; ``cosine``'s
-    ``T_max`` and ``one_cycle``'s ``total_steps`` are the run's steps,
-    ``one_cycle``'s ``max_lr`` is ``lr``.
+    The schedule's steps are batches (``config.schedule_unit == "step"``,
+    the default) or epochs (``"epoch"``: an :class:`EpochSchedule` steps it
+    at the end of each epoch). A schedule that needs a metric
+    (``reduce_on_plateau``) steps once per epoch either way.
+
+    Defaults given when the user did not, in the schedule's unit:
+    ``warmup_cosine`` warms up from 0 over the first epoch (with epochs as
+    the unit: no warmup) and decays to 0 at the end of the run; ``cosine``'s
+    ``T_max`` and ``one_cycle``'s ``total_steps`` are the length of the run.
+    ``config.lr`` is the schedule's base rate, and ``one_cycle``'s peak,
+    ``max_lr`` (it starts at ``max_lr / div_factor``).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The scheduler's name and parameters, the run's length and unit.
+    steps_per_epoch : int
+        Batches per epoch.
+
+    Returns
+    -------
+    Scheduler or EpochSchedule
+        Not yet bound to an optimizer.
     """
     from bnsgd_numba.registry import create_scheduler
 
-    total = config.epochs * steps_per_epoch
+    per_epoch = config.schedule_unit == "epoch"
+    total = config.epochs if per_epoch else config.epochs * steps_per_epoch
     params = dict(config.scheduler_params)
     name = config.scheduler
     if name == "warmup_cosine":
         params.setdefault("init_value", 0.0)
-        params.setdefault("warmup_steps", min(steps_per_epoch, total - 1))
+        params.setdefault("warmup_steps", 0 if per_epoch else min(steps_per_epoch, total - 1))
         params.setdefault("decay_steps", total)
     elif name == "cosine":
         params.setdefault("T_max", total)
     elif name == "one_cycle":
         params.setdefault("max_lr", config.lr)
         params.setdefault("total_steps", total)
-    return create_scheduler(name, base_lr=config.lr, **params)
+    if name == "one_cycle":  # its base rate is max_lr / div_factor; --lr is the peak
+        schedule = create_scheduler(name, **params)
+    else:
+        schedule = create_scheduler(name, base_lr=config.lr, **params)
+    if per_epoch and not schedule.requires_metric:
+        return EpochSchedule(schedule, steps_per_epoch)
+    return schedule
 
 
 def batch_order_rng(seed: int) -> np.random.Generator:
@@ -172,7 +249,9 @@ def train(
     One seed fixes everything random (initial weights, batch order), so a
     run is reproducible bitwise on the CPU. A scheduler that needs a metric
     (``reduce_on_plateau``) steps once per epoch on the validation loss; the
-    others step after every optimizer step. A last batch of one example is
+    others step after every optimizer step (with ``config.schedule_unit ==
+    "epoch"``, :func:`make_scheduler` passes every epoch's last one on to the
+    schedule). A last batch of one example is
     dropped (BatchNorm needs two).
     """
     from bnsgd_numba.sgd.optimizer import SGD

@@ -5,6 +5,9 @@ they normalize (to clip r and d, or to check every virtual batch before
 anything is written), so they call the statistics and the normalization
 kernels of :mod:`bnsgd_numba.batch_norm._cpu` separately instead of its
 fused ``forward_train``. The arithmetic is BatchNorm's, bit for bit.
+
+Every variant with running statistics evaluates with them as BatchNorm does:
+:func:`running_forward` and :func:`running_backward`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bnsgd_numba import config
+from bnsgd_numba._core.layer import NormLayer, matching_dy
 from bnsgd_numba._core.layouts import (
     NCS,
     empty_in_layout,
@@ -24,6 +28,7 @@ from bnsgd_numba._core.layouts import (
     view_in_layout,
 )
 from bnsgd_numba.batch_norm import NonFiniteStatisticsError
+from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
 
 
 class Moments:
@@ -105,6 +110,32 @@ def normalize(
     )  # fmt: skip
 
 
+def running_forward(layer: NormLayer, x: Any, axis: int, out: Any = None) -> Any:
+    """Return BatchNorm's eval of ``x`` with the layer's running statistics.
+
+    A :class:`~bnsgd_numba.BatchNormOutput`: ``y`` and the ``save_mean``/
+    ``save_invstd`` that :func:`running_backward` takes.
+    """
+    result, _ = forward_with_status(
+        x, layer.weight, layer.bias, layer.running_mean, layer.running_var,
+        training=False, momentum=0.0, eps=layer.eps, channel_axis=axis,
+        out=out, on_nonfinite="raise", warn_stacklevel=3,
+    )  # fmt: skip
+    return result
+
+
+def running_backward(
+    layer: NormLayer, dy: Any, x: Any, axis: int, mean: Any, invstd: Any, out: Any = None
+) -> Any:
+    """Return dx of :func:`running_forward`; write the layer's ``grad_weight``/``grad_bias``."""
+    dx, dweight, dbias = batch_norm_backward(
+        matching_dy(dy, x), x, layer.weight, mean, invstd, training=False, channel_axis=axis,
+        out=out,
+    )  # fmt: skip
+    layer._set_gradients(dweight, dbias)
+    return dx
+
+
 def refuse_nonfinite(channels: np.ndarray, policy: str, what: str) -> bool:
     """Apply ``on_nonfinite`` to a batch with non-finite statistics.
 
@@ -148,69 +179,3 @@ def per_channel_count(shape: tuple[int, ...], axis: int) -> int:
 def as_dtype(values: Any, dtype: np.dtype) -> np.ndarray:
     """Return a C-contiguous copy of ``values`` in ``dtype``."""
     return np.ascontiguousarray(values, dtype=dtype)
-
-
-class ChannelNorm:
-    """Constructor checks and arrays shared by the BatchNorm variants.
-
-    Sets ``num_features``, ``eps``, ``momentum``, ``affine``,
-    ``channel_axis``, ``dtype``, ``on_nonfinite``, the per-channel
-    ``weight``/``bias`` (and gradients) and ``running_mean``/``running_var``.
-    """
-
-    def _init_channels(
-        self,
-        num_features: Any,
-        eps: Any,
-        momentum: Any,
-        affine: Any,
-        track_running_stats: Any,
-        channel_axis: Any,
-        dtype: Any,
-        on_nonfinite: Any,
-    ) -> None:
-        from bnsgd_numba.normalizations import _base
-
-        self.num_features = _base.check_positive_int(num_features, "num_features")
-        self.eps = _base.check_positive_eps(eps)
-        self.momentum = _base.check_momentum(momentum)
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
-        self.channel_axis = _base.check_axis(channel_axis)
-        self.dtype = _base.check_dtype(dtype)
-        self.on_nonfinite = _base.check_nonfinite_policy(on_nonfinite)
-        c, dt = self.num_features, self.dtype
-        self.weight = np.ones(c, dt) if self.affine else None
-        self.bias = np.zeros(c, dt) if self.affine else None
-        self.grad_weight = np.zeros(c, dt) if self.affine else None
-        self.grad_bias = np.zeros(c, dt) if self.affine else None
-        self.running_mean = np.zeros(c, dt) if self.track_running_stats else None
-        self.running_var = np.ones(c, dt) if self.track_running_stats else None
-        self.num_batches_tracked = 0
-        self.skipped_updates = 0
-        self._saved: tuple[Any, ...] | None = None
-
-    def _checked_input(self, x: Any) -> tuple[np.ndarray, int]:
-        from bnsgd_numba.normalizations import _base
-
-        if self._check_side(x):  # type: ignore[attr-defined]
-            x = _base.device_input(x, "x", self.dtype, 2, f"{type(self).__name__}.forward")
-        else:
-            x = _base.float_input(x, "x", self.dtype)
-        axis = _base.channel_axis_index(self.channel_axis, len(x.shape))
-        if x.shape[axis] != self.num_features:
-            raise ValueError(
-                f"x: expected {self.num_features} channels on axis {axis}, "
-                f"got shape {tuple(x.shape)}"
-            )
-        return x, axis
-
-    def _factor(self) -> float:
-        if self.momentum is None:
-            return 1.0 / (self.num_batches_tracked + 1)
-        return self.momentum
-
-    def _vector(self, array: np.ndarray | None) -> np.ndarray:
-        from bnsgd_numba.normalizations._base import NO_ARRAY
-
-        return NO_ARRAY[self.dtype] if array is None else array

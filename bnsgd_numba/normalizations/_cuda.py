@@ -49,7 +49,7 @@ from bnsgd_numba._core.cuda import (
     gpu_device_function,
     gpu_kernel,
 )
-from bnsgd_numba.batch_norm._cuda import _block_merge, _block_sum3, _chan
+from bnsgd_numba._core.cuda_reductions import block_merge, block_sum3, merge_chan
 
 CENTERED = 1
 """``mode`` bit: subtract the mean (LayerNorm; not RMSNorm)."""
@@ -94,6 +94,50 @@ def _share2(work, i, tid, a, b):
     return work[i], work[i + 1]
 
 
+@gpu_device_function
+def _split(like, mean):
+    # float64 mean as hi + lo in the dtype of ``like``: (x - hi) - lo keeps its accuracy
+    hi = _as_dtype(like, mean)
+    return hi, _as_dtype(like, mean - hi)
+
+
+@gpu_device_function
+def _shifted_sum(rows, r, k, stop, step, shift):
+    # A thread's sum of rows[r, k] - shift over k, k + step, ... below stop
+    total = 0.0
+    while k < stop:
+        total += rows[r, k] - shift
+        k += step
+    return total
+
+
+@gpu_device_function
+def _squared_deviations(rows, r, k, stop, step, mean):
+    # A thread's sum of (rows[r, k] - mean)**2 over k, k + step, ... below stop
+    squares = 0.0
+    while k < stop:
+        d = rows[r, k] - mean
+        squares += d * d
+        k += step
+    return squares
+
+
+@gpu_device_function
+def _weighted_dy(dy, weight, r, k, mode):
+    g = float64(dy[r, k])
+    if mode & AFFINE:
+        g = g * weight[k]
+    return g
+
+
+@gpu_device_function
+def _channel_plane(plane, length, spatial):
+    # Channel plane n * C + c: (channels per group, its row, its index in the row)
+    per_group = length // spatial
+    r = plane // per_group
+    return per_group, r, plane - r * per_group
+
+
 # --- rows (LayerNorm, RMSNorm) ------------------------------------------------
 
 
@@ -112,25 +156,15 @@ def rows_forward(rows, y, weight, bias, work, eps, mode):
     mean = 0.0
     if mode & CENTERED:
         shift = float64(rows[r, 0])
-        total = 0.0
-        k = tid
-        while k < length:
-            total += rows[r, k] - shift
-            k += threads
-        total, _, _ = _block_sum3(tid, threads, total, 0.0, 0.0)
+        total = _shifted_sum(rows, r, tid, length, threads, shift)
+        total, _, _ = block_sum3(tid, threads, total, 0.0, 0.0)
         mean = _share(work, 4 * r, tid, shift + total / length)
     elif tid == 0:
         work[4 * r] = 0.0
-    squares = 0.0
-    k = tid
-    while k < length:
-        d = rows[r, k] - mean
-        squares += d * d
-        k += threads
-    squares, _, _ = _block_sum3(tid, threads, squares, 0.0, 0.0)
+    squares = _squared_deviations(rows, r, tid, length, threads, mean)
+    squares, _, _ = block_sum3(tid, threads, squares, 0.0, 0.0)
     invstd = _share(work, 4 * r + 1, tid, 1.0 / math.sqrt(squares / length + eps))
-    hi = _as_dtype(rows, mean)
-    lo = _as_dtype(rows, mean - hi)
+    hi, lo = _split(rows, mean)
     scale = _as_dtype(rows, invstd)
     k = tid
     while k < length:
@@ -219,20 +253,16 @@ def rows_backward(dy, rows, dx, weight, work, grad_weight, grad_bias, mode):
     total_gx = 0.0
     k = tid
     while k < length:
-        g = float64(dy[b, k])
-        if mode & AFFINE:
-            g = g * weight[k]
+        g = _weighted_dy(dy, weight, b, k, mode)
         total_g += g
         total_gx += g * (rows[b, k] - mean)
         k += threads
-    total_g, total_gx, _ = _block_sum3(tid, threads, total_g, total_gx, 0.0)
+    total_g, total_gx, _ = block_sum3(tid, threads, total_g, total_gx, 0.0)
     c1 = total_g / length if mode & CENTERED else 0.0
     c1, c2 = _share2(work, 4 * b + 2, tid, c1, s * s * total_gx / length)
     k = tid
     while k < length:
-        g = float64(dy[b, k])
-        if mode & AFFINE:
-            g = g * weight[k]
+        g = _weighted_dy(dy, weight, b, k, mode)
         dx[b, k] = ((g - c1) - (rows[b, k] - mean) * c2) * s
         k += threads
 
@@ -255,21 +285,12 @@ def group_partials(rows, work, chunk):
     start = p * chunk
     stop = min(start + chunk, length)
     shift = float64(rows[r, start])
-    total = 0.0
-    k = start + tid
-    while k < stop:
-        total += rows[r, k] - shift
-        k += threads
-    total, _, _ = _block_sum3(tid, threads, total, 0.0, 0.0)
+    total = _shifted_sum(rows, r, start + tid, stop, threads, shift)
+    total, _, _ = block_sum3(tid, threads, total, 0.0, 0.0)
     base = 3 * count + 2 * (r * cuda.gridDim.x + p)
     mean = _share(work, base, tid, shift + total / (stop - start))
-    squares = 0.0
-    k = start + tid
-    while k < stop:
-        d = rows[r, k] - mean
-        squares += d * d
-        k += threads
-    squares, _, _ = _block_sum3(tid, threads, squares, 0.0, 0.0)
+    squares = _squared_deviations(rows, r, start + tid, stop, threads, mean)
+    squares, _, _ = block_sum3(tid, threads, squares, 0.0, 0.0)
     if tid == 0:
         work[base + 1] = squares
 
@@ -296,9 +317,9 @@ def group_forward(rows, y, weight, bias, work, groups, spatial, chunk, eps, mode
     while j < parts:
         base = 3 * count + 2 * (r * parts + j)
         size = float64(min(j * chunk + chunk, length) - j * chunk)
-        n, mean, m2 = _chan(n, mean, m2, size, work[base], work[base + 1])
+        n, mean, m2 = merge_chan(n, mean, m2, size, work[base], work[base + 1])
         j += threads
-    n, mean, m2 = _block_merge(tid, threads, n, mean, m2)
+    n, mean, m2 = block_merge(tid, threads, n, mean, m2)
     var = m2 / length
     slot = 3 * count + 2 * parts * count + 2 * (r * parts + p)
     mean, invstd = _share2(work, slot, tid, mean, 1.0 / math.sqrt(var + eps))
@@ -308,8 +329,7 @@ def group_forward(rows, y, weight, bias, work, groups, spatial, chunk, eps, mode
         work[3 * r + 2] = var
     if mode & STATS_ONLY:
         return
-    hi = _as_dtype(rows, mean)
-    lo = _as_dtype(rows, mean - hi)
+    hi, lo = _split(rows, mean)
     scale = _as_dtype(rows, invstd)
     first = (r % groups) * (length // spatial)
     k = p * chunk + tid
@@ -337,9 +357,8 @@ def group_channel_sums(dy, rows, work, spatial, chunk):
     tid = cuda.threadIdx.x
     threads = cuda.blockDim.x
     count, length = rows.shape
-    per_group = length // spatial
-    r = plane // per_group
-    first = (plane - r * per_group) * spatial
+    _, r, within = _channel_plane(plane, length, spatial)
+    first = within * spatial
     stop = min(first + q * chunk + chunk, first + spatial)
     mean = work[3 * r]
     a = 0.0
@@ -350,7 +369,7 @@ def group_channel_sums(dy, rows, work, spatial, chunk):
         a += d
         b += d * (rows[r, k] - mean)
         k += threads
-    a, b, _ = _block_sum3(tid, threads, a, b, 0.0)
+    a, b, _ = block_sum3(tid, threads, a, b, 0.0)
     if tid == 0:
         base = 3 * count + 2 * (plane * cuda.gridDim.x + q)
         work[base] = a
@@ -373,9 +392,7 @@ def group_backward(dy, rows, dx, weight, work, grad_weight, grad_bias, groups, s
     threads = cuda.blockDim.x
     parts = cuda.gridDim.x
     count, length = rows.shape
-    per_group = length // spatial
-    r = plane // per_group
-    within = plane - r * per_group
+    per_group, r, within = _channel_plane(plane, length, spatial)
     first = (r % groups) * per_group
     mean = work[3 * r]
     s = work[3 * r + 1]
@@ -389,15 +406,14 @@ def group_backward(dy, rows, dx, weight, work, grad_weight, grad_bias, groups, s
         total_g += w * work[base]
         total_gx += w * work[base + 1]
         i += threads
-    total_g, total_gx, _ = _block_sum3(tid, threads, total_g, total_gx, 0.0)
+    total_g, total_gx, _ = block_sum3(tid, threads, total_g, total_gx, 0.0)
     slot = 3 * count + 2 * parts * cuda.gridDim.y + 2 * (plane * parts + q)
     shift, xmu_scale = _share2(work, slot, tid, total_g * s / length, s * s * s * total_gx / length)
     w = float64(weight[first + within]) if mode & AFFINE else 1.0
     dy_scale = _as_dtype(rows, w * s)
     shift_t = _as_dtype(rows, shift)
     xmu_scale_t = _as_dtype(rows, xmu_scale)
-    hi = _as_dtype(rows, mean)
-    lo = _as_dtype(rows, mean - hi)
+    hi, lo = _split(rows, mean)
     start = within * spatial + q * chunk
     stop = min(start + chunk, within * spatial + spatial)
     k = start + tid
@@ -420,7 +436,7 @@ def group_backward(dy, rows, dx, weight, work, grad_weight, grad_bias, groups, s
             grad_w += work[3 * (n * groups + plane // per_group) + 1] * sum_dy_xmu
             grad_b += sum_dy
             n += threads
-        grad_w, grad_b, _ = _block_sum3(tid, threads, grad_w, grad_b, 0.0)
+        grad_w, grad_b, _ = block_sum3(tid, threads, grad_w, grad_b, 0.0)
         if tid == 0:
             grad_weight[plane] = grad_w
             grad_bias[plane] = grad_b
@@ -449,7 +465,7 @@ def channel_moments(x, mean, m2):
         mu += delta / count
         squares += delta * (v - mu)
         i += threads
-    count, mu, squares = _block_merge(tid, threads, count, mu, squares)
+    count, mu, squares = block_merge(tid, threads, count, mu, squares)
     if tid == 0:
         mean[c] = mu
         m2[c] = squares

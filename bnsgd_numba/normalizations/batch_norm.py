@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.normalizations._base import registration_hook
 
 
 def batch_norm(*args: Any, **kwargs: Any) -> Any:
@@ -26,17 +26,14 @@ def batch_norm(*args: Any, **kwargs: Any) -> Any:
     return BatchNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``batch_norm``; it promises zero mean and unit variance in training."""
-    register(
-        "batch_norm",
-        batch_norm,
-        standardizes=True,
-        examples=[
-            {},
-            {"affine": False},
-            {"momentum": None, "eps": 1e-3},
-            {"track_running_stats": False},
-        ],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "batch_norm",
+    batch_norm,
+    standardizes=True,
+    examples=[
+        {},
+        {"affine": False},
+        {"momentum": None, "eps": 1e-3},
+        {"track_running_stats": False},
+    ],
+)

@@ -6,10 +6,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
-from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba._core.checks import check_real
+from bnsgd_numba._core.layer import NormLayer, matching_dy
+from bnsgd_numba.batch_norm.functional import batch_norm_backward
 from bnsgd_numba.normalizations import _bn_support as support
-from bnsgd_numba.normalizations._base import NormLayer, check_real, matching_dy
+from bnsgd_numba.normalizations._base import registration_hook
 
 
 def _steps(value: Any, name: str) -> int:
@@ -24,7 +25,7 @@ def _steps(value: Any, name: str) -> int:
     return steps
 
 
-class BatchRenorm(support.ChannelNorm, NormLayer):
+class BatchRenorm(NormLayer):
     """Batch Renormalization (Ioffe 2017), with the paper's warm-up of r_max and d_max.
 
     Parameters
@@ -68,6 +69,7 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
     """
 
     BUFFERS = ("running_mean", "running_var")
+    REPR_KEYWORDS = ("eps", "momentum", "r_max", "d_max", "warmup_steps")
 
     def __init__(
         self,
@@ -93,9 +95,6 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
         self._init_channels(
             num_features, eps, momentum, affine, True, channel_axis, dtype, on_nonfinite
         )
-
-    def _tracks_batches(self) -> bool:
-        return True
 
     def clipping_at(self, step: int) -> tuple[float, float]:
         """Return ``(r_max, d_max)`` in force for the training batch after ``step`` batches."""
@@ -130,11 +129,7 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
         """
         x, axis = self._checked_input(x)
         if not training:
-            result, _ = forward_with_status(
-                x, self.weight, self.bias, self.running_mean, self.running_var,
-                training=False, momentum=0.0, eps=self.eps, channel_axis=axis,
-                out=None, on_nonfinite="raise", warn_stacklevel=3,
-            )  # fmt: skip
+            result = support.running_forward(self, x, axis)
             self._saved = (x, axis, result.save_mean, result.save_invstd, None, None)
             return result.y
         if support.per_channel_count(x.shape, axis) <= 1:
@@ -169,7 +164,7 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
         else:
             support.update_running(
                 self.running_mean, self.running_var, moments.mean, moments.m2, moments.count,
-                self._factor(),
+                self._running_factor(),
             )  # fmt: skip
             self.num_batches_tracked += 1
         self._saved = (
@@ -220,15 +215,7 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
         if skip:
             self.skipped_updates += 1
         else:
-            factor = self._factor()
-            unbiased = m2 / (count - 1.0)
-            for name, current, batch in (
-                ("running_mean", running_mean, mean),
-                ("running_var", running_var, unbiased),
-            ):
-                updated = (1.0 - factor) * current + factor * batch
-                getattr(self, name).copy_to_device(updated.astype(self.dtype))
-            self.num_batches_tracked += 1
+            self._blend_running(mean, m2 / (count - 1.0), (running_mean, running_var))
         self._saved = (
             x, axis, backend.to_device(hi), backend.to_device(invstd.astype(self.dtype)), r, d,
         )  # fmt: skip
@@ -254,13 +241,9 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
             Gradient with respect to the last input.
         """
         x, axis, mean, invstd, r, d = self._saved_input()
-        dy = matching_dy(dy, x)
         if r is None:
-            dx, dweight, dbias = batch_norm_backward(
-                dy, x, self.weight, mean, invstd, training=False, channel_axis=axis
-            )
-            self._set_gradients(dweight, dbias)
-            return dx
+            return support.running_backward(self, dy, x, axis, mean, invstd)
+        dy = matching_dy(dy, x)
         w, _ = self._affine64()
         scaled_weight = support.as_dtype(w * r, self.dtype)
         if self._on_device:
@@ -275,29 +258,19 @@ class BatchRenorm(support.ChannelNorm, NormLayer):
         self._set_gradients(r * weight_grad + d * bias_grad, bias_grad)
         return dx
 
-    def __repr__(self) -> str:
-        return (
-            f"BatchRenorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"r_max={self.r_max}, d_max={self.d_max}, warmup_steps={self.warmup_steps}, "
-            f"dtype={self.dtype.name})"
-        )
-
 
 def batch_renorm(*args: Any, **kwargs: Any) -> BatchRenorm:
     """Create a :class:`BatchRenorm`."""
     return BatchRenorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``batch_renorm``: BatchNorm corrected towards the running statistics."""
-    register(
-        "batch_renorm",
-        batch_renorm,
-        standardizes=False,
-        examples=[
-            {},
-            {"r_max": 1.0, "d_max": 0.0, "warmup_steps": 0},
-            {"affine": False, "momentum": None},
-        ],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "batch_renorm",
+    batch_renorm,
+    standardizes=False,
+    examples=[
+        {},
+        {"r_max": 1.0, "d_max": 0.0, "warmup_steps": 0},
+        {"affine": False, "momentum": None},
+    ],
+)

@@ -6,13 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
-from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba._core.layer import NormLayer
 from bnsgd_numba.normalizations import _bn_support as support
-from bnsgd_numba.normalizations._base import NormLayer, matching_dy
+from bnsgd_numba.normalizations._base import registration_hook
 
 
-class FrozenBatchNorm(support.ChannelNorm, NormLayer):
+class FrozenBatchNorm(NormLayer):
     """BatchNorm with fixed statistics and affine parameters, for fine-tuning.
 
     As ``torchvision.ops.FrozenBatchNorm2d``: ``weight``, ``bias``,
@@ -43,6 +42,8 @@ class FrozenBatchNorm(support.ChannelNorm, NormLayer):
 
     PARAMETERS = ()
     BUFFERS = ("weight", "bias", "running_mean", "running_var")
+    TRACKS_BATCHES = False
+    REPR_KEYWORDS = ("eps",)
 
     def __init__(
         self,
@@ -70,11 +71,7 @@ class FrozenBatchNorm(support.ChannelNorm, NormLayer):
             Shaped like ``x``.
         """
         x, axis = self._checked_input(x)
-        result, _ = forward_with_status(
-            x, self.weight, self.bias, self.running_mean, self.running_var,
-            training=False, momentum=0.0, eps=self.eps, channel_axis=axis,
-            out=None, on_nonfinite="raise", warn_stacklevel=3,
-        )  # fmt: skip
+        result = support.running_forward(self, x, axis)
         self._saved = (x, axis, result.save_mean, result.save_invstd)
         return result.y
 
@@ -92,11 +89,7 @@ class FrozenBatchNorm(support.ChannelNorm, NormLayer):
             Gradient with respect to the last input.
         """
         x, axis, mean, invstd = self._saved_input()
-        dx, dweight, dbias = batch_norm_backward(
-            matching_dy(dy, x), x, self.weight, mean, invstd, training=False, channel_axis=axis
-        )
-        self._set_gradients(dweight, dbias)
-        return dx
+        return support.running_backward(self, dy, x, axis, mean, invstd)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load ``weight``, ``bias``, ``running_mean``, ``running_var``; check them first.
@@ -107,22 +100,16 @@ class FrozenBatchNorm(support.ChannelNorm, NormLayer):
         state = {k: v for k, v in state.items() if k != "num_batches_tracked"}
         super().load_state_dict(state)
 
-    def __repr__(self) -> str:
-        return f"FrozenBatchNorm({self.num_features}, eps={self.eps}, dtype={self.dtype.name})"
-
 
 def frozen_batch_norm(*args: Any, **kwargs: Any) -> FrozenBatchNorm:
     """Create a :class:`FrozenBatchNorm`."""
     return FrozenBatchNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``frozen_batch_norm``: fixed statistics, any batch size."""
-    register(
-        "frozen_batch_norm",
-        frozen_batch_norm,
-        standardizes=False,
-        batch_statistics=False,
-        examples=[{}, {"eps": 1e-3}],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "frozen_batch_norm",
+    frozen_batch_norm,
+    standardizes=False,
+    batch_statistics=False,
+    examples=[{}, {"eps": 1e-3}],
+)

@@ -6,13 +6,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bnsgd_numba._core.checks import check_positive_int
+from bnsgd_numba._core.layer import NormLayer, matching_dy
 from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
-from bnsgd_numba.hookspecs import Register, hookimpl
 from bnsgd_numba.normalizations import _bn_support as support
-from bnsgd_numba.normalizations._base import NormLayer, check_positive_int, matching_dy
+from bnsgd_numba.normalizations._base import registration_hook
 
 
-class GhostBatchNorm(support.ChannelNorm, NormLayer):
+class GhostBatchNorm(NormLayer):
     """Ghost Batch Normalization (Hoffer, Hubara & Soudry 2017).
 
     In training the batch (axis 0) is split into virtual batches of
@@ -43,6 +44,7 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
     """
 
     BUFFERS = ("running_mean", "running_var")
+    REPR_KEYWORDS = ("virtual_batch_size", "eps", "momentum", "affine")
 
     def __init__(
         self,
@@ -62,9 +64,6 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
             num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype,
             on_nonfinite,
         )  # fmt: skip
-
-    def _tracks_batches(self) -> bool:
-        return self.track_running_stats
 
     def virtual_batches(self, batch: int) -> list[tuple[int, int]]:
         """Return the ``(start, stop)`` sample ranges of the virtual batches of a batch."""
@@ -88,11 +87,7 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
         """
         x, axis = self._checked_input(x)
         if not training and self.track_running_stats:
-            result, _ = forward_with_status(
-                x, self.weight, self.bias, self.running_mean, self.running_var,
-                training=False, momentum=0.0, eps=self.eps, channel_axis=axis,
-                out=None, on_nonfinite="raise", warn_stacklevel=3,
-            )  # fmt: skip
+            result = support.running_forward(self, x, axis)
             self._saved = (x, axis, [(0, x.shape[0])], [result.save_mean],
                            [result.save_invstd], False)  # fmt: skip
             return result.y
@@ -177,12 +172,7 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
         for count, part_mean, part_var in stats:  # fixed order
             mean += part_mean.copy_to_host().astype(np.float64) * (count / total)
             var += part_var.copy_to_host().astype(np.float64) * ((count - 1) / dof)
-        factor = self._factor()
-        for name, batch in (("running_mean", mean), ("running_var", var)):
-            current = getattr(self, name).copy_to_host().astype(np.float64)
-            updated = (1.0 - factor) * current + factor * batch
-            getattr(self, name).copy_to_device(updated.astype(self.dtype))
-        self.num_batches_tracked += 1
+        self._blend_running(mean, var)
 
     def _update_running(self, moments: list[support.Moments]) -> None:
         total = sum(m.count for m in moments)
@@ -195,7 +185,7 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
         # var = m2 / (count - 1) in the kernel: count - 1 = total - (number of virtual batches)
         support.update_running(
             self.running_mean, self.running_var, mean, m2, total - len(moments) + 1.0,
-            self._factor(),
+            self._running_factor(),
         )  # fmt: skip
         self.num_batches_tracked += 1
 
@@ -235,29 +225,19 @@ class GhostBatchNorm(support.ChannelNorm, NormLayer):
         self._set_gradients(grad_weight, grad_bias)
         return dx
 
-    def __repr__(self) -> str:
-        return (
-            f"GhostBatchNorm({self.num_features}, virtual_batch_size={self.virtual_batch_size}, "
-            f"eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"dtype={self.dtype.name})"
-        )
-
 
 def ghost_batch_norm(*args: Any, **kwargs: Any) -> GhostBatchNorm:
     """Create a :class:`GhostBatchNorm`."""
     return GhostBatchNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``ghost_batch_norm``: statistics per virtual batch."""
-    register(
-        "ghost_batch_norm",
-        ghost_batch_norm,
-        standardizes=False,
-        examples=[
-            {"virtual_batch_size": 2},
-            {"virtual_batch_size": 3, "affine": False},
-            {"virtual_batch_size": 2, "momentum": None, "track_running_stats": False},
-        ],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "ghost_batch_norm",
+    ghost_batch_norm,
+    standardizes=False,
+    examples=[
+        {"virtual_batch_size": 2},
+        {"virtual_batch_size": 3, "affine": False},
+        {"virtual_batch_size": 2, "momentum": None, "track_running_stats": False},
+    ],
+)

@@ -14,24 +14,17 @@ import numpy as np
 
 from bnsgd_numba import config
 from bnsgd_numba._core.arrays import check_out
-from bnsgd_numba.hookspecs import Register, hookimpl
-from bnsgd_numba.normalizations._base import (
-    NO_ARRAY,
-    NormLayer,
-    channel_axis_index,
-    check_axis,
-    check_dtype,
-    check_positive_eps,
-    check_positive_int,
-    float_input,
-    matching_dy,
-)
+from bnsgd_numba._core.checks import check_positive_int
+from bnsgd_numba._core.layer import NormLayer, device_input, float_input, matching_dy
+from bnsgd_numba.normalizations._base import registration_hook
 
 
 class GroupedNorm(NormLayer):
     """Per-sample statistics over groups of channels; per-channel affine."""
 
     MIN_RANK = 2
+    REPR_ARGS = ("num_groups", "num_channels")
+    REPR_KEYWORDS = ("eps", "affine")
 
     def __init__(
         self,
@@ -49,24 +42,11 @@ class GroupedNorm(NormLayer):
                 f"num_channels ({self.num_channels}) must be divisible by num_groups "
                 f"({self.num_groups})"
             )
-        self.eps = check_positive_eps(eps)
-        self.affine = bool(affine)
-        self.channel_axis = check_axis(channel_axis)
-        self.dtype = check_dtype(dtype)
-        c = self.num_channels
-        self.weight = np.ones(c, self.dtype) if self.affine else None
-        self.bias = np.zeros(c, self.dtype) if self.affine else None
-        self.grad_weight = np.zeros(c, self.dtype) if self.affine else None
-        self.grad_bias = np.zeros(c, self.dtype) if self.affine else None
-        self._saved: tuple[Any, ...] | None = None
+        self._init_affine(self.num_channels, eps, affine, channel_axis, dtype)
 
     def _ncs(self, a: np.ndarray, name: str) -> tuple[np.ndarray, int]:
         """Return ``a`` as a C-contiguous (N, C, S) array and its channel axis."""
-        axis = channel_axis_index(self.channel_axis, a.ndim)
-        if a.shape[axis] != self.num_channels:
-            raise ValueError(
-                f"{name}: expected {self.num_channels} channels on axis {axis}, got shape {a.shape}"
-            )
+        axis = self._channels_axis(a.shape, self.num_channels, name)
         spatial = math.prod(s for i, s in enumerate(a.shape) if i not in (0, axis))
         if axis != 1:
             a = np.moveaxis(a, axis, 1)
@@ -98,9 +78,6 @@ class GroupedNorm(NormLayer):
             return out if out is not None else result
         np.copyto(out, result)
         return out
-
-    def _vector(self, array: np.ndarray | None) -> np.ndarray:
-        return NO_ARRAY[self.dtype] if array is None else array
 
     def _statistics(self, x3: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from bnsgd_numba.normalizations import _cpu as kernels
@@ -213,11 +190,7 @@ class GroupedNorm(NormLayer):
         from bnsgd_numba.normalizations import _cuda_driver
 
         shape = tuple(a.shape)
-        axis = channel_axis_index(self.channel_axis, len(shape))
-        if shape[axis] != self.num_channels:
-            raise ValueError(
-                f"{name}: expected {self.num_channels} channels on axis {axis}, got shape {shape}"
-            )
+        axis = self._channels_axis(shape, self.num_channels, name)
         if axis != 1:
             raise ValueError(
                 f"{name}: on the GPU the channels must be on axis 1 (channel_axis="
@@ -233,9 +206,7 @@ class GroupedNorm(NormLayer):
         return _cuda_driver.device_output(out, x, rows, self.dtype, others)
 
     def _checked_device_input(self, x: Any, caller: str, groups: int | None = None) -> Any:
-        from bnsgd_numba.normalizations import _base
-
-        x = _base.device_input(x, "x", self.dtype, self.MIN_RANK, caller)
+        x = device_input(x, "x", self.dtype, self.MIN_RANK, caller)
         return x, self._device_rows(x, "x", groups)
 
     def _spatial(self, x: Any) -> int:
@@ -309,12 +280,6 @@ class GroupNorm(GroupedNorm):
     ) -> None:
         super().__init__(num_groups, num_channels, eps, affine, channel_axis, dtype)
 
-    def __repr__(self) -> str:
-        return (
-            f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
-            f"affine={self.affine}, dtype={self.dtype.name})"
-        )
-
 
 def group_norm(*args: Any, **kwargs: Any) -> GroupNorm:
     """Create a :class:`GroupNorm`.
@@ -330,17 +295,14 @@ def group_norm(*args: Any, **kwargs: Any) -> GroupNorm:
     return GroupNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``group_norm``: per-sample statistics, any batch size."""
-    register(
-        "group_norm",
-        group_norm,
-        standardizes=False,
-        batch_statistics=False,
-        examples=[
-            {"num_groups": 1},
-            {"num_groups": 3},
-            {"num_groups": 1, "affine": False, "eps": 1e-3},
-        ],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "group_norm",
+    group_norm,
+    standardizes=False,
+    batch_statistics=False,
+    examples=[
+        {"num_groups": 1},
+        {"num_groups": 3},
+        {"num_groups": 1, "affine": False, "eps": 1e-3},
+    ],
+)

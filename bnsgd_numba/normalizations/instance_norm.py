@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Literal
 
 import numpy as np
 
-from bnsgd_numba.batch_norm import NonFiniteStatisticsError
-from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
-from bnsgd_numba.hookspecs import Register, hookimpl
-from bnsgd_numba.normalizations._base import (
-    check_momentum,
-    check_nonfinite_policy,
-    float_input,
-    matching_dy,
-)
+from bnsgd_numba._core.layer import float_input
+from bnsgd_numba.normalizations import _bn_support as support
+from bnsgd_numba.normalizations._base import registration_hook
 from bnsgd_numba.normalizations.group_norm import GroupedNorm
 
 
@@ -62,6 +55,8 @@ class InstanceNorm(GroupedNorm):
 
     MIN_RANK = 3
     BUFFERS = ("running_mean", "running_var")
+    REPR_ARGS = ("num_features",)
+    REPR_KEYWORDS = ("eps", "momentum", "affine", "track_running_stats")
 
     def __init__(
         self,
@@ -77,17 +72,9 @@ class InstanceNorm(GroupedNorm):
     ) -> None:
         super().__init__(num_features, num_features, eps, affine, channel_axis, dtype)
         self.num_features = self.num_channels
-        self.momentum = check_momentum(momentum)
-        self.on_nonfinite = check_nonfinite_policy(on_nonfinite)
-        self.track_running_stats = bool(track_running_stats)
-        tracked = self.track_running_stats
-        self.running_mean = np.zeros(num_features, self.dtype) if tracked else None
-        self.running_var = np.ones(num_features, self.dtype) if tracked else None
-        self.num_batches_tracked = 0
-        self.skipped_updates = 0
-
-    def _tracks_batches(self) -> bool:
-        return self.track_running_stats
+        self._init_running_statistics(
+            self.num_features, momentum, track_running_stats, on_nonfinite
+        )
 
     def forward(self, x: Any, training: bool = True, *, out: Any = None) -> np.ndarray:
         """Normalize each instance; in training also update the running statistics.
@@ -113,11 +100,7 @@ class InstanceNorm(GroupedNorm):
         else:
             x = float_input(x, "x", self.dtype, self.MIN_RANK)
         if not training and self.track_running_stats:
-            result, _ = forward_with_status(
-                x, self.weight, self.bias, self.running_mean, self.running_var,
-                training=False, momentum=0.0, eps=self.eps, channel_axis=self.channel_axis,
-                out=out, on_nonfinite="raise", warn_stacklevel=3,
-            )  # fmt: skip
+            result = support.running_forward(self, x, self.channel_axis, out)
             self._saved = ("running", x, result.save_mean, result.save_invstd)
             return result.y
         if on_device:
@@ -159,31 +142,10 @@ class InstanceNorm(GroupedNorm):
     def _update_running(self, mean: np.ndarray, var: np.ndarray, spatial: int) -> None:
         finite = np.isfinite(mean).all(axis=0) & np.isfinite(var).all(axis=0)
         if not finite.all():
-            bad = np.flatnonzero(~finite)
-            if self.on_nonfinite == "raise":
-                raise NonFiniteStatisticsError(bad)
-            warnings.warn(
-                f"instance statistics are not finite in channel(s) {bad.tolist()}; "
-                "the running statistics were not updated",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            support.refuse_nonfinite(np.flatnonzero(~finite), self.on_nonfinite, "instance")
             self.skipped_updates += 1
             return
-        factor = self.momentum
-        if factor is None:
-            factor = 1.0 / (self.num_batches_tracked + 1)
-        batch_mean = mean.mean(axis=0)
-        batch_var = (var * (spatial / (spatial - 1))).mean(axis=0)
-        keep = 1.0 - factor
-        for name, batch in (("running_mean", batch_mean), ("running_var", batch_var)):
-            current = self._host_copy(getattr(self, name)).astype(np.float64)
-            updated = (keep * current + factor * batch).astype(self.dtype)
-            if self._on_device:
-                getattr(self, name).copy_to_device(updated)
-            else:
-                getattr(self, name)[...] = updated
-        self.num_batches_tracked += 1
+        self._blend_running(mean.mean(axis=0), (var * (spatial / (spatial - 1))).mean(axis=0))
 
     def backward(self, dy: Any, *, out: Any = None) -> np.ndarray:
         """Return dx for the last ``forward``; write ``grad_weight``/``grad_bias``.
@@ -204,19 +166,7 @@ class InstanceNorm(GroupedNorm):
         if saved[0] in ("groups", "gpu_groups"):
             return super().backward(dy, out=out)
         _, x, save_mean, save_invstd = saved
-        dx, dweight, dbias = batch_norm_backward(
-            matching_dy(dy, x), x, self.weight, save_mean, save_invstd,
-            training=False, channel_axis=self.channel_axis, out=out,
-        )  # fmt: skip
-        self._set_gradients(dweight, dbias)
-        return dx
-
-    def __repr__(self) -> str:
-        return (
-            f"InstanceNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
-            f"dtype={self.dtype.name})"
-        )
+        return support.running_backward(self, dy, x, self.channel_axis, save_mean, save_invstd, out)
 
 
 def instance_norm(*args: Any, **kwargs: Any) -> InstanceNorm:
@@ -224,19 +174,16 @@ def instance_norm(*args: Any, **kwargs: Any) -> InstanceNorm:
     return InstanceNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``instance_norm``: per-instance statistics, inputs of rank >= 3."""
-    register(
-        "instance_norm",
-        instance_norm,
-        standardizes=False,
-        batch_statistics=False,
-        min_rank=3,
-        examples=[
-            {},
-            {"affine": True},
-            {"affine": True, "track_running_stats": True},
-            {"track_running_stats": True, "momentum": None},
-        ],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "instance_norm",
+    instance_norm,
+    standardizes=False,
+    batch_statistics=False,
+    min_rank=3,
+    examples=[
+        {},
+        {"affine": True},
+        {"affine": True, "track_running_stats": True},
+        {"track_running_stats": True, "momentum": None},
+    ],
+)

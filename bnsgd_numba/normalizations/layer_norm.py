@@ -14,16 +14,16 @@ import numpy as np
 
 from bnsgd_numba import config
 from bnsgd_numba._core.arrays import check_out
-from bnsgd_numba.hookspecs import Register, hookimpl
-from bnsgd_numba.normalizations._base import (
+from bnsgd_numba._core.checks import check_float_dtype, check_positive_eps
+from bnsgd_numba._core.layer import (
     NO_ARRAY,
     NormLayer,
     channel_axis_index,
-    check_dtype,
-    check_positive_eps,
+    device_input,
     float_input,
     matching_dy,
 )
+from bnsgd_numba.normalizations._base import registration_hook
 
 
 def _normalized_shape(value: Any) -> tuple[int, ...]:
@@ -56,6 +56,8 @@ class RowNorm(NormLayer):
     """
 
     CENTERED = True
+    REPR_ARGS = ("normalized_shape",)
+    REPR_KEYWORDS = ("eps", "elementwise_affine")
 
     def __init__(
         self,
@@ -67,7 +69,7 @@ class RowNorm(NormLayer):
         dtype: Any,
     ) -> None:
         self.normalized_shape = _normalized_shape(normalized_shape)
-        self.dtype = check_dtype(dtype)
+        self.dtype = check_float_dtype(dtype)
         self.eps = None if eps is None else check_positive_eps(eps)
         if channel_axis is not None:
             if len(self.normalized_shape) != 1:
@@ -79,13 +81,7 @@ class RowNorm(NormLayer):
         self.channel_axis = channel_axis
         self.elementwise_affine = bool(elementwise_affine)
         affine = self.elementwise_affine
-        with_bias = affine and bool(bias)
-        shape = self.normalized_shape
-        self.weight = np.ones(shape, self.dtype) if affine else None
-        self.bias = np.zeros(shape, self.dtype) if with_bias else None
-        self.grad_weight = np.zeros(shape, self.dtype) if affine else None
-        self.grad_bias = np.zeros(shape, self.dtype) if with_bias else None
-        self._saved: tuple[Any, ...] | None = None
+        self._init_parameters(self.normalized_shape, weight=affine, bias=affine and bool(bias))
 
     @property
     def features(self) -> int:
@@ -273,10 +269,9 @@ class RowNorm(NormLayer):
         return _cuda_driver.device_output(out, x, rows, self.dtype, others)
 
     def _forward_device(self, x: Any, out: Any) -> Any:
-        from bnsgd_numba.normalizations import _base, _cuda_driver
+        from bnsgd_numba.normalizations import _cuda_driver
 
-        name = type(self).__name__
-        x = _base.device_input(x, "x", self.dtype, 1, f"{name}.forward")
+        x = device_input(x, "x", self.dtype, 1, f"{type(self).__name__}.forward")
         rows = self._device_rows(x, "x")
         y, y_rows = self._device_output(out, x, rows, (self.weight, self.bias))
         work = _cuda_driver.rows_forward(
@@ -327,6 +322,8 @@ class LayerNorm(RowNorm):
         dx = invstd * (g - mean(g) - x_hat * mean(g * x_hat)),  g = dy * weight
     """
 
+    REPR_KEYWORDS = ("eps", "elementwise_affine", "bias")
+
     def __init__(
         self,
         normalized_shape: Any,
@@ -339,12 +336,8 @@ class LayerNorm(RowNorm):
     ) -> None:
         super().__init__(normalized_shape, eps, elementwise_affine, bias, channel_axis, dtype)
 
-    def __repr__(self) -> str:
-        return (
-            f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
-            f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}, "
-            f"dtype={self.dtype.name})"
-        )
+    def _repr_value(self, name: str) -> Any:
+        return self.bias is not None if name == "bias" else super()._repr_value(name)
 
 
 def layer_norm(*args: Any, **kwargs: Any) -> LayerNorm:
@@ -352,13 +345,10 @@ def layer_norm(*args: Any, **kwargs: Any) -> LayerNorm:
     return LayerNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``layer_norm``: per-sample statistics, any batch size."""
-    register(
-        "layer_norm",
-        layer_norm,
-        standardizes=False,
-        batch_statistics=False,
-        examples=[{}, {"elementwise_affine": False}, {"bias": False, "eps": 1e-3}],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "layer_norm",
+    layer_norm,
+    standardizes=False,
+    batch_statistics=False,
+    examples=[{}, {"elementwise_affine": False}, {"bias": False, "eps": 1e-3}],
+)

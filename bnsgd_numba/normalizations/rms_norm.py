@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.normalizations._base import registration_hook
 from bnsgd_numba.normalizations.layer_norm import RowNorm
 
 
@@ -51,25 +51,16 @@ class RMSNorm(RowNorm):
     ) -> None:
         super().__init__(normalized_shape, eps, elementwise_affine, False, channel_axis, dtype)
 
-    def __repr__(self) -> str:
-        return (
-            f"RMSNorm({self.normalized_shape}, eps={self.eps}, "
-            f"elementwise_affine={self.elementwise_affine}, dtype={self.dtype.name})"
-        )
-
 
 def rms_norm(*args: Any, **kwargs: Any) -> RMSNorm:
     """Create an :class:`RMSNorm` (arguments as ``torch.nn.RMSNorm``, plus ``dtype``)."""
     return RMSNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``rms_norm``: per-sample statistics, any batch size."""
-    register(
-        "rms_norm",
-        rms_norm,
-        standardizes=False,
-        batch_statistics=False,
-        examples=[{}, {"elementwise_affine": False}, {"eps": 1e-3}],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "rms_norm",
+    rms_norm,
+    standardizes=False,
+    batch_statistics=False,
+    examples=[{}, {"elementwise_affine": False}, {"eps": 1e-3}],
+)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.normalizations._base import registration_hook
 
 
 def sync_batch_norm(*args: Any, **kwargs: Any) -> Any:
@@ -40,13 +40,10 @@ def sync_batch_norm(*args: Any, **kwargs: Any) -> Any:
     return SyncBatchNorm(*args, **kwargs)
 
 
-@hookimpl
-def bnsgd_register_normalizations(register: Register) -> None:
-    """Register ``sync_batch_norm``; like batch_norm it standardizes in training."""
-    register(
-        "sync_batch_norm",
-        sync_batch_norm,
-        standardizes=True,
-        requires=("mpi4py",),
-        examples=[{}, {"affine": False}, {"momentum": None, "eps": 1e-3}],
-    )
+bnsgd_register_normalizations = registration_hook(
+    "sync_batch_norm",
+    sync_batch_norm,
+    standardizes=True,
+    requires=("mpi4py",),
+    examples=[{}, {"affine": False}, {"momentum": None, "eps": 1e-3}],
+)

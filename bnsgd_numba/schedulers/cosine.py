@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.schedulers._checks import check_integer, check_number, check_rate, check_step
 from bnsgd_numba.schedulers.base import Scheduler, resolve_alias
 
 
@@ -17,12 +19,12 @@ class CosineAnnealingLR(Scheduler):
 
     Parameters
     ----------
-    base_lr : float
-        Learning rate at step 0.
-    T_max : int
-        Steps of half a cosine period.
+    base_lr : float, optional
+        Learning rate at step 0; the bound optimizer's by default.
+    T_max : int or float
+        Steps of half a cosine period, finite and > 0.
     eta_min : float, default 0.0
-        Learning rate at ``T_max``.
+        Learning rate at ``T_max``, finite and >= 0.
 
     Notes
     -----
@@ -35,18 +37,26 @@ class CosineAnnealingLR(Scheduler):
     form, and both give exactly 0 at ``T_max`` when ``eta_min == 0``. They
     part where torch's recursion carries in an outside change of the
     optimizer's rate or a resume through ``last_epoch``; this class always
-    returns the closed form, so resuming is exact.
+    returns the closed form, so resuming is exact. The step is reduced
+    modulo the period ``2 * T_max`` first, so any step gives a finite rate.
     """
 
-    def __init__(self, *, base_lr: float, T_max: int, eta_min: float = 0.0) -> None:  # noqa: N803
-        if isinstance(T_max, bool) or not isinstance(T_max, (int, float)) or T_max <= 0:
-            raise ValueError(f"T_max must be a number > 0, got {T_max!r}")
-        self.T_max = T_max
-        self.eta_min = float(eta_min)
+    def __init__(
+        self,
+        *,
+        base_lr: float | None = None,
+        T_max: float,  # noqa: N803
+        eta_min: float = 0.0,
+    ) -> None:
+        check_number(T_max, "T_max", minimum=0.0, exclude_minimum=True)
+        # an integer period stays an int, so the modulo below is exact
+        self.T_max = int(T_max) if isinstance(T_max, numbers.Integral) else float(T_max)
+        self.eta_min = check_rate(eta_min, "eta_min")
         super().__init__(base_lr=base_lr)
 
     def lr_at(self, step: int) -> float:
-        return _cosine(self.base_lr, self.eta_min, step / self.T_max)
+        step = check_step(step)
+        return _cosine(self.base_lr, self.eta_min, step % (2 * self.T_max) / self.T_max)
 
 
 class CosineAnnealingWarmRestarts(Scheduler):
@@ -54,14 +64,14 @@ class CosineAnnealingWarmRestarts(Scheduler):
 
     Parameters
     ----------
-    base_lr : float
-        Learning rate at each restart.
+    base_lr : float, optional
+        Learning rate at each restart; the bound optimizer's by default.
     T_0 : int
-        Steps of the first period.
+        Steps of the first period, >= 1.
     T_mult : int, default 1
-        Factor by which each period is longer than the previous one.
+        Factor by which each period is longer than the previous one, >= 1.
     eta_min : float, default 0.0
-        Learning rate at the end of each period.
+        Learning rate at the end of each period, finite and >= 0.
 
     Notes
     -----
@@ -74,21 +84,18 @@ class CosineAnnealingWarmRestarts(Scheduler):
     def __init__(
         self,
         *,
-        base_lr: float,
+        base_lr: float | None = None,
         T_0: int,  # noqa: N803
         T_mult: int = 1,  # noqa: N803
         eta_min: float = 0.0,
     ) -> None:
-        if isinstance(T_0, bool) or not isinstance(T_0, int) or T_0 <= 0:
-            raise ValueError(f"Expected positive integer T_0, but got {T_0!r}")
-        if isinstance(T_mult, bool) or not isinstance(T_mult, int) or T_mult < 1:
-            raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult!r}")
-        self.T_0 = T_0
-        self.T_mult = T_mult
-        self.eta_min = float(eta_min)
+        self.T_0 = check_integer(T_0, "T_0", minimum=1)
+        self.T_mult = check_integer(T_mult, "T_mult", minimum=1)
+        self.eta_min = check_rate(eta_min, "eta_min")
         super().__init__(base_lr=base_lr)
 
     def lr_at(self, step: int) -> float:
+        step = check_step(step)
         if self.T_mult == 1:
             t_cur, t_i = step % self.T_0, self.T_0
         else:
@@ -105,20 +112,29 @@ class WarmupCosine(Scheduler):
     Parameters
     ----------
     init_value : float
-        Learning rate at step 0.
+        Learning rate at step 0, finite and >= 0.
     peak_value : float, optional
         Learning rate at the end of the warmup; ``base_lr`` is another name
-        for it (give one of the two).
+        for it (give one of the two, or neither: then the bound optimizer's
+        rate is the peak).
     warmup_steps : int
         Steps of the linear warmup (0: none).
     decay_steps : int
-        Total length of the schedule, warmup included.
+        Total length of the schedule, warmup included, > ``warmup_steps``.
     end_value : float, default 0.0
-        Learning rate from ``decay_steps`` on.
+        Learning rate from ``decay_steps`` on, finite and >= 0.
     exponent : float, default 1.0
-        Power of the cosine factor.
+        Power of the cosine factor, finite and >= 0.
     base_lr : float, optional
         Same as ``peak_value``.
+
+    Notes
+    -----
+    After the warmup, ``end_value + (peak_value - end_value) * c ** exponent``
+    with ``c = (1 + cos(pi * t / (decay_steps - warmup_steps))) / 2``: Optax's
+    ``peak_value * ((1 - alpha) * c ** exponent + alpha)``,
+    ``alpha = end_value / peak_value``, without the division (a peak of 0
+    is allowed).
     """
 
     def __init__(
@@ -132,27 +148,34 @@ class WarmupCosine(Scheduler):
         exponent: float = 1.0,
         base_lr: float | None = None,
     ) -> None:
-        self.peak_value = resolve_alias(base_lr, "peak_value", peak_value)
-        self.init_value = float(init_value)
-        self.warmup_steps = int(warmup_steps)
-        self.decay_steps = int(decay_steps)
-        if self.warmup_steps < 0 or self.decay_steps <= self.warmup_steps:
+        peak = resolve_alias(base_lr, "peak_value", peak_value)
+        self.init_value = check_rate(init_value, "init_value")
+        self.warmup_steps = check_integer(warmup_steps, "warmup_steps")
+        self.decay_steps = check_integer(decay_steps, "decay_steps", minimum=1)
+        if self.decay_steps <= self.warmup_steps:
             raise ValueError(
-                f"need 0 <= warmup_steps < decay_steps, got {warmup_steps!r}, {decay_steps!r}"
+                f"decay_steps must be > warmup_steps, got decay_steps={decay_steps!r}, "
+                f"warmup_steps={warmup_steps!r}"
             )
-        self.end_value = float(end_value)
-        self.exponent = float(exponent)
-        super().__init__(base_lr=self.peak_value)
+        self.end_value = check_rate(end_value, "end_value")
+        self.exponent = check_number(exponent, "exponent", minimum=0.0)
+        super().__init__(base_lr=peak)
+
+    @property
+    def peak_value(self) -> float:
+        """The learning rate at the end of the warmup (``base_lr``)."""
+        return self.base_lr
 
     def lr_at(self, step: int) -> float:
+        step = check_step(step)
+        peak = self.base_lr
         if step < self.warmup_steps:
             fraction = step / self.warmup_steps
-            return (self.init_value - self.peak_value) * (1 - fraction) + self.peak_value
+            return (self.init_value - peak) * (1 - fraction) + peak
         span = self.decay_steps - self.warmup_steps
         count = min(step - self.warmup_steps, span)
         cosine = 0.5 * (1 + math.cos(math.pi * count / span))
-        alpha = self.end_value / self.peak_value if self.peak_value else 0.0
-        return self.peak_value * ((1 - alpha) * cosine**self.exponent + alpha)
+        return self.end_value + (peak - self.end_value) * cosine**self.exponent
 
 
 @hookimpl

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from bnsgd_numba.hookspecs import Register, hookimpl
+from bnsgd_numba.schedulers._checks import check_integer, check_rate, check_step, finite_rate
 from bnsgd_numba.schedulers.base import Scheduler, resolve_alias
 
 
@@ -15,16 +16,17 @@ class PiecewiseConstant(Scheduler):
     ----------
     init_value : float, optional
         Learning rate at step 0; ``base_lr`` is another name for it (give
-        one of the two).
+        one of the two, or neither: then the bound optimizer's rate).
     boundaries_and_scales : mapping of int to float, optional
         ``{boundary: scale}``; from step ``boundary`` on the learning rate
-        is multiplied by ``scale`` (>= 0). None or empty: constant.
+        is multiplied by ``scale`` (finite, >= 0). None or empty: constant.
     base_lr : float, optional
         Same as ``init_value``.
 
     Notes
     -----
-    Scales compound, in increasing order of boundary, as in Optax.
+    Scales compound, in increasing order of boundary, as in Optax. A step
+    where the compounded rate overflows a float raises ``ValueError``.
     """
 
     def __init__(
@@ -35,18 +37,29 @@ class PiecewiseConstant(Scheduler):
         base_lr: float | None = None,
     ) -> None:
         init = resolve_alias(base_lr, "init_value", init_value)
-        pairs = sorted((int(b), float(s)) for b, s in (boundaries_and_scales or {}).items())
-        if any(scale < 0 for _, scale in pairs):
-            raise ValueError("boundaries_and_scales: every scale must be >= 0")
+        given = {} if boundaries_and_scales is None else boundaries_and_scales
+        if not isinstance(given, Mapping):
+            raise TypeError(
+                "boundaries_and_scales must be a dict {step: scale}, got "
+                f"{type(given).__name__} {given!r}"
+            )
+        pairs = sorted(
+            (
+                check_integer(b, "boundaries_and_scales key", minimum=-(2**63)),
+                check_rate(s, f"boundaries_and_scales[{b!r}]"),
+            )
+            for b, s in given.items()
+        )
         self.boundaries_and_scales = dict(pairs)
         super().__init__(base_lr=init)
 
     def lr_at(self, step: int) -> float:
+        step = check_step(step)
         value = self.base_lr
         for boundary, scale in self.boundaries_and_scales.items():
             if step >= boundary:
                 value *= scale
-        return value
+        return finite_rate(value, f"PiecewiseConstant at step {step}")
 
 
 @hookimpl

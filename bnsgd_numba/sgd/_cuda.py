@@ -17,17 +17,8 @@ import math
 
 from numba import float64
 
-from bnsgd_numba._core.cuda import (
-    MAX_THREADS_PER_BLOCK,
-    WARP_SIZE,
-    cuda,
-    gpu_device_function,
-    gpu_kernel,
-    shfl_down3,
-)
-from bnsgd_numba.batch_norm._cuda import _block_sum3
-
-MAX_WARPS = MAX_THREADS_PER_BLOCK // WARP_SIZE
+from bnsgd_numba._core.cuda import cuda, gpu_kernel
+from bnsgd_numba._core.cuda_reductions import block_max_sum, block_sum3
 
 
 @gpu_kernel
@@ -76,38 +67,6 @@ def flag_nonfinite(x, flag):
         i += stride
 
 
-@gpu_device_function
-def _block_max_probe(tid, threads, top, probe):
-    # Block max of ``top`` (>= 0) and sum of ``probe``; thread 0 gets both.
-    warp_top = cuda.shared.array(MAX_WARPS, float64)
-    warp_probe = cuda.shared.array(MAX_WARPS, float64)
-    offset = WARP_SIZE // 2
-    while offset > 0:
-        top_b, probe_b, _ = shfl_down3(top, probe, 0.0, offset)
-        top = max(top, top_b)
-        probe += probe_b
-        offset //= 2
-    lane = tid % WARP_SIZE
-    if lane == 0:
-        warp_top[tid // WARP_SIZE] = top
-        warp_probe[tid // WARP_SIZE] = probe
-    cuda.syncthreads()
-    if lane < threads // WARP_SIZE:
-        top = warp_top[lane]
-        probe = warp_probe[lane]
-    else:
-        top = 0.0
-        probe = 0.0
-    offset = WARP_SIZE // 2
-    while offset > 0:
-        top_b, probe_b, _ = shfl_down3(top, probe, 0.0, offset)
-        top = max(top, top_b)
-        probe += probe_b
-        offset //= 2
-    cuda.syncthreads()
-    return top, probe
-
-
 @gpu_kernel
 def norm_partials(x, kind, order, partials):
     """One float64 partial per block of sum(|x|**order) (kind 0: L2, 1: L1, 3: p), or of max|x| (2).
@@ -134,11 +93,11 @@ def norm_partials(x, kind, order, partials):
             acc += v**order
         i += stride
     if kind == 2:
-        acc, probe = _block_max_probe(tid, threads, acc, probe)
+        acc, probe, _ = block_max_sum(tid, threads, acc, probe, 0.0)
         if probe != probe:
             acc = math.nan
     else:
-        acc, probe, _ = _block_sum3(tid, threads, acc, probe, 0.0)
+        acc, probe, _ = block_sum3(tid, threads, acc, probe, 0.0)
     if tid == 0:
         partials[cuda.blockIdx.x] = acc
 

@@ -6,6 +6,15 @@ it returns None otherwise. :data:`SCHEDULER_CHECKS` and
 :data:`NORMALIZATION_CHECKS` list them; :mod:`bnsgd_numba.testing.parametrize`
 turns them into pytest cases.
 
+The scheduler contract (that of the built-ins, see
+:class:`bnsgd_numba.Scheduler`): every rate is a finite float >= 0 at every
+step the schedule accepts, far steps included (a step it cannot give a rate
+for raises ``ValueError``); ``lr_at`` agrees with stepping; ``state_dict``
+round trips; and ``step``, ``bind`` and ``load_state_dict`` either succeed
+or raise ``ValueError``/``TypeError`` and change nothing, the bound
+optimizer's ``lr`` and ``momentum`` included, also when the optimizer
+refuses a rate.
+
 The normalization contract (that of :class:`bnsgd_numba.BatchNorm`): the
 factory takes ``(num_features, *, dtype, channel_axis)``; the layer has
 ``forward(x, training=True)``, ``backward(dy) -> dx`` (filling
@@ -29,23 +38,99 @@ from bnsgd_numba.testing.cases import NormalizationCase, SchedulerCase
 
 # -- schedulers -------------------------------------------------------------------------
 
+#: Steps far past any training run that every schedule must handle (capped at ``max_step``):
+#: a finite rate >= 0, or a ``ValueError`` refusing the step, never another error.
+FAR_STEPS = (10**6, 10**9, 10**12, 2**53 + 1, 2**63 - 1)
+
 
 def _run(case: SchedulerCase, sched: Any, first: int, last: int) -> list[float]:
     """Step ``sched`` from step ``first`` to ``last`` (1-based), returning the rates."""
     out = []
     for t in range(first, last + 1):
         metric = case.metric(t) if sched.requires_metric else None
-        out.append(sched.step(metric))
+        try:
+            out.append(sched.step(metric))
+        except Exception as exc:
+            raise AssertionError(f"{case.id}: step {t} raised {type(exc).__name__}: {exc}") from exc
     return out
 
 
+def _assert_rate(case: SchedulerCase, what: str, value: Any) -> None:
+    assert isinstance(value, float), f"{case.id}: {what} gave {type(value).__name__}, not float"
+    assert math.isfinite(value) and value >= 0, f"{case.id}: learning rate {value!r} at {what}"
+
+
 def check_lr_finite_nonnegative(case: SchedulerCase) -> None:
-    """Every learning rate, and ``step()``'s return type, is a finite float >= 0."""
+    """Every learning rate (and momentum), and ``step()``'s return type, is a finite float >= 0."""
     sched = case.make()
     rates = [sched.lr, *_run(case, sched, 1, case.steps)]
+    probe = case.make()
     for t, lr in enumerate(rates):
-        assert isinstance(lr, float), f"{case.id}: step {t} gave {type(lr).__name__}, not float"
-        assert math.isfinite(lr) and lr >= 0, f"{case.id}: learning rate {lr!r} at step {t}"
+        _assert_rate(case, f"step {t}", lr)
+        if not probe.requires_metric:
+            _assert_rate(case, f"lr_at({t})", probe.lr_at(t))
+        momentum = probe.momentum_at(t)
+        if momentum is not None:
+            assert isinstance(momentum, float) and math.isfinite(momentum) and momentum >= 0, (
+                f"{case.id}: momentum {momentum!r} at step {t}"
+            )
+
+
+def _far_value(case: SchedulerCase, what: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``: a rate, or None if it refused the step with ValueError."""
+    try:
+        return compute()
+    except ValueError:
+        return None
+    except Exception as exc:
+        raise AssertionError(
+            f"{case.id}: {what} raised {type(exc).__name__}: {exc} (a schedule either gives "
+            "a finite rate >= 0 or refuses the step with ValueError)"
+        ) from exc
+
+
+def check_rates_at_far_steps(case: SchedulerCase) -> None:
+    """Far steps (up to ``2**63 - 1`` or ``max_step``) give finite rates >= 0 or a ValueError.
+
+    For each of :data:`FAR_STEPS`, ``lr_at`` and ``momentum_at`` (closed-form
+    schedules), and a schedule resumed there through ``load_state_dict`` and
+    stepped once: a float, finite and >= 0, or ``ValueError`` (the schedule
+    refuses that step; then nothing changed). An ``OverflowError``, a
+    ``ZeroDivisionError`` or a negative or non-finite rate fails.
+    """
+    template = case.make()
+    last = template.max_step
+    steps = sorted({min(n, last) for n in FAR_STEPS} if last is not None else set(FAR_STEPS))
+    for n in steps:
+        lr = None
+        if not template.requires_metric:
+            lr = _far_value(case, f"lr_at({n})", lambda n=n: template.lr_at(n))
+            if lr is not None:
+                _assert_rate(case, f"lr_at({n})", lr)
+        momentum = _far_value(case, f"momentum_at({n})", lambda n=n: template.momentum_at(n))
+        if momentum is not None:
+            assert isinstance(momentum, float) and math.isfinite(momentum) and momentum >= 0, (
+                f"{case.id}: momentum {momentum!r} at step {n}"
+            )
+        state = {**case.make().state_dict(), "last_step": n}
+        if lr is not None:
+            state["lr"] = lr
+        resumed = case.make()
+        try:
+            resumed.load_state_dict(state)
+        except Exception as exc:
+            raise AssertionError(
+                f"{case.id}: resuming at step {n} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        before = resumed.state_dict()
+        metric = case.metric(1) if resumed.requires_metric else None
+        stepped = _far_value(case, f"step() resumed at {n}", lambda r=resumed, m=metric: r.step(m))
+        if stepped is None:
+            assert resumed.state_dict() == before, (
+                f"{case.id}: step() resumed at {n} refused the step but changed the state"
+            )
+        else:
+            _assert_rate(case, f"step {n + 1} (resumed at {n})", stepped)
 
 
 def check_lr_at_matches_step(case: SchedulerCase) -> None:
@@ -54,9 +139,9 @@ def check_lr_at_matches_step(case: SchedulerCase) -> None:
     fresh = case.make()
     assert sched.lr == sched.lr_at(0), f"{case.id}: lr {sched.lr!r} != lr_at(0)"
     for t in range(1, case.steps + 1):
-        metric = case.metric(t) if sched.requires_metric else None
-        stepped = sched.step(metric)
+        stepped = _run(case, sched, t, t)[0]
         assert stepped == sched.lr, f"{case.id}: step() returned {stepped!r}, lr is {sched.lr!r}"
+        assert sched.get_last_lr() == [stepped], f"{case.id}: get_last_lr() != [lr] at {t}"
         if sched.requires_metric:
             assert sched.lr_at(t) == stepped, f"{case.id}: lr_at(current step) != lr at {t}"
             continue
@@ -103,6 +188,22 @@ class _StandInOptimizer:
         self.momentum = -1.0
 
 
+class _PickyOptimizer:
+    """An optimizer whose ``lr`` (or ``momentum``) setter refuses values while armed."""
+
+    def __init__(self) -> None:
+        self._lr, self._momentum = 0.5, 0.5
+        self.refuse: str | None = None
+
+    def _set(self, name: str, value: float) -> None:
+        if self.refuse == name:
+            raise ValueError(f"{name}: refused by the optimizer")
+        setattr(self, f"_{name}", value)
+
+    lr = property(lambda self: self._lr, lambda self, v: self._set("lr", v))
+    momentum = property(lambda self: self._momentum, lambda self, v: self._set("momentum", v))
+
+
 def check_bound_optimizer_follows(case: SchedulerCase) -> None:
     """A bound optimizer's ``lr`` (and scheduled momentum) follows every step."""
     sched = case.make()
@@ -117,12 +218,133 @@ def check_bound_optimizer_follows(case: SchedulerCase) -> None:
             assert opt.momentum == momentum, f"{case.id}: optimizer momentum not set at {t}"
 
 
+def _observed(sched: Any, opt: Any) -> tuple[Any, ...]:
+    return (sched.state_dict(), sched.lr, sched.last_step, opt.lr, opt.momentum)
+
+
+def _assert_refused(
+    case: SchedulerCase, what: str, call: Callable[[], Any], sched: Any, opt: Any
+) -> None:
+    before = _observed(sched, opt)
+    try:
+        call()
+    except (TypeError, ValueError):
+        pass
+    except Exception as exc:
+        raise AssertionError(
+            f"{case.id}: {what} raised {type(exc).__name__}, not ValueError/TypeError: {exc}"
+        ) from exc
+    else:
+        raise AssertionError(f"{case.id}: {what} was accepted")
+    assert _observed(sched, opt) == before, f"{case.id}: {what} raised but changed the state"
+
+
+def _bad_states(state: dict[str, Any]) -> list[tuple[str, Any]]:
+    bad: list[tuple[str, Any]] = [("None", None), ("a list", [state]), ("an empty dict", {})]
+    for key in ("scheduler", "last_step", "lr"):
+        bad.append((f"no {key!r}", {k: v for k, v in state.items() if k != key}))
+    values = {
+        "scheduler": ["NotThisOne", None],
+        "last_step": [-1, 1.5, "3", True, None],
+        "lr": [math.nan, -1.0, math.inf, "0.1", None],
+    }
+    if "base_lr" in state:
+        values["base_lr"] = [-1.0, math.nan, "0.1"]
+    for key, options in values.items():
+        bad.extend((f"{key}={v!r}", {**state, key: v}) for v in options)
+    return bad
+
+
+def check_bad_input_changes_nothing(case: SchedulerCase) -> None:
+    """Bad states and metrics raise ValueError/TypeError and change nothing.
+
+    ``load_state_dict`` gets non-dicts, states without a required key or
+    with a bad ``last_step``, ``lr``, ``base_lr`` or ``scheduler``, and each
+    extra key left out (an optional one may load); a metric-driven schedule
+    gets metrics that are not numbers. After each, the scheduler and its
+    bound optimizer must be as before, and the run continues as an
+    untouched twin's.
+    """
+    done = min(3, case.steps)
+    sched, opt = case.make(), _StandInOptimizer()
+    sched.bind(opt)
+    _run(case, sched, 1, done)
+    state = sched.state_dict()
+    for label, bad in _bad_states(state):
+        _assert_refused(
+            case, f"load_state_dict({label})", lambda b=bad: sched.load_state_dict(b), sched, opt
+        )
+    for key in [k for k in state if k not in ("scheduler", "last_step", "lr", "base_lr")]:
+        before = _observed(sched, opt)
+        try:
+            sched.load_state_dict({k: v for k, v in state.items() if k != key})
+        except (TypeError, ValueError):
+            assert _observed(sched, opt) == before, (
+                f"{case.id}: load_state_dict without {key!r} raised but changed the state"
+            )
+        sched.load_state_dict(copy.deepcopy(state))
+    if sched.requires_metric:
+        for bad_metric in ("abc", [1.0], None, b"1", {"loss": 1.0}):
+            _assert_refused(
+                case, f"step({bad_metric!r})", lambda m=bad_metric: sched.step(m), sched, opt
+            )
+    twin = case.make()
+    _run(case, twin, 1, done)
+    last = min(case.steps, done + 5)
+    assert _run(case, sched, done + 1, last) == _run(case, twin, done + 1, last), (
+        f"{case.id}: after the refused inputs the rates differ from an untouched twin's"
+    )
+
+
+def check_refused_rate_changes_nothing(case: SchedulerCase) -> None:
+    """A rate the bound optimizer refuses leaves the scheduler and the optimizer as they were.
+
+    The optimizer refuses ``lr`` (then ``momentum``, when the schedule
+    cycles it) on ``bind`` and on a ``step``: the error passes through, the
+    scheduler is not bound or not advanced, the optimizer keeps its values,
+    and once the optimizer accepts again the run continues as an untouched
+    twin's.
+    """
+    names = ["lr"] + (["momentum"] if case.make().momentum is not None else [])
+    for name in names:
+        sched, opt = case.make(), _PickyOptimizer()
+        opt.refuse = name
+        before = (sched.last_step, sched.lr, sched.optimizer, opt.lr, opt.momentum)
+        try:
+            sched.bind(opt)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"{case.id}: bind() did not pass the optimizer's error on")
+        after = (sched.last_step, sched.lr, sched.optimizer, opt.lr, opt.momentum)
+        assert after == before, f"{case.id}: a refused bind() changed the scheduler or optimizer"
+        opt.refuse = None
+        sched.bind(opt)
+        done = min(2, case.steps - 1)
+        _run(case, sched, 1, done)
+        opt.refuse = name
+        metric = case.metric(done + 1) if sched.requires_metric else None
+        _assert_refused(
+            case, f"step() with {name} refused", lambda m=metric, s=sched: s.step(m), sched, opt
+        )
+        opt.refuse = None
+        twin = case.make()
+        _run(case, twin, 1, done)
+        last = min(case.steps, done + 5)
+        assert _run(case, sched, done + 1, last) == _run(case, twin, done + 1, last), (
+            f"{case.id}: after a refused {name} the rates differ from an untouched twin's"
+        )
+
+
 SCHEDULER_CHECKS: tuple[Callable[[SchedulerCase], None], ...] = (
     check_lr_finite_nonnegative,
+    check_rates_at_far_steps,
     check_lr_at_matches_step,
     check_state_dict_round_trip,
     check_deterministic,
     check_bound_optimizer_follows,
+    check_bad_input_changes_nothing,
+    check_refused_rate_changes_nothing,
 )
 
 # -- normalizations --------------------------------------------------------------------
@@ -487,15 +709,19 @@ NORMALIZATION_CHECKS: tuple[Callable[[NormalizationCase], None], ...] = (
 
 __all__ = [
     "DEFAULT_LAYOUTS",
+    "FAR_STEPS",
     "NORMALIZATION_CHECKS",
     "SCHEDULER_CHECKS",
     "SMALL_LAYOUTS",
+    "check_bad_input_changes_nothing",
     "check_bound_optimizer_follows",
     "check_deterministic",
     "check_dtype_and_shape_preserved",
     "check_gradients",
     "check_lr_at_matches_step",
     "check_lr_finite_nonnegative",
+    "check_rates_at_far_steps",
+    "check_refused_rate_changes_nothing",
     "check_rejects_bad_input",
     "check_standardizes",
     "check_state_dict_round_trip",

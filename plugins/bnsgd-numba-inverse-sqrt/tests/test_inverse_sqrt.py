@@ -43,6 +43,26 @@ def test_transformer_formula():
         assert math.isclose(sched.lr_at(t), expected, rel_tol=1e-12)
 
 
-def test_rejects_bad_parameters():
-    with pytest.raises(ValueError, match="warmup_steps"):
-        bnsgd_numba.create_scheduler("inverse_sqrt", base_lr=1.0, warmup_steps=0)
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        ({"warmup_steps": 0}, ValueError),
+        ({"warmup_steps": 2.5}, TypeError),
+        ({"warmup_steps": "40"}, TypeError),
+        ({"warmup_init_lr": math.nan}, ValueError),
+        ({"warmup_init_lr": -1e-3}, ValueError),
+        ({"warmup_init_lr": "0"}, TypeError),
+    ],
+)
+def test_rejects_bad_parameters(params, error):
+    (name,) = params
+    with pytest.raises(error, match=name):
+        bnsgd_numba.create_scheduler("inverse_sqrt", base_lr=1.0, **params)
+
+
+def test_takes_the_optimizers_rate_when_bound():
+    class Optimizer:
+        lr = 0.5
+
+    sched = bnsgd_numba.create_scheduler("inverse_sqrt", warmup_steps=4).bind(Optimizer())
+    assert sched.base_lr == 0.5 and sched.lr_at(16) == 0.25

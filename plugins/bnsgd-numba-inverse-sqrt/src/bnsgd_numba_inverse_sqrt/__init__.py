@@ -11,6 +11,7 @@ Installed, it registers the scheduler ``inverse_sqrt`` through the
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 from bnsgd_numba import Scheduler, hookimpl
@@ -23,12 +24,13 @@ class InverseSqrt(Scheduler):
 
     Parameters
     ----------
-    base_lr : float
-        Peak learning rate, reached at ``warmup_steps``.
+    base_lr : float, optional
+        Peak learning rate, reached at ``warmup_steps``; left out, the
+        optimizer's ``lr`` when the schedule is bound.
     warmup_steps : int, default 4000
         Steps of the linear warmup, >= 1.
     warmup_init_lr : float, default 0.0
-        Learning rate at step 0.
+        Learning rate at step 0, finite and >= 0.
 
     Notes
     -----
@@ -40,12 +42,16 @@ class InverseSqrt(Scheduler):
     """
 
     def __init__(
-        self, *, base_lr: float, warmup_steps: int = 4000, warmup_init_lr: float = 0.0
+        self, *, base_lr: float | None = None, warmup_steps: int = 4000, warmup_init_lr: float = 0.0
     ) -> None:
-        if isinstance(warmup_steps, bool) or int(warmup_steps) != warmup_steps or warmup_steps < 1:
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral):
+            raise TypeError(f"warmup_steps must be an integer, got {warmup_steps!r}")
+        if warmup_steps < 1:
             raise ValueError(f"warmup_steps must be an integer >= 1, got {warmup_steps!r}")
-        if warmup_init_lr < 0:
-            raise ValueError(f"warmup_init_lr must be >= 0, got {warmup_init_lr!r}")
+        if isinstance(warmup_init_lr, bool) or not isinstance(warmup_init_lr, numbers.Real):
+            raise TypeError(f"warmup_init_lr must be a real number, got {warmup_init_lr!r}")
+        if not math.isfinite(warmup_init_lr) or warmup_init_lr < 0:
+            raise ValueError(f"warmup_init_lr must be finite and >= 0, got {warmup_init_lr!r}")
         self.warmup_steps = int(warmup_steps)
         self.warmup_init_lr = float(warmup_init_lr)
         super().__init__(base_lr=base_lr)
