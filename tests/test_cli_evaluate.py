@@ -69,6 +69,7 @@ def test_evaluate_errors_are_one_line_with_exit_code_2(saved, tmp_path):
     [
         (["--save", "{tmp}/missing/m.npz"], "--save {tmp}/missing/m.npz: no such directory"),
         (["--save", "{tmp}"], "--save {tmp}: is a directory"),
+        (["--save", "-"], "--save -: a model is written to a file"),
         (["--save", "{tmp}/m.npz", "--distributed"], "--save is not available with --distributed"),
     ],
 )

@@ -168,14 +168,41 @@ def run_cli(*args):
     )
 
 
-def test_command_line_trains_on_idx_and_rejects_a_bad_magic_number_before_training(tmp_path):
-    good = write_idx(tmp_path / "good")
-    result = run_cli("train", "--data", str(good), "--epochs", "1", "--quiet")
-    assert result.returncode == 0, result.stderr
-    assert "45 train, 5 validation, 12 test, 784 inputs" in result.stderr
+def test_the_number_of_classes_comes_from_the_idx_labels_unless_given(tmp_path):
     contents = arrays()
-    bad = write_idx(tmp_path / "bad", contents, x_test=bad_magic(contents))
+    contents["y_train"] %= 3
+    contents["y_test"] %= 3
+    write_idx(tmp_path, contents)
+    assert load_data(tmp_path).num_classes == 3
+    assert load_data(tmp_path, num_classes=10).num_classes == 10
+
+
+def bad_counts(contents):
+    return idx_bytes(contents["y_test"][:-2])
+
+
+@pytest.mark.parametrize(
+    "key,make,message",
+    [
+        ("x_test", bad_magic, "t10k-images-idx3-ubyte: bad magic number"),
+        ("y_test", bad_counts, "t10k-labels-idx1-ubyte: 10 labels, but "),
+    ],
+    ids=["bad magic", "mismatched counts"],
+)
+def test_command_line_rejects_bad_idx_files_in_one_line_before_training(
+    tmp_path, key, make, message
+):
+    contents = arrays()
+    bad = write_idx(tmp_path / "bad", contents, **{key: make(contents)})
     result = run_cli("train", "--data", str(bad), "--epochs", "1")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "t10k-images-idx3-ubyte: bad magic number" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("bnsgd-numba train: error: ")
+    assert message in lines[0]
+
+
+def test_command_line_trains_on_idx(tmp_path):
+    good = write_idx(tmp_path / "good")
+    result = run_cli("train", "--data", str(good), "--epochs", "1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "45 train, 5 validation, 12 test, 784 inputs, 10 classes" in result.stderr

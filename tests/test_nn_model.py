@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,6 +84,31 @@ def test_saved_model_loads_into_torch_and_predicts_the_same(tmp_path):
     scale = np.abs(expected).max()
     np.testing.assert_allclose(ours, expected, rtol=0, atol=64 * np.finfo(np.float32).eps * scale)
     np.testing.assert_array_equal(ours.argmax(axis=1), expected.argmax(axis=1))
+
+
+def test_the_models_guide_runs_as_written(tmp_path, monkeypatch):
+    # docs/models.md's Python, on a small generated file in MNIST's layout and 1 epoch
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", guide, re.S))
+    assert "mnist.npz" in code and "epochs=10" in code
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "tiny.npz",
+        x_train=rng.integers(0, 256, (120, 28, 28)).astype(np.uint8),
+        y_train=np.arange(120) % CLASSES,
+        x_test=rng.integers(0, 256, (30, 28, 28)).astype(np.uint8),
+        y_test=np.arange(30) % CLASSES,
+    )
+    code = code.replace("~/.keras/datasets/mnist.npz", str(tmp_path / "tiny.npz"))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(code.replace("epochs=10", "epochs=1"), namespace)
+    ours = Sequential.load(tmp_path / "model.npz").predict(namespace["data"].x_test)
+    expected = namespace["logits"]
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=64 * np.finfo(np.float32).eps * scale)
+    assert namespace["classes"].tolist() == ours.argmax(axis=1).tolist()
+    assert namespace["accuracy"] == np.mean(namespace["classes"] == namespace["data"].y_test)
 
 
 def test_pytorch_state_dict_loads_into_our_model():

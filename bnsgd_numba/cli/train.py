@@ -265,6 +265,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, int, str | None]:
 
     check_output_path("--json", args.json)
     check_output_path("--plot", args.plot)
+    if args.save == STDOUT:
+        raise ValueError("--save -: a model is written to a file, not to stdout")
     check_output_path("--save", args.save)
     if args.plot:
         check_matplotlib("--plot")
