@@ -46,3 +46,22 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys):
     assert bench.main(["--data", str(tmp_path / "mnist.npz")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "no MNIST at" in error and "--data" in error
+
+
+def test_the_bench_report_has_a_training_row_when_mnist_is_there(tmp_path, monkeypatch):
+    from bnsgd_numba.bench import report
+
+    monkeypatch.setattr(bench, "DEFAULT_DATA", tmp_path / "mnist.npz")
+    title, text = report._training_table(quick=True)
+    assert "MNIST" in title and text.startswith("Not measured: no MNIST at")
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "mnist.npz",
+        x_train=rng.integers(0, 256, (100, 8, 8)).astype(np.uint8),
+        y_train=np.arange(100) % 10,
+        x_test=rng.integers(0, 256, (20, 8, 8)).astype(np.uint8),
+        y_test=np.arange(20) % 10,
+    )
+    _, text = report._training_table(quick=True)
+    row = [line for line in text.splitlines() if line.startswith("| 1 epochs, batch 32 |")]
+    assert len(row) == 1 and row[0].count("|") == 8 and "| - |" not in row[0]

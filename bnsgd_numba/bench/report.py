@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     bn_rows, _ = batch_norm.run(probe=probe, repeat=repeat)
     sgd_rows, _ = sgd.run(probe=probe, repeat=repeat)
     startup = batch_norm.startup_seconds()
-    extra_tables = _extra_tables(probe, repeat)
+    extra_tables = [*_extra_tables(probe, repeat), _training_table(args.quick)]
     checks = targets(bn_rows, sgd_rows, startup)
     points = None
     if args.plot:
@@ -311,6 +311,24 @@ def _extra_tables(probe: float, repeat: int) -> list[tuple[str, str]]:
         ("Normalization variants (float32)", normalizations.format_table(rows, own_probe))
     )
     return tables
+
+
+def _training_table(quick: bool) -> tuple[str, str]:
+    # the main job, when MNIST is where Keras keeps it: this library against PyTorch eager
+    from bnsgd_numba.bench import training
+
+    title = "Training the seed's network on MNIST"
+    path = training.DEFAULT_DATA.expanduser()
+    if not path.exists():
+        return title, (
+            f"Not measured: no MNIST at `{path}` (`python ../shared/data/get_mnist.py` writes "
+            "it there; `python benchmarks/bench_training.py --data PATH` takes another file)."
+        )
+    rows = training.run(
+        path, speed_epochs=1 if quick else 3, accuracy_epochs=0 if quick else 10,
+        rounds=1 if quick else 2,
+    )  # fmt: skip
+    return title, training.format_table(rows, str(path))
 
 
 if __name__ == "__main__":
