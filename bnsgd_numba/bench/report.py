@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     sgd_rows, _ = sgd.run(probe=probe, repeat=repeat)
     startup = batch_norm.startup_seconds()
     extra_tables, variant_rows = _extra_tables(probe, repeat)
+    extra_tables.append(_training_table(args.quick))
     checks = targets(bn_rows, sgd_rows, startup, variant_rows)
     points = None
     if args.plot:
@@ -412,6 +413,24 @@ def _extra_tables(probe: float, repeat: int) -> tuple[list[tuple[str, str]], lis
     rows, own_probe = normalizations.run(repeat=repeat)
     table = ("Normalization variants (float32)", normalizations.format_table(rows, own_probe))
     return [table], rows
+
+
+def _training_table(quick: bool) -> tuple[str, str]:
+    # the main job, when MNIST is where Keras keeps it: this library against PyTorch eager
+    from bnsgd_numba.bench import training
+
+    title = "Training the seed's network on MNIST"
+    path = training.DEFAULT_DATA.expanduser()
+    if not path.exists():
+        return title, (
+            f"Not measured: no MNIST at `{path}` (where Keras keeps its `mnist.npz`; "
+            "`python benchmarks/bench_training.py --data PATH` takes another file)."
+        )
+    rows = training.run(
+        path, speed_epochs=1 if quick else 3, accuracy_epochs=0 if quick else 10,
+        rounds=1 if quick else 2,
+    )  # fmt: skip
+    return title, training.format_table(rows, str(path))
 
 
 if __name__ == "__main__":

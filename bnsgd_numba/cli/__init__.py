@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from bnsgd_numba.cli._options import CommandParser, fail
 
-_SUBCOMMAND_MODULES = ["train", "bench", "plugins", "schedule", "linreg"]
+_SUBCOMMAND_MODULES = ["train", "evaluate", "bench", "plugins", "schedule", "linreg"]
 
 BROKEN_PIPE_STATUS = 141
 """The status of a command that output went to a closed pipe: 128 + SIGPIPE, as shells report."""

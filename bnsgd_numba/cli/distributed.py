@@ -49,7 +49,7 @@ def _fail(error: BaseException | str, *, rank: int, ranks: int, agreed: bool) ->
 
 def _load(args: argparse.Namespace, lead: bool) -> tuple[Any, Any]:
     """The config and the data, checked as far as they can be before training."""
-    from bnsgd_numba.nn.data import load_digits, load_npz
+    from bnsgd_numba.nn.data import load_data, load_digits
     from bnsgd_numba.nn.training import make_scheduler
 
     config = train_config(args, parse_params(args.param))
@@ -58,7 +58,7 @@ def _load(args: argparse.Namespace, lead: bool) -> tuple[Any, Any]:
         check_output_path("--plot", args.plot)
         if args.plot:
             check_matplotlib("--plot")
-    data = load_npz(args.data, num_classes=args.classes) if args.data else load_digits()
+    data = load_data(args.data, num_classes=args.classes) if args.data else load_digits()
     make_scheduler(config, 1 + len(data.x_train) // config.batch_size)
     return config, data
 

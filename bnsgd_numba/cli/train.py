@@ -28,6 +28,7 @@ from bnsgd_numba.cli._options import (
 )
 from bnsgd_numba.cli._progress import ProgressBar, summary_table
 from bnsgd_numba.cli.schedule import parse_params
+from bnsgd_numba.nn.data import DATA_HELP
 
 NEGLIGIBLE_RATE = 1e-6
 """A rate below this fraction of the schedule's peak, from an epoch's start on, draws a warning."""
@@ -56,9 +57,8 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--data",
-        metavar="FILE.npz",
-        help="MNIST-style arrays x_train, y_train, x_test, y_test; labels are integers "
-        "0..N-1 and the network gets N outputs (see --classes); default: the digits",
+        metavar="PATH",
+        help=f"{DATA_HELP} The network gets N outputs (see --classes). Default: the digits",
     )
     parser.add_argument(
         "--classes",
@@ -120,6 +120,13 @@ def add_parser(subparsers: Any) -> None:
         "--json",
         metavar="PATH",
         help="write the summary as JSON ('-': to stdout, the table then goes to stderr)",
+    )
+    parser.add_argument(
+        "--save",
+        metavar="MODEL.npz",
+        help="write the trained model (with BatchNorm) to this .npz file: "
+        "bnsgd-numba evaluate reads it, bnsgd_numba.nn.Sequential.load rebuilds it, and its "
+        "arrays load into the equivalent torch.nn.Sequential (docs/models.md)",
     )
     parser.add_argument("--plot", metavar="PATH.png", help="draw loss, accuracy and learning rate")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -254,11 +261,13 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, int, str | None]:
     """The config, the data, the batches per epoch and a warning, all checked."""
     from dataclasses import replace
 
-    from bnsgd_numba.nn.data import load_digits, load_npz
+    from bnsgd_numba.nn.data import load_data, load_digits
 
     check_output_path("--json", args.json)
     check_output_path("--plot", args.plot)
-    check_output_path("--save", getattr(args, "save", None))
+    if args.save == STDOUT:
+        raise ValueError("--save -: a model is written to a file, not to stdout")
+    check_output_path("--save", args.save)
     if args.plot:
         check_matplotlib("--plot")
     config = train_config(args, parse_params(args.param))
@@ -270,7 +279,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, int, str | None]:
                 f"--device cuda: CUDA kernels cannot run here: {unavailable_reason()}"
             )
     if args.data:
-        data = load_npz(args.data, num_classes=args.classes)
+        data = load_data(args.data, num_classes=args.classes)
     else:
         data = load_digits()
         if args.classes is not None:
@@ -289,6 +298,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any, int, str | None]:
 def run(args: argparse.Namespace) -> int:
     """Train, print the summary, write the JSON and the picture."""
     if args.distributed:  # data-parallel over MPI: bnsgd_numba.distributed
+        if args.save:
+            return fail("train", "--save is not available with --distributed")
         from bnsgd_numba.cli.distributed import run_distributed
 
         return run_distributed(args)
@@ -347,5 +358,8 @@ def run(args: argparse.Namespace) -> int:
         from bnsgd_numba.plotting import plot_training
 
         plot_training(results, args.plot, data_name=data.name)
+    if args.save:
+        results["bn"].model.save(args.save)
+        print(f"model saved to {args.save}", file=sys.stderr)
     print(f"test accuracy {results['bn'].test_accuracy:.4f} in {seconds:.1f} s", file=sys.stderr)
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bnsgd_numba.nn.data import Dataset
-from bnsgd_numba.nn.layers import Dense, ReLU, Sequential, softmax_cross_entropy
+from bnsgd_numba.nn.layers import Dense, ReLU, Sequential, loss_and_grad
 
 SCHEDULE_UNITS = ("step", "epoch")
 """What a schedule's steps count (Lightning's ``interval``): batches or epochs."""
@@ -211,10 +211,8 @@ def batch_order_rng(seed: int) -> np.random.Generator:
 
 
 def evaluate(model: Sequential, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Loss and accuracy of ``model`` in eval mode."""
-    logits = model.forward(x, training=False)
-    loss, _ = softmax_cross_entropy(logits, y)
-    return loss, float(np.mean(np.argmax(logits, axis=1) == y))
+    """Loss and accuracy of ``model`` in eval mode (:meth:`Sequential.evaluate`)."""
+    return model.evaluate(x, y)
 
 
 def train(
@@ -331,18 +329,19 @@ class HostRunner:
         self.arena = model.arena
         self.labels = {"train": data.y_train, "val": data.y_val, "test": data.y_test}
         self.inputs = {
-            "train": data.x_train.astype(dtype),
-            "val": data.x_val.astype(dtype),
-            "test": data.x_test.astype(dtype),
+            "train": np.ascontiguousarray(data.x_train, dtype=dtype),
+            "val": np.ascontiguousarray(data.x_val, dtype=dtype),
+            "test": np.ascontiguousarray(data.x_test, dtype=dtype),
         }
 
     def forward_backward(self, index: np.ndarray) -> tuple[float, int]:
         """Forward and backward on the training examples ``index``: (loss, correct)."""
         labels = self.labels["train"][index]
         logits = self.model.forward(self.inputs["train"][index], training=True)
-        loss, grad = softmax_cross_entropy(logits, labels)
+        grad = np.empty_like(logits)
+        loss, correct = loss_and_grad(logits, labels, grad)
         self.model.backward(grad)
-        return loss, int(np.sum(np.argmax(logits, axis=1) == labels))
+        return loss, correct
 
     def evaluate(self, split: str) -> tuple[float, float]:
         """Loss and accuracy on ``split`` ("val" or "test") in eval mode."""
