@@ -373,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.data).expanduser()
     if not path.exists():
         print(
-            f"bench training: error: no MNIST at {path}: download it there in Keras' layout "
-            "(keras.datasets.mnist.load_data() downloads it there) or pass --data FILE.npz or an IDX directory",
+            f"bench training: error: no MNIST at {path} (where keras.datasets.mnist.load_data() "
+            "saves it); pass --data FILE.npz or an IDX directory",
             file=sys.stderr,
         )
         return 2
