@@ -7,14 +7,14 @@ every argument before anything is written, and run the kernels of
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal
 
 import numpy as np
 
-from bnsgd_numba import config
-from bnsgd_numba._core.arrays import any_device_array, check_out
-from bnsgd_numba._core.checks import FLOAT_DTYPES, check_flag
+from bnsgd_numba._core.arrays import any_device_array, check_apart, check_out
+from bnsgd_numba._core.checks import FLOAT_DTYPES, check_eps_in_dtype, check_flag, cpu_tunables
 from bnsgd_numba._core.layouts import (
     NCS,
     empty_in_layout,
@@ -35,10 +35,10 @@ from bnsgd_numba.batch_norm._common import (
     check_running_statistics,
     host_channel_vector,
     host_input,
-    nonfinite_channels,
 )
 
 _NO_ARRAY = {dtype: np.empty(0, dtype=dtype) for dtype in FLOAT_DTYPES}
+_NO_FLAGS = np.zeros(0, dtype=np.uint8)
 
 
 def batch_norm_forward(
@@ -161,6 +161,7 @@ def _forward(
     x = host_input(x, "x")
     axis, channels = check_channels(x.shape, channel_axis)
     training, momentum, eps = check_forward_options(training, momentum, eps, on_nonfinite)
+    check_eps_in_dtype(eps, x.dtype)
     weight = host_channel_vector(weight, "weight", x.dtype, channels)
     bias = host_channel_vector(bias, "bias", x.dtype, channels)
     running_mean = host_channel_vector(
@@ -170,11 +171,23 @@ def _forward(
         running_var, "running_var", x.dtype, channels, writable=training
     )
     check_running_statistics(x.shape, channels, training, running_mean, running_var)
+    if training and running_mean is not None:
+        check_apart(
+            (("running_mean", running_mean), ("running_var", running_var)),
+            (("x", x), ("weight", weight), ("bias", bias)),
+        )
     if out is not None:
         check_out(out, x, "out", (running_mean, running_var, weight, bias))
+    item_elements, rc_columns, serial_below = cpu_tunables()
 
     layout, x_view = kernel_view(x, axis)
     y = out if out is not None else empty_in_layout(x, axis, layout)
+    if training and x.size == 0:
+        # PyTorch's empty batch: an empty output, the running statistics left
+        # alone; the saved statistics are those of zero sums (mean 0, variance 0)
+        save_mean = np.zeros(channels, dtype=x.dtype)
+        save_invstd = np.full(channels, 1.0 / math.sqrt(eps), dtype=x.dtype)
+        return BatchNormOutput(y, save_mean, save_invstd), 0
     if x.flags.c_contiguous and y.flags.c_contiguous:
         y_view = y.reshape(x_view.shape)  # what view_in_layout gives, sooner
     else:
@@ -185,30 +198,31 @@ def _forward(
     no_array = _NO_ARRAY[x.dtype]
     weight = no_array if weight is None else weight
     bias = no_array if bias is None else bias
-    parallel = x.size >= config.CPU_SERIAL_BELOW
+    parallel = x.size >= serial_below
     kernels = _kernels()
     if training:
         tracked = running_mean is not None
+        flags = np.zeros(channels, dtype=np.uint8) if tracked else _NO_FLAGS
         bad = kernels.forward_train(
             x_view, y_kernel, weight, bias,
             running_mean if tracked else no_array, running_var if tracked else no_array,
-            save_mean, save_invstd, momentum, eps, tracked and on_nonfinite == "raise",
-            layout != NCS, parallel, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS,
+            save_mean, save_invstd, flags, momentum, eps, tracked and on_nonfinite == "raise",
+            layout != NCS, parallel, item_elements, rc_columns,
         )  # fmt: skip
         if bad and tracked:
+            channels_bad = np.flatnonzero(flags)
             if on_nonfinite == "raise":
-                raise NonFiniteStatisticsError(nonfinite_channels(save_mean, save_invstd))
+                raise NonFiniteStatisticsError(channels_bad)
             warnings.warn(
                 f"batch statistics are not finite in {bad} channel(s) "
-                f"{nonfinite_channels(save_mean, save_invstd).tolist()}; "
-                "the running statistics were not updated",
+                f"{channels_bad.tolist()}; the running statistics were not updated",
                 RuntimeWarning,
                 stacklevel=warn_stacklevel,
             )
     else:
         kernels.forward_eval(
             x_view, y_kernel, weight, bias, running_mean, running_var, save_mean, save_invstd,
-            eps, layout != NCS, parallel, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS,
+            eps, layout != NCS, parallel, item_elements, rc_columns,
         )  # fmt: skip
     if y_view is None:
         np.copyto(y, from_layout(y_kernel, x.shape, axis, layout))
@@ -280,6 +294,11 @@ def batch_norm_backward(
     save_invstd = host_channel_vector(save_invstd, "save_invstd", x.dtype, channels, required=True)
     if out is not None:
         check_out(out, x, "out", (dy, weight, save_mean, save_invstd))
+    item_elements, rc_columns, serial_below = cpu_tunables()
+    if x.size == 0:
+        # PyTorch's empty batch: an empty dx, and sums over no values
+        dx = out if out is not None else np.empty_like(x)
+        return BatchNormGrads(dx, np.zeros(channels, x.dtype), np.zeros(channels, x.dtype))
 
     layout = native_layout(x, axis)
     x_view = to_layout(x, axis, layout)
@@ -292,7 +311,7 @@ def batch_norm_backward(
     _kernels().backward(
         dy_view, x_view, dx_kernel, _NO_ARRAY[x.dtype] if weight is None else weight,
         save_mean, save_invstd, dweight, dbias, training, layout != NCS,
-        x.size >= config.CPU_SERIAL_BELOW, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS,
+        x.size >= serial_below, item_elements, rc_columns,
     )  # fmt: skip
     if dx_view is None:
         np.copyto(dx, from_layout(dx_kernel, x.shape, axis, layout))
