@@ -145,6 +145,18 @@ def test_clipping_a_gradient_listed_twice_is_rejected(clip):
     np.testing.assert_array_equal(g, 3.0)
 
 
+def test_a_gradient_listed_twice_among_many_is_rejected():
+    # past a few arrays the owners are compared through a set, not pairwise
+    grads = [np.full(3, 2.0, np.float32) for _ in range(20)]
+    with pytest.raises(ValueError, match=r"grads\[4\] and grads\[17\] are the same array"):
+        bn.clip_grad_norm([*grads[:17], grads[4], *grads[18:]], 1.0)
+    np.testing.assert_array_equal(np.concatenate(grads), 2.0)
+    bn.clip_grad_norm(grads, 1.0)
+    np.testing.assert_allclose(
+        np.concatenate(grads), 1.0 / np.sqrt(60.0), rtol=8 * np.finfo(np.float32).eps
+    )
+
+
 # --- batch_norm_forward ----------------------------------------------------------
 
 

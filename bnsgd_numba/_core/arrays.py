@@ -48,18 +48,59 @@ def memory_owner(array: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _written_apart(written: Sequence[tuple[str, Any]], read: Sequence[tuple[str, Any]]) -> bool:
-    # the written arrays have distinct owners, none of them among the read
-    # arrays' (which may share one: a layer's weight and bias are
-    # often views of one buffer)
+def apart(written: tuple[Any, ...], read: tuple[Any, ...] = ()) -> bool:
+    """True when owners prove that no written array (None skipped) overlaps another array.
+
+    The written arrays must have distinct owners (:func:`memory_owner`),
+    none of them a read array's owner; read arrays may share one (a layer's
+    weight and bias are often views of one buffer). False means only
+    "unknown": :func:`check_apart` decides, and names the arrays. The
+    owner test is inlined, with identity tests on a short list: a tiny call
+    pays for every attribute read here. Many written arrays (a model's
+    gradients) go through a set instead.
+    """
+    if len(written) > _FEW_WRITTEN:
+        return _apart_by_id(written, read)
+    owners: list[np.ndarray] = []
+    for array in written:
+        if array is None:
+            continue
+        base = array.base
+        if base is not None:
+            if type(base) is not np.ndarray or base.base is not None:
+                return False
+            array = base
+        for seen in owners:
+            if seen is array:
+                return False
+        owners.append(array)
+    for array in read:
+        if array is None:
+            continue
+        base = array.base
+        if base is not None:
+            if type(base) is not np.ndarray or base.base is not None:
+                return False
+            array = base
+        for seen in owners:
+            if seen is array:
+                return False
+    return True
+
+
+_FEW_WRITTEN = 8
+
+
+def _apart_by_id(written: tuple[Any, ...], read: tuple[Any, ...]) -> bool:
+    # apart() for many arrays: a set of owner ids, linear in their number
     owners = set()
-    for _, array in written:
+    for array in written:
         if array is not None:
             owner = memory_owner(array)
             if owner is None or id(owner) in owners:
                 return False
             owners.add(id(owner))
-    for _, array in read:
+    for array in read:
         if array is not None:
             owner = memory_owner(array)
             if owner is None or id(owner) in owners:
@@ -115,11 +156,11 @@ def check_apart(
 
     Notes
     -----
-    Distinct owners (:func:`memory_owner`) settle the common case;
+    Distinct owners (:func:`apart`) settle the common case;
     otherwise the byte extents are sorted and only arrays whose extents meet
     get NumPy's exact test, so many views of one buffer cost n log n.
     """
-    if _written_apart(written, read):
+    if apart(tuple(array for _, array in written), tuple(array for _, array in read)):
         return
     entries = [(name, array, True) for name, array in written if array is not None]
     entries += [(name, array, False) for name, array in read if array is not None]
@@ -159,7 +200,20 @@ def check_out(out: Any, x: np.ndarray, name: str, others: tuple[Any, ...]) -> No
         raise TypeError(f"{name}: dtype {out.dtype} does not match x ({x.dtype})")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
+    # the test of memory_owner, inlined: a tiny call pays for every attribute read
+    owner = out if out.base is None else out.base
+    plain = type(owner) is np.ndarray and owner.base is None
     for index, other in enumerate((x, *others)):
-        if other is not None and overlaps(out, other):
+        if other is None:
+            continue
+        if plain:
+            other_owner = other if other.base is None else other.base
+            if (
+                other_owner is not owner
+                and type(other_owner) is np.ndarray
+                and other_owner.base is None
+            ):
+                continue
+        if overlaps(out, other):
             what = "the input x" if index == 0 else "another argument"
             raise ValueError(f"{name} overlaps {what}; pass a separate array")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba._core.arrays import check_apart, is_device_array
+from bnsgd_numba._core.arrays import apart, check_apart, is_device_array
 from bnsgd_numba._core.checks import check_flag, cpu_tunables
 from bnsgd_numba.sgd._common import NORM_INF, NORM_L1, NORM_L2, check_limit, check_norm_type
 from bnsgd_numba.sgd.arena import ParameterArena, work_items
@@ -45,15 +45,13 @@ class _HostGradients:
                 f"{name}: expected an array, a list of arrays or a ParameterArena, "
                 f"got {type(grads).__name__}"
             )
-        named = []
         for i, grad in enumerate(grads):
-            if grad is None:
-                continue
-            check_parameter(grad, f"{name}[{i}]")
-            named.append((f"{name}[{i}]", grad))
+            if grad is not None:
+                check_parameter(grad, f"{name}[{i}]")
         # each gradient is scaled in place once: one listed twice would be scaled twice
-        check_apart(named)
-        self.pairs = [(grad, flat_view(grad)) for _, grad in named]
+        if not apart(tuple(grads)):
+            check_apart([(f"{name}[{i}]", grad) for i, grad in enumerate(grads)])
+        self.pairs = [(grad, flat_view(grad)) for grad in grads if grad is not None]
 
     def norm_partials(self, kind: int, order: float) -> np.ndarray:
         """float64 partials of the norm, one per work item of ``config.CPU_ITEM_ELEMENTS``."""

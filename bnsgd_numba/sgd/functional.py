@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba._core.arrays import any_device_array, check_apart
+from bnsgd_numba._core.arrays import any_device_array, apart, check_apart
 from bnsgd_numba._core.checks import FLOAT_DTYPES, cpu_tunables
 from bnsgd_numba.sgd._common import Hyperparameters, check_hyperparameters, update_mode
 
@@ -224,11 +224,13 @@ def sgd_step(
         check_like(momentum_buffer, "momentum_buffer", param, "param")
         if not momentum_buffer.flags.writeable:
             raise ValueError("momentum_buffer: array is not writable")
-    check_apart(
-        (("param", param), ("momentum_buffer", momentum_buffer if hyper.momentum else None)),
-        (("grad", grad),),
-        _PARAM_MAY_BE_GRAD,
-    )
+    written_buffer = momentum_buffer if hyper.momentum else None
+    if not apart((param, written_buffer), (grad,)):
+        check_apart(
+            (("param", param), ("momentum_buffer", written_buffer)),
+            (("grad", grad),),
+            _PARAM_MAY_BE_GRAD,
+        )
     chunk = cpu_tunables()[0]
 
     mode = update_mode(hyper.momentum, momentum_buffer is not None)
