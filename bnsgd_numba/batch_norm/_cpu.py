@@ -351,7 +351,7 @@ def running_update(running_mean, running_var, mean, m2, count, momentum, updated
     ``updated`` (2, C) receives (1 - momentum) * running + momentum * batch
     (unbiased variance), rounded to the dtype, where a float32 value can
     overflow although the float64 statistics are finite; ``flags[c]`` is
-    set to 1 where channel c's new mean or variance is not finite.
+    set to 1 where channel c's new mean or variance is not finite, else 0.
     """
     keep = 1.0 - momentum
     bad = 0
@@ -359,9 +359,9 @@ def running_update(running_mean, running_var, mean, m2, count, momentum, updated
         unbiased = m2[c] / (count - 1.0)
         updated[0, c] = keep * np.float64(running_mean[c]) + momentum * mean[c]
         updated[1, c] = keep * np.float64(running_var[c]) + momentum * unbiased
-        if not (math.isfinite(updated[0, c]) and math.isfinite(updated[1, c])):
-            flags[c] = 1
-            bad += 1
+        finite = math.isfinite(updated[0, c]) and math.isfinite(updated[1, c])
+        flags[c] = 0 if finite else 1
+        bad += 0 if finite else 1
     return bad
 
 
@@ -374,7 +374,7 @@ def update_running_statistics(running_mean, running_var, mean, m2, count, moment
     """
     channels = mean.shape[0]
     updated = np.empty((2, channels), dtype=running_mean.dtype)
-    flags = np.zeros(channels, dtype=np.uint8)
+    flags = np.empty(channels, dtype=np.uint8)
     bad = running_update(running_mean, running_var, mean, m2, count, momentum, updated, flags)
     if bad == 0:
         running_mean[:] = updated[0]
@@ -461,7 +461,7 @@ def _normalize(x, y, channels_last, parallel, rows_per_item, mean, invstd, weigh
 
 @cpu_kernel()
 def forward_train(
-    x, y, weight, bias, running_mean, running_var, save_mean, save_invstd, flags,
+    x, y, weight, bias, running_mean, running_var, save_mean, save_invstd,
     momentum, eps, stop_on_nonfinite, channels_last, parallel, item_elements, columns_per_item,
 ):  # fmt: skip
     """Training forward pass; returns the number of non-finite channels.
@@ -469,12 +469,12 @@ def forward_train(
     ``x``/``y`` are ``(N, C, S)`` views, ``(R, C, 1)`` when ``channels_last``;
     work items have about ``item_elements`` values (:func:`item_rows`).
     Empty ``weight``/``bias``/running arrays mean "not given". With running
-    statistics, a channel is non-finite when its running update is in the
-    dtype (:func:`running_update`; so is the update of non-finite batch
-    statistics), and ``flags[c]`` (zeros on entry) is set to 1 for it. When a channel is not
-    finite and ``stop_on_nonfinite`` is set, only ``save_mean`` and
-    ``save_invstd`` are written; otherwise ``y`` is written, and the running
-    statistics are updated only if every channel is finite.
+    statistics, a channel is non-finite when its running update is not
+    finite in their dtype (:func:`running_update`; the update of non-finite
+    batch statistics is not finite either). When a channel is not finite and ``stop_on_nonfinite`` is
+    set, only ``save_mean`` and ``save_invstd`` are written; otherwise ``y``
+    is written, and the running statistics are updated only if every
+    channel is finite.
     """
     channels = x.shape[1]
     rows_per_item = _item_rows(channels, x.shape[2], channels_last, item_elements, columns_per_item)
@@ -501,6 +501,7 @@ def forward_train(
     updated = np.empty((2, channels if tracked else 0), dtype=running_mean.dtype)
     if tracked:
         # non-finite statistics make a non-finite update (0 * inf is NaN too)
+        flags = np.empty(channels, dtype=np.uint8)
         bad = running_update(running_mean, running_var, mean, m2, count, momentum, updated, flags)
     if bad > 0 and stop_on_nonfinite:
         return bad
