@@ -2,7 +2,8 @@
 
 - An arena's buffers, views and layout cannot be rebound (a step once read
   past the end of a rebound ``flat_grads``), and changes made to the
-  buffers in place (read-only, reshaped) are caught at every use.
+  buffers in place (read-only, reshaped) are caught at every use; momentum
+  buffers are handed out as views.
 - ``SGD``'s parameters, arena, buffers and counters are read-only.
 - A parameter made read-only after ``SGD(...)`` was built: the step raises
   before it writes anything, and no momentum buffer is left uninitialised.
@@ -80,26 +81,74 @@ def test_buffers_changed_in_place_are_caught_before_a_step():
     with pytest.raises(TypeError, match="arena.flat_params: dtype int32 is no longer"):
         optimizer.step()
     arena.flat_params.dtype = np.float32
-    optimizer.momentum_buffers[0].base.flags.writeable = False
-    with pytest.raises(ValueError, match="momentum_buffers: the momentum buffer was changed"):
+    view = optimizer.momentum_buffers[0]
+    view.flags.writeable = False  # a view's flags: the step still writes the buffer
+    optimizer.step()
+    assert optimizer.steps == 2
+
+
+def _own_buffer(view):
+    # the optimizer's buffer behind a view momentum_buffers handed out
+    return view if view.base is None else view.base
+
+
+@pytest.mark.parametrize("change", ["read-only", "reshaped"])
+def test_the_arena_momentum_buffer_changed_in_place_through_base_is_caught(change):
+    arena = bn.ParameterArena(SHAPES)
+    arena.flat_grads[...] = 1.0
+    optimizer = bn.SGD(arena, lr=0.1, momentum=0.9)
+    optimizer.step()
+    owner = _own_buffer(optimizer.momentum_buffers[0])
+    before = (arena.flat_params.copy(), owner.copy())
+    if change == "read-only":
+        owner.flags.writeable = False
+        message = "momentum_buffers: the optimizer's buffer was made read-only"
+    else:
+        owner.shape = (20, 100)
+        message = r"momentum_buffers: the optimizer's buffer, \(20, 100\) float32, no longer"
+    with pytest.raises(ValueError, match=message):
         optimizer.step()
+    np.testing.assert_array_equal(arena.flat_params, before[0])
+    np.testing.assert_array_equal(owner.reshape(-1), before[1])
     assert optimizer.steps == 1
 
 
-def test_a_list_optimizer_buffer_changed_in_place_is_caught():
+def test_a_list_momentum_buffer_made_read_only_through_base_fails_before_any_write():
     params = [np.ones(6), np.ones(4)]
     optimizer = bn.SGD(params, lr=0.1, momentum=0.9)
     grads = [np.ones(6), np.ones(4)]
     optimizer.step(grads)
-    optimizer.momentum_buffers[0].shape = (2, 3)
-    with pytest.raises(ValueError, match=r"momentum_buffers\[0\]: shape \(2, 3\) does not match"):
+    _own_buffer(optimizer.momentum_buffers[1]).flags.writeable = False
+    before = [p.copy() for p in params]
+    with pytest.raises(ValueError, match=r"momentum_buffers\[1\]: the optimizer's buffer was made"):
         optimizer.step(grads)
-    optimizer.momentum_buffers[0].shape = (6,)
-    optimizer.momentum_buffers[1].flags.writeable = False
-    with pytest.raises(ValueError, match=r"momentum_buffers\[1\]: array is not writable"):
-        optimizer.step(grads)
-    np.testing.assert_array_equal(params[0], 0.9)
+    for param, old in zip(params, before, strict=True):
+        np.testing.assert_array_equal(param, old)
     assert optimizer.steps == 1
+
+
+def test_momentum_buffers_are_handed_out_as_views_and_parameters_checked_at_every_step():
+    params = [np.ones(6), np.ones(4)]
+    optimizer = bn.SGD(params, lr=0.1, momentum=0.9)
+    grads = [np.ones(6), np.ones(4)]
+    optimizer.step(grads)
+    view = optimizer.momentum_buffers[0]
+    view.shape = (2, 3)  # the metadata of the view handed out, not of the buffer
+    view.flags.writeable = False
+    optimizer.momentum_buffers[1][...] = 0.0  # values are shared
+    optimizer.step(grads)
+    np.testing.assert_allclose(params[0], 0.9 - 0.1 * (0.9 * 1.0 + 1.0), rtol=1e-15)
+    np.testing.assert_allclose(params[1], 0.9 - 0.1 * 1.0, rtol=1e-15)
+    before = [p.copy() for p in params]
+    params[1].dtype = np.float32  # 4 float64 values seen as 8 float32 ones
+    with pytest.raises(
+        ValueError, match=r"momentum_buffers\[1\]: .* no longer matches params\[1\]"
+    ):
+        optimizer.step([np.ones(6), np.ones(8, np.float32)])
+    params[1].dtype = np.float64
+    for param, old in zip(params, before, strict=True):
+        np.testing.assert_array_equal(param, old)
+    assert optimizer.steps == 2
 
 
 def test_sgd_attributes_are_read_only_but_hyperparameters_settable():

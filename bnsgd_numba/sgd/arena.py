@@ -164,34 +164,37 @@ class ParameterArena:
         ------
         ValueError, TypeError
             When either buffer was changed in place so that it no longer
-            matches the layout (its shape, dtype or contiguity), or the
-            parameters were made read-only: a kernel would then read or
-            write the wrong memory.
+            matches the layout (its shape or dtype), or the parameters were
+            made read-only: a kernel would then read or write the wrong
+            memory, or fail inside numba.
         """
         params = self._flat_params
         grads = self._flat_grads
         expected = (self._size,)
+        # Strides are not checked: NumPy keeps strides set in place (a
+        # deprecated feature) inside the array's memory, and the kernels
+        # follow them, so only the shape and dtype can take them elsewhere.
         if (
             params.shape == expected
             and grads.shape == expected
-            and params.dtype == self._dtype
-            and grads.dtype == self._dtype
+            and params.dtype is self._dtype
+            and grads.dtype is self._dtype
             and params.flags.writeable
-            and params.flags.c_contiguous
-            and grads.flags.c_contiguous
         ):
             return params, grads
         for name, flat in (("flat_params", params), ("flat_grads", grads)):
-            if flat.shape != expected or not flat.flags.c_contiguous:
+            if flat.shape != expected:
                 raise ValueError(
-                    f"arena.{name}: shape {flat.shape} is no longer the arena's contiguous "
-                    f"({self._size},) buffer (it was changed in place)"
+                    f"arena.{name}: shape {flat.shape} is no longer the arena's "
+                    f"({self._size},) (it was changed in place)"
                 )
             if flat.dtype != self._dtype:
                 raise TypeError(
                     f"arena.{name}: dtype {flat.dtype} is no longer the arena's {self._dtype}"
                 )
-        raise ValueError("arena.flat_params: array is not writable")
+        if not params.flags.writeable:
+            raise ValueError("arena.flat_params: array is not writable")
+        return params, grads
 
     @classmethod
     def from_arrays(cls, arrays: Sequence[np.ndarray], dtype: Any = None) -> ParameterArena:

@@ -22,6 +22,8 @@ from bnsgd_numba.sgd.functional import (
 
 STATE_VERSION = 1
 
+_FLOAT32, _FLOAT64 = FLOAT_DTYPES  # the dtype singletons: identity is the cheap test
+
 _HYPERPARAMETER_NAMES = (
     "lr",
     "momentum",
@@ -40,12 +42,29 @@ def _any_nonfinite(flat: np.ndarray, chunk: int) -> bool:
     return bool(kernel(flat, chunk).any())
 
 
-def _check_buffer(buffer: Any, name: str, param: np.ndarray, param_name: str) -> None:
-    # a momentum buffer handed out through momentum_buffers may have been
-    # changed in place since (made read-only, reshaped)
-    check_like(buffer, name, param, param_name)
-    if not buffer.flags.writeable:
-        raise ValueError(f"{name}: array is not writable")
+def _check_own_buffer(
+    buffer: np.ndarray, name: str, like: np.ndarray, like_name: str, same_shape: bool
+) -> None:
+    # The optimizer's own momentum buffer. momentum_buffers hands out views,
+    # but their owner is reachable (view.base) and can be changed in place,
+    # as can the parameter; the kernels need the buffer writable and
+    # contiguous, with the parameter's size and dtype (and shape when
+    # ``same_shape``: an arena's flat buffer).
+    if (
+        buffer.size != like.size
+        or buffer.dtype != like.dtype
+        or (same_shape and buffer.shape != like.shape)
+    ):
+        raise ValueError(
+            f"{name}: the optimizer's buffer, {buffer.shape} {buffer.dtype}, no longer matches "
+            f"{like_name}, {like.shape} {like.dtype}: one of them was changed in place since "
+            "the buffer was made"
+        )
+    if not (buffer.flags.writeable and buffer.flags.c_contiguous):
+        raise ValueError(
+            f"{name}: the optimizer's buffer was made read-only or non-contiguous in place; "
+            "load a state_dict to replace it"
+        )
 
 
 class SGD:
@@ -208,8 +227,15 @@ class SGD:
 
     @property
     def momentum_buffers(self) -> tuple[Any, ...]:
-        """One momentum buffer per parameter, None before its first momentum step (read-only)."""
-        return tuple(self._momentum_buffers)
+        """One momentum buffer per parameter, None before its first momentum step.
+
+        Views of the optimizer's own buffers (a CUDA optimizer's buffers
+        themselves): values written into them are seen by the next step, but
+        a change of their shape, dtype or flags is not.
+        """
+        if self._device:
+            return tuple(self._momentum_buffers)
+        return tuple(None if buffer is None else buffer.view() for buffer in self._momentum_buffers)
 
     @property
     def steps(self) -> int:
@@ -345,13 +371,12 @@ class SGD:
         flat_momentum = self._flat_momentum
         if flat_momentum is not None and not (
             flat_momentum.shape == flat_params.shape
-            and flat_momentum.dtype == flat_params.dtype
-            and flat_momentum.flags.writeable
-            and flat_momentum.flags.c_contiguous
+            and flat_momentum.dtype is flat_params.dtype
+            and (flags := flat_momentum.flags).writeable
+            and flags.c_contiguous
         ):
-            raise ValueError(
-                "momentum_buffers: the momentum buffer was changed in place (made read-only, "
-                "reshaped or given another dtype); load a state_dict to replace it"
+            _check_own_buffer(
+                flat_momentum, "momentum_buffers", flat_params, "arena.flat_params", True
             )
         if skip_if_nonfinite and _any_nonfinite(flat_grads, chunk):
             return False
@@ -386,30 +411,39 @@ class SGD:
             if grad is None:
                 continue
             buffer = self._momentum_buffers[i] if uses_buffers else None
+            # the parameter may have been changed in place since SGD was made
+            # (made read-only, given another dtype): checked at every step
+            dtype = param.dtype
             if not (
-                type(param) is np.ndarray
-                and type(grad) is np.ndarray
+                type(grad) is np.ndarray
                 and param.flags.writeable
                 and grad.shape == param.shape
-                and grad.dtype == param.dtype
-                and param.dtype in FLOAT_DTYPES
+                and (dtype is _FLOAT32 or dtype is _FLOAT64)
+                and grad.dtype is dtype
                 and (
                     buffer is None
                     or (
-                        type(buffer) is np.ndarray
-                        and buffer.shape == param.shape
-                        and buffer.dtype == param.dtype
-                        and buffer.flags.writeable
+                        buffer.size == param.size
+                        and buffer.dtype is dtype
+                        and (flags := buffer.flags).writeable
+                        and flags.c_contiguous
                     )
                 )
             ):
                 check_parameter(param, f"params[{i}]")
                 check_like(grad, f"grads[{i}]", param, f"params[{i}]")
                 if buffer is not None:
-                    _check_buffer(buffer, f"momentum_buffers[{i}]", param, f"params[{i}]")
-            if apart:
-                owner = memory_owner(grad)
-                apart = owner is not None and id(owner) not in owners  # type: ignore[operator]
+                    _check_own_buffer(
+                        buffer, f"momentum_buffers[{i}]", param, f"params[{i}]", False
+                    )
+            if apart:  # memory_owner(grad) inlined: this runs per tensor and step
+                base = grad.base
+                if base is None:
+                    apart = id(grad) not in owners  # type: ignore[operator]
+                else:
+                    apart = (
+                        type(base) is np.ndarray and base.base is None and id(base) not in owners  # type: ignore[operator]
+                    )
             work.append((i, param, grad, buffer))
         if not apart:
             check_apart(
@@ -428,15 +462,12 @@ class SGD:
             created = mode != 0 and buffer is None
             if mode == 0:
                 buffer_flat = param_flat[:0]
-            elif created:
-                buffer = np.empty(param.shape, dtype=param.dtype)
-                buffer_flat = buffer.reshape(-1)
             else:
-                buffer_flat = flat_view(buffer)
+                if created:
+                    buffer = np.empty(param.shape, dtype=param.dtype)
+                buffer_flat = buffer.reshape(-1)  # contiguous: checked above
             run_update(param_flat, grad_flat, buffer_flat, hyper, mode, chunk)
             write_back(param, param_flat)
-            if mode != 0:
-                write_back(buffer, buffer_flat)
             if created:
                 # kept only once the kernel has filled it
                 self._momentum_buffers[i] = buffer
