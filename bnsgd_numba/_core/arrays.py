@@ -74,6 +74,8 @@ def apart(written: tuple[Any, ...], read: tuple[Any, ...] = ()) -> bool:
             if seen is array:
                 return False
         owners.append(array)
+    if not owners:
+        return True
     for array in read:
         if array is None:
             continue
@@ -190,8 +192,14 @@ def check_apart(
         active.append((high, k))
 
 
-def check_out(out: Any, x: np.ndarray, name: str, others: tuple[Any, ...]) -> None:
-    """Raise unless ``out`` is a writable NumPy array like ``x`` that overlaps none of them."""
+def check_out(
+    out: Any, x: np.ndarray, name: str, others: tuple[Any, ...], known_apart: bool = False
+) -> None:
+    """Raise unless ``out`` is a writable NumPy array like ``x`` that overlaps none of them.
+
+    ``known_apart``: the caller's :func:`apart` already proved that ``out``
+    overlaps none of them (one owner test for all of a call's arrays).
+    """
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array, got {type(out).__name__}")
     if out.shape != x.shape:
@@ -200,6 +208,8 @@ def check_out(out: Any, x: np.ndarray, name: str, others: tuple[Any, ...]) -> No
         raise TypeError(f"{name}: dtype {out.dtype} does not match x ({x.dtype})")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
+    if known_apart:
+        return
     # the test of memory_owner, inlined: a tiny call pays for every attribute read
     owner = out if out.base is None else out.base
     plain = type(owner) is np.ndarray and owner.base is None

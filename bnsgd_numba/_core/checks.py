@@ -155,23 +155,26 @@ def cpu_tunables() -> tuple[int, int, int]:
         in ``[1, MAX_WORK_ITEM]``, or the third is negative: the kernels would
         divide by zero, fail to compile or split the work wrongly.
     """
+    global _last_tunables
     item = config.CPU_ITEM_ELEMENTS
     columns = config.CPU_RC_COLUMNS
     serial = config.CPU_SERIAL_BELOW
-    if (
-        type(item) is int
-        and type(columns) is int
-        and type(serial) is int
-        and 0 < item <= MAX_WORK_ITEM
-        and 0 < columns <= MAX_WORK_ITEM
-        and serial >= 0
-    ):
-        return item, columns, serial
-    return (
+    last = _last_tunables
+    # the very objects checked last time (identity: an int is immutable, and
+    # True == 1 would pass an equality test): every call reads them here
+    if item is last[0] and columns is last[1] and serial is last[2]:
+        return last[3]
+    checked = (
         _tunable("CPU_ITEM_ELEMENTS", item, 1, MAX_WORK_ITEM),
         _tunable("CPU_RC_COLUMNS", columns, 1, MAX_WORK_ITEM),
         _tunable("CPU_SERIAL_BELOW", serial, 0, np.iinfo(np.int64).max),
     )
+    _last_tunables = (item, columns, serial, checked)  # one assignment: safe across threads
+    return checked
+
+
+_UNSET = object()
+_last_tunables: tuple[Any, Any, Any, tuple[int, int, int]] = (_UNSET, _UNSET, _UNSET, (0, 0, 0))
 
 
 def gpu_threads_per_block(warp_size: int, most: int) -> int:

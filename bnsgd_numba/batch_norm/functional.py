@@ -186,17 +186,20 @@ def _forward(
         running_var, "running_var", x.dtype, channels, writable=training
     )
     check_running_statistics(x.shape, channels, training, running_mean, running_var)
-    if (
-        training
-        and running_mean is not None
-        and not apart((running_mean, running_var), (x, weight, bias))
-    ):
-        check_apart(
-            (("running_mean", running_mean), ("running_var", running_var)),
-            (("x", x), ("weight", weight), ("bias", bias)),
-        )
+    # one owner test for every array the call writes (out; the running
+    # statistics in training) against the others; the exact tests, which
+    # name the arrays, only when it cannot tell
+    if training:
+        known_apart = apart((running_mean, running_var, out), (x, weight, bias))
+        if not known_apart and running_mean is not None:
+            check_apart(
+                (("running_mean", running_mean), ("running_var", running_var)),
+                (("x", x), ("weight", weight), ("bias", bias)),
+            )
+    else:
+        known_apart = apart((out,), (x, weight, bias, running_mean, running_var))
     if out is not None:
-        check_out(out, x, "out", (running_mean, running_var, weight, bias))
+        check_out(out, x, "out", (running_mean, running_var, weight, bias), known_apart)
     item_elements, rc_columns, serial_below = cpu_tunables()
 
     layout, x_view = kernel_view(x, axis)
