@@ -189,3 +189,21 @@ def test_load_state_dict_errors_name_the_argument_and_load_nothing():
 def test_an_arena_too_large_for_an_array_names_the_shape(shapes, dtype, message):
     with pytest.raises(ValueError, match=message):
         bn.ParameterArena(shapes, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "error", "message"),
+    [
+        (
+            [np.ones(2, np.float32), np.ones(3, np.complex64)],
+            TypeError,
+            r"arrays\[1\]: dtype complex64",
+        ),
+        ([np.ones(2), np.array(["a", "b"])], TypeError, r"arrays\[1\]: dtype <U1"),
+        ([np.ones(2), [[1.0, 2.0], [3.0]]], ValueError, r"arrays\[1\]: not an array of numbers"),
+        (5, TypeError, "arrays: expected a sequence of arrays, got int"),
+    ],
+)
+def test_from_arrays_names_an_entry_it_cannot_copy_without_loss(arrays, error, message):
+    with pytest.raises(error, match=message):
+        bn.ParameterArena.from_arrays(arrays)

@@ -170,18 +170,23 @@ class ParameterArena:
         """
         params = self._flat_params
         grads = self._flat_grads
-        expected = (self._size,)
+        size = self._size
+        dtype = self._dtype
         # Strides are not checked: NumPy keeps strides set in place (a
         # deprecated feature) inside the array's memory, and the kernels
         # follow them, so only the shape and dtype can take them elsewhere.
+        # ndim and len: the cheapest test of the shape, run at every step.
         if (
-            params.shape == expected
-            and grads.shape == expected
-            and params.dtype is self._dtype
-            and grads.dtype is self._dtype
+            params.ndim == 1
+            and grads.ndim == 1
+            and len(params) == size
+            and len(grads) == size
+            and params.dtype is dtype
+            and grads.dtype is dtype
             and params.flags.writeable
         ):
             return params, grads
+        expected = (size,)
         for name, flat in (("flat_params", params), ("flat_grads", grads)):
             if flat.shape != expected:
                 raise ValueError(
@@ -202,8 +207,29 @@ class ParameterArena:
 
         ``dtype`` defaults to the dtype of the first array; every array is
         cast to it.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming ``arrays[i]`` for an entry that is not an array of real
+            numbers (a complex array would lose its imaginary part), or
+            ``arrays`` when it is not a sequence.
         """
-        arrays = [np.asarray(array) for array in arrays]
+        if isinstance(arrays, (str, bytes)) or not isinstance(arrays, Iterable):
+            raise TypeError(f"arrays: expected a sequence of arrays, got {type(arrays).__name__}")
+        converted = []
+        for i, array in enumerate(arrays):
+            try:
+                array = np.asarray(array)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"arrays[{i}]: not an array of numbers ({exc})") from None
+            if array.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"arrays[{i}]: dtype {array.dtype} is not a real number type "
+                    "(float32 or float64 expected)"
+                )
+            converted.append(array)
+        arrays = converted
         if dtype is None:
             dtype = arrays[0].dtype if arrays else np.float32
         arena = cls([array.shape for array in arrays], dtype=dtype)

@@ -370,7 +370,8 @@ class SGD:
         chunk = cpu_tunables()[0]
         flat_momentum = self._flat_momentum
         if flat_momentum is not None and not (
-            flat_momentum.shape == flat_params.shape
+            flat_momentum.ndim == 1
+            and len(flat_momentum) == len(flat_params)
             and flat_momentum.dtype is flat_params.dtype
             and (flags := flat_momentum.flags).writeable
             and flags.c_contiguous
