@@ -189,15 +189,16 @@ def _forward(
     # one owner test for every array the call writes (out; the running
     # statistics in training) against the others; the exact tests, which
     # name the arrays, only when it cannot tell
+    out_array = out if isinstance(out, np.ndarray) else None  # check_out names anything else
     if training:
-        known_apart = apart((running_mean, running_var, out), (x, weight, bias))
+        known_apart = apart((running_mean, running_var, out_array), (x, weight, bias))
         if not known_apart and running_mean is not None:
             check_apart(
                 (("running_mean", running_mean), ("running_var", running_var)),
                 (("x", x), ("weight", weight), ("bias", bias)),
             )
     else:
-        known_apart = apart((out,), (x, weight, bias, running_mean, running_var))
+        known_apart = apart((out_array,), (x, weight, bias, running_mean, running_var))
     if out is not None:
         check_out(out, x, "out", (running_mean, running_var, weight, bias), known_apart)
     item_elements, rc_columns, serial_below = cpu_tunables()

@@ -231,7 +231,9 @@ class SGD:
 
         Views of the optimizer's own buffers (a CUDA optimizer's buffers
         themselves): values written into them are seen by the next step, but
-        a change of their shape, dtype or flags is not.
+        a change of their shape, dtype or flags is not. A buffer changed in
+        place behind them (through ``.base``: made read-only, reshaped) makes
+        the next step raise before it writes anything.
         """
         if self._device:
             return tuple(self._momentum_buffers)
