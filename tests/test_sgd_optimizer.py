@@ -518,9 +518,8 @@ class _FakeDeviceArray:
 
 def test_device_parameters_without_cuda_support_give_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "bnsgd_numba.sgd._cuda_driver", None)
-    optimizer = bn.SGD([_FakeDeviceArray()], lr=0.1)
-    with pytest.raises(ImportError, match="SGD.step: got a CUDA array, but CUDA support is not"):
-        optimizer.step([_FakeDeviceArray()])
+    with pytest.raises(ImportError, match="SGD: got a CUDA array, but CUDA support is not"):
+        bn.SGD([_FakeDeviceArray()], lr=0.1)
     with pytest.raises(ImportError, match="clip_grad_norm: got a CUDA array"):
         bn.clip_grad_norm([_FakeDeviceArray()], 1.0)
     with pytest.raises(TypeError, match=r"params\[1\]: a host array among CUDA arrays"):
@@ -533,6 +532,7 @@ def test_device_lists_and_arenas_are_handed_to_the_gpu_module(monkeypatch):
     fake.sgd_optimizer_step = lambda optimizer, grads, *, skip_if_nonfinite: (
         calls.append(("step", optimizer, grads, skip_if_nonfinite)) or False
     )
+    fake.check_parameters_apart = lambda params: calls.append(("apart", params))
 
     class DeviceGradients:  # the clipping backend: partials, scale and clamp
         def __init__(self, grads, name, caller):
@@ -551,13 +551,16 @@ def test_device_lists_and_arenas_are_handed_to_the_gpu_module(monkeypatch):
     fake.DeviceGradients = DeviceGradients
     monkeypatch.setitem(sys.modules, "bnsgd_numba.sgd._cuda_driver", fake)
 
-    listed = bn.SGD([_FakeDeviceArray()], lr=0.1, momentum=0.9)
+    params = [_FakeDeviceArray()]
+    listed = bn.SGD(params, lr=0.1, momentum=0.9)
+    assert calls.pop() == ("apart", tuple(params))
     grads = [_FakeDeviceArray()]
     assert listed.step(grads, skip_if_nonfinite=True) is False
     assert calls.pop() == ("step", listed, grads, True)
+    assert (listed.steps, listed.skipped_steps) == (0, 1)
 
     arena = bn.ParameterArena([(3,)])
-    arena.flat_params, arena.flat_grads = _FakeDeviceArray(), _FakeDeviceArray()
+    arena._flat_params, arena._flat_grads = _FakeDeviceArray(), _FakeDeviceArray()
     fused = bn.SGD(arena, lr=0.1)
     assert fused.step() is False
     assert calls.pop() == ("step", fused, None, False)

@@ -320,6 +320,17 @@ def overlaps(a: Any, b: Any) -> bool:
     return a_start < b_end and b_start < a_end
 
 
+def same_memory(a: Any, b: Any) -> bool:
+    """Whether two device arrays map every index to the same address (a full overlap)."""
+    if tuple(a.shape) != tuple(b.shape) or np.dtype(a.dtype) != np.dtype(b.dtype):
+        return False
+    if array_strides(a) != array_strides(b):
+        return False
+    if SIMULATOR:
+        return a._ary.__array_interface__["data"][0] == b._ary.__array_interface__["data"][0]
+    return _byte_extent(a) == _byte_extent(b)
+
+
 def _is_numba_array(obj: Any) -> bool:
     # numba's DeviceNDArray (not the simulator's arrays, which lack the interface)
     return not SIMULATOR and getattr(type(obj), "__cuda_ndarray__", False) is True

@@ -93,11 +93,16 @@ def check_forward_options(
 def check_running_statistics(
     shape: tuple[int, ...], channels: int, training: bool, running_mean: Any, running_var: Any
 ) -> None:
-    """The rules on running statistics and batch size that do not depend on the backend."""
+    """The rules on running statistics and batch size that do not depend on the backend.
+
+    Training needs more than one value per channel, or none: an empty batch
+    gives an empty output and leaves the running statistics alone, as in
+    PyTorch.
+    """
     if (running_mean is None) != (running_var is None):
         missing = "running_var" if running_var is None else "running_mean"
         raise ValueError(f"{missing} is None but the other running statistic is given")
-    if training and _per_channel(shape, channels) <= 1:
+    if training and _per_channel(shape, channels) == 1:
         raise ValueError(
             f"x: expected more than 1 value per channel when training, got input of shape {shape}"
         )

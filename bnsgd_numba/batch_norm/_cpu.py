@@ -434,13 +434,41 @@ def running_invstd(running_var, eps, invstd):
 
 
 @cpu_kernel()
-def update_running_statistics(running_mean, running_var, mean, m2, count, momentum):
-    """running = (1 - momentum) * running + momentum * batch (unbiased variance)."""
+def running_update(running_mean, running_var, mean, m2, count, momentum, updated, flags):
+    """The running update in the running statistics' dtype; returns its non-finite channels.
+
+    ``updated`` (2, C) receives (1 - momentum) * running + momentum * batch
+    (unbiased variance), rounded to the dtype, where a float32 value can
+    overflow although the float64 statistics are finite; ``flags[c]`` is
+    set to 1 where channel c's new mean or variance is not finite, else 0.
+    """
     keep = 1.0 - momentum
+    bad = 0
     for c in range(mean.shape[0]):
         unbiased = m2[c] / (count - 1.0)
-        running_mean[c] = keep * np.float64(running_mean[c]) + momentum * mean[c]
-        running_var[c] = keep * np.float64(running_var[c]) + momentum * unbiased
+        updated[0, c] = keep * np.float64(running_mean[c]) + momentum * mean[c]
+        updated[1, c] = keep * np.float64(running_var[c]) + momentum * unbiased
+        finite = math.isfinite(updated[0, c]) and math.isfinite(updated[1, c])
+        flags[c] = 0 if finite else 1
+        bad += 0 if finite else 1
+    return bad
+
+
+@cpu_kernel()
+def update_running_statistics(running_mean, running_var, mean, m2, count, momentum):
+    """running = (1 - momentum) * running + momentum * batch (unbiased variance).
+
+    Writes nothing, and returns the number of channels, when a new value
+    would not be finite in the dtype (see :func:`running_update`).
+    """
+    channels = mean.shape[0]
+    updated = np.empty((2, channels), dtype=running_mean.dtype)
+    flags = np.empty(channels, dtype=np.uint8)
+    bad = running_update(running_mean, running_var, mean, m2, count, momentum, updated, flags)
+    if bad == 0:
+        running_mean[:] = updated[0]
+        running_var[:] = updated[1]
+    return bad
 
 
 @cpu_kernel()
@@ -576,10 +604,13 @@ def forward_train(
 
     ``x``/``y`` are ``(N, C, S)`` views, ``(R, C, 1)`` when ``channels_last``;
     work items have about ``item_elements`` values (:func:`item_rows`).
-    Empty ``weight``/``bias``/running arrays mean "not given". When a channel
-    is not finite and ``stop_on_nonfinite`` is set, only ``save_mean`` and
-    ``save_invstd`` are written; otherwise ``y`` is written, and the running
-    statistics are updated only if every channel is finite.
+    Empty ``weight``/``bias``/running arrays mean "not given". With running
+    statistics, a channel is non-finite when its running update is not
+    finite in their dtype (:func:`running_update`; the update of non-finite
+    batch statistics is not finite either). When a channel is not finite and ``stop_on_nonfinite`` is
+    set, only ``save_mean`` and ``save_invstd`` are written; otherwise ``y``
+    is written, and the running statistics are updated only if every
+    channel is finite.
     """
     channels = x.shape[1]
     rows_per_item = _item_rows(channels, x.shape[2], channels_last, item_elements, columns_per_item)
@@ -602,11 +633,18 @@ def forward_train(
     for c in range(channels):
         save_mean[c] = mean[c]
         save_invstd[c] = invstd[c]
+    tracked = running_mean.shape[0] > 0
+    updated = np.empty((2, channels if tracked else 0), dtype=running_mean.dtype)
+    if tracked:
+        # non-finite statistics make a non-finite update (0 * inf is NaN too)
+        flags = np.empty(channels, dtype=np.uint8)
+        bad = running_update(running_mean, running_var, mean, m2, count, momentum, updated, flags)
     if bad > 0 and stop_on_nonfinite:
         return bad
     _normalize(x, y, channels_last, parallel, rows_per_item, mean, invstd, weight, bias)
-    if running_mean.shape[0] > 0 and bad == 0:
-        update_running_statistics(running_mean, running_var, mean, m2, count, momentum)
+    if tracked and bad == 0:
+        running_mean[:] = updated[0]
+        running_var[:] = updated[1]
     return bad
 
 

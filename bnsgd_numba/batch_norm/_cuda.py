@@ -309,21 +309,33 @@ def finish_moments(
 
 @gpu_kernel
 def finish_running(
-    bad, count, momentum, tracked, stop_on_nonfinite, stats, running_mean, running_var, status,
+    bad, count, momentum, tracked, stop_on_nonfinite, stats, running_mean, running_var,
+    overflow, status,
 ):  # fmt: skip
     """One block: count non-finite channels into status; update running statistics.
 
-    ``status[0]``: non-finite channels; ``status[1]``: 1 when the output is
-    to be written. The running update happens only when every channel is
-    finite.
+    With running statistics (``tracked``), a channel is non-finite when its
+    running update is in the dtype: a float64 value whose magnitude is not
+    below ``overflow`` (the least one that rounds to infinity in the dtype),
+    or NaN; ``bad[c]`` is set to 1 for it (non-finite batch statistics make
+    a non-finite update). ``status[0]``: non-finite channels; ``status[1]``:
+    1 when the output is to be written. The running update happens only
+    when every channel is finite.
     """
     counts = cuda.shared.array(MAX_THREADS_PER_BLOCK, int32)
     total = cuda.shared.array(1, int32)
     tid = cuda.threadIdx.x
     threads = cuda.blockDim.x
     channels = bad.shape[0]
+    keep = 1.0 - momentum
     mine = 0
     for c in range(tid, channels, threads):
+        if tracked:
+            unbiased = stats[1, c] / (count - 1.0)
+            new_mean = keep * float64(running_mean[c]) + momentum * stats[0, c]
+            new_var = keep * float64(running_var[c]) + momentum * unbiased
+            if not (abs(new_mean) < overflow and abs(new_var) < overflow):
+                bad[c] = 1
         mine += bad[c]
     counts[tid] = mine
     cuda.syncthreads()
@@ -336,7 +348,6 @@ def finish_running(
         status[1] = 0 if (found > 0 and stop_on_nonfinite) else 1
     cuda.syncthreads()
     if tracked and total[0] == 0:
-        keep = 1.0 - momentum
         for c in range(tid, channels, threads):
             unbiased = stats[1, c] / (count - 1.0)
             running_mean[c] = keep * float64(running_mean[c]) + momentum * stats[0, c]

@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba import config
 from bnsgd_numba._core import cuda as backend
 from bnsgd_numba._core.arrays import is_device_array
-from bnsgd_numba._core.checks import check_flag
+from bnsgd_numba._core.checks import check_eps_in_dtype, check_flag, gpu_threads_per_block
 from bnsgd_numba._core.layouts import NCS, RC, normalize_channel_axis
 from bnsgd_numba.batch_norm._common import (
     BatchNormGrads,
@@ -39,7 +38,6 @@ from bnsgd_numba.batch_norm._common import (
     check_input,
     check_running_statistics,
     check_vector,
-    nonfinite_channels,
 )
 
 ITEMS_PER_THREAD = 16
@@ -75,6 +73,13 @@ WORKSPACES_KEPT = 32
 """Workspaces (per-shape intermediate buffers) each host thread keeps per device."""
 
 _WORKSPACE = threading.local()
+
+_OVERFLOW = {
+    np.dtype(dtype): float(np.finfo(dtype).max)
+    + 2.0 ** (np.finfo(dtype).maxexp - np.finfo(dtype).nmant - 2)
+    for dtype in (np.float32, np.float64)
+}
+"""Per dtype, the least float64 magnitude that rounds to infinity in it (inf for float64)."""
 
 
 class _Launch:
@@ -128,17 +133,7 @@ class _Launch:
 
 
 def _threads_per_block() -> int:
-    threads = int(config.GPU_THREADS_PER_BLOCK)
-    if (
-        threads < backend.WARP_SIZE
-        or threads > backend.MAX_THREADS_PER_BLOCK
-        or threads & (threads - 1)
-    ):
-        raise ValueError(
-            "config.GPU_THREADS_PER_BLOCK must be a power of two in "
-            f"[{backend.WARP_SIZE}, {backend.MAX_THREADS_PER_BLOCK}], got {threads}"
-        )
-    return threads
+    return gpu_threads_per_block(backend.WARP_SIZE, backend.MAX_THREADS_PER_BLOCK)
 
 
 def _check_all_device(caller: str, arrays: dict[str, Any]) -> None:
@@ -266,6 +261,17 @@ def _check_out(out: Any, x: Any, name: str, others: tuple[Any, ...]) -> Any:
     return out
 
 
+def _check_apart(written: tuple[tuple[str, Any], ...], read: tuple[tuple[str, Any], ...]) -> None:
+    # _core.arrays.check_apart for device arrays (each given array against the written ones)
+    for k, (name, array) in enumerate(written):
+        for other_name, other in (*written[k + 1 :], *read):
+            if other is not None and backend.overlaps(array, other):
+                raise ValueError(
+                    f"{name} and {other_name} overlap in memory: {name} is written in place, "
+                    "so it must not share memory with another argument (pass a copy)"
+                )
+
+
 def _dummy(dtype: np.dtype) -> Any:
     # A one-element stand-in for an absent weight, bias or running statistic.
     return _cached(("dummy", np.dtype(dtype)), lambda: backend.to_device(np.zeros(1, dtype)))
@@ -369,29 +375,50 @@ def forward_with_status(
     axis, channels = check_channels(shape, channel_axis)
     dtype = np.dtype(x.dtype)
     training, momentum, eps = check_forward_options(training, momentum, eps, on_nonfinite)
+    check_eps_in_dtype(eps, dtype)
     weight = _device_vector(weight, "weight", dtype, channels)
     bias = _device_vector(bias, "bias", dtype, channels)
     running_mean = _device_vector(running_mean, "running_mean", dtype, channels, writable=training)
     running_var = _device_vector(running_var, "running_var", dtype, channels, writable=training)
     check_running_statistics(shape, channels, training, running_mean, running_var)
+    if training and running_mean is not None:
+        _check_apart(
+            (("running_mean", running_mean), ("running_var", running_var)),
+            (("x", x), ("weight", weight), ("bias", bias)),
+        )
     layout = _layout(x, axis, "x")
     if out is not None:
         out = _check_out(out, x, "out", (running_mean, running_var, weight, bias))
 
     from bnsgd_numba.batch_norm import _cuda as kernels
 
-    launch = _Launch(layout, _kernel_shape(shape, axis, layout))
-    x_flat = backend.flat_view(x)
+    threads = _threads_per_block()
     y = out if out is not None else _empty_like_layout(x, axis, layout)
-    y_flat = backend.flat_view(y)
-    saved = backend.device_empty((2, channels), dtype)
-    save_mean, save_invstd = backend.row_views(saved)
-    work = _workspace("forward", dtype, channels, launch.spans)
     dummy = _dummy(dtype)
     has_weight, has_bias = weight is not None, bias is not None
     weight = dummy if weight is None else weight
     bias = dummy if bias is None else bias
-    threads = launch.threads
+    if math.prod(shape) == 0:
+        # the CPU path's empty batch: no kernel over the data; in training the
+        # statistics of zero sums, the running ones left alone
+        if training:
+            empty = np.array([[0.0] * channels, [1.0 / math.sqrt(eps)] * channels], dtype)
+            saved = backend.to_device(empty)
+        else:
+            saved = backend.device_empty((2, channels), dtype)
+            kernels.eval_constants[-(-channels // threads), threads](
+                running_mean, running_var, eps, weight, bias, has_weight, has_bias,
+                saved, backend.device_empty((4, channels), dtype),
+            )  # fmt: skip
+        save_mean, save_invstd = backend.row_views(saved)
+        return BatchNormOutput(y, save_mean, save_invstd), 0
+
+    launch = _Launch(layout, _kernel_shape(shape, axis, layout))
+    x_flat = backend.flat_view(x)
+    y_flat = backend.flat_view(y)
+    saved = backend.device_empty((2, channels), dtype)
+    save_mean, save_invstd = backend.row_views(saved)
+    work = _workspace("forward", dtype, channels, launch.spans)
 
     if not training:
         kernels.eval_constants[-(-channels // threads), threads](
@@ -418,14 +445,14 @@ def forward_with_status(
     kernels.finish_running[1, threads](
         work.bad, float(launch.count), momentum, tracked, tracked and on_nonfinite == "raise",
         work.stats, running_mean if tracked else dummy, running_var if tracked else dummy,
-        status,
+        _OVERFLOW[dtype], status,
     )  # fmt: skip
     _normalize(kernels, launch, x_flat, y_flat, work.constants, status)
     n_bad = 0
     if tracked:
         n_bad = int(status.copy_to_host()[0])
         if n_bad:
-            channels_bad = nonfinite_channels(save_mean.copy_to_host(), save_invstd.copy_to_host())
+            channels_bad = np.flatnonzero(work.bad.copy_to_host())
             if on_nonfinite == "raise":
                 raise NonFiniteStatisticsError(channels_bad)
             warnings.warn(
@@ -492,10 +519,14 @@ def batch_norm_backward(
 
     from bnsgd_numba.batch_norm import _cuda as kernels
 
+    dx = out if out is not None else _empty_like_layout(x, axis, layout)
+    if math.prod(shape) == 0:
+        # the CPU path's empty batch: sums over no values
+        dweight, dbias = backend.row_views(backend.to_device(np.zeros((2, channels), dtype)))
+        return BatchNormGrads(dx, dweight, dbias)
     launch = _Launch(layout, _kernel_shape(shape, axis, layout))
     x_flat = backend.flat_view(x)
     dy_flat = backend.flat_view(dy)
-    dx = out if out is not None else _empty_like_layout(x, axis, layout)
     dx_flat = backend.flat_view(dx)
     threads = launch.threads
     grads = backend.device_empty((2, channels), dtype)

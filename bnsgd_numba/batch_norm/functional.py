@@ -7,14 +7,14 @@ every argument before anything is written, and run the kernels of
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal
 
 import numpy as np
 
-from bnsgd_numba import config
-from bnsgd_numba._core.arrays import any_device_array, check_out
-from bnsgd_numba._core.checks import FLOAT_DTYPES, check_flag
+from bnsgd_numba._core.arrays import any_device_array, apart, check_apart, check_out
+from bnsgd_numba._core.checks import FLOAT_DTYPES, check_eps_in_dtype, check_flag, cpu_tunables
 from bnsgd_numba._core.layouts import (
     NCS,
     empty_in_layout,
@@ -22,6 +22,7 @@ from bnsgd_numba._core.layouts import (
     kernel_view,
     native_layout,
     normalize_channel_axis,
+    rows_per_item,
     to_layout,
     view_in_layout,
 )
@@ -35,7 +36,6 @@ from bnsgd_numba.batch_norm._common import (
     check_running_statistics,
     host_channel_vector,
     host_input,
-    nonfinite_channels,
 )
 
 _NO_ARRAY = {dtype: np.empty(0, dtype=dtype) for dtype in FLOAT_DTYPES}
@@ -67,26 +67,34 @@ def batch_norm_forward(
     weight, bias : array of shape (C,), optional
         The affine parameters (``None``: 1 and 0).
     running_mean, running_var : array of shape (C,), optional
-        Running statistics. Updated in place in training; required in eval.
+        Running statistics. Updated in place in training, so they must not
+        share memory with each other or with ``x``, ``weight``, ``bias`` or
+        ``out``; required in eval.
     training : bool
         Normalize with the batch statistics (True) or the running ones.
     momentum : float in [0, 1]
         Weight of the NEW batch in the running average (PyTorch's
         convention; Keras' ``momentum=0.99`` is ``momentum=0.01`` here).
-    eps : float > 0
-        Added to the variance.
+    eps : float
+        Added to the variance; at least the smallest normal number of the
+        dtype (``numpy.finfo(dtype).tiny``: about 1.2e-38 for float32),
+        below which a constant channel would normalize to NaN.
     channel_axis : int
         The channel axis: 1 (NCHW, default) or -1 (channels-last), or any.
     out : ndarray, optional
-        Where to write ``y`` (same shape and dtype as ``x``, not overlapping
-        it), so that a training loop runs without allocating.
+        Where to write ``y`` (same shape and dtype as ``x``, overlapping no
+        other argument), so that a training loop runs without allocating.
     on_nonfinite : {"raise", "skip"}
         What to do in training, when running statistics are given, if a
-        channel's batch mean or variance is not finite: ``"raise"`` a
-        :class:`NonFiniteStatisticsError` (a ``FloatingPointError``) naming
-        the channels before anything but nothing is written, or ``"skip"``
-        the running update and return the (non-finite) output. Without
-        running statistics non-finite input simply gives non-finite output.
+        channel's batch mean or variance is not finite, or its running
+        update is not finite in the dtype of the running statistics (a
+        float32 batch variance of 1e40 is finite in float64, its update is
+        not in float32): ``"raise"`` a :class:`NonFiniteStatisticsError` (a
+        ``FloatingPointError``) naming the channels before anything but
+        nothing is written, or ``"skip"`` the running update and return the
+        output. Nothing non-finite ever reaches the running statistics.
+        Without running statistics non-finite input simply gives non-finite
+        output.
 
     Returns
     -------
@@ -96,7 +104,9 @@ def batch_norm_forward(
     Raises
     ------
     TypeError, ValueError
-        For bad input, naming the argument, before anything is written.
+        For bad input, naming the argument (both arguments when two share
+        memory that the call writes), or a bad ``config`` work size, before
+        anything is written.
 
     Notes
     -----
@@ -113,6 +123,11 @@ def batch_norm_forward(
     Chan's formula (Chan, Golub & LeVeque 1979); never E[x^2] - E[x]^2.
     They do not depend on the number of threads. Ioffe & Szegedy (2015),
     "Batch Normalization".
+
+    An empty batch (a zero-length axis other than the channel axis) gives an
+    empty output, as in PyTorch, and leaves the running statistics alone;
+    in training ``save_mean`` and ``save_invstd`` are then those of zero
+    sums, 0 and ``1/sqrt(eps)``.
     """
     # positional: keywords cost a tiny call a measurable share of its time
     return _forward(
@@ -162,6 +177,7 @@ def _forward(
     x = host_input(x, "x")
     axis, channels = check_channels(x.shape, channel_axis)
     training, momentum, eps = check_forward_options(training, momentum, eps, on_nonfinite)
+    check_eps_in_dtype(eps, x.dtype)
     weight = host_channel_vector(weight, "weight", x.dtype, channels)
     bias = host_channel_vector(bias, "bias", x.dtype, channels)
     running_mean = host_channel_vector(
@@ -171,11 +187,31 @@ def _forward(
         running_var, "running_var", x.dtype, channels, writable=training
     )
     check_running_statistics(x.shape, channels, training, running_mean, running_var)
+    # one owner test for every array the call writes (out; the running
+    # statistics in training) against the others; the exact tests, which
+    # name the arrays, only when it cannot tell
+    out_array = out if isinstance(out, np.ndarray) else None  # check_out names anything else
+    if training:
+        known_apart = apart((running_mean, running_var, out_array), (x, weight, bias))
+        if not known_apart and running_mean is not None:
+            check_apart(
+                (("running_mean", running_mean), ("running_var", running_var)),
+                (("x", x), ("weight", weight), ("bias", bias)),
+            )
+    else:
+        known_apart = apart((out_array,), (x, weight, bias, running_mean, running_var))
     if out is not None:
-        check_out(out, x, "out", (running_mean, running_var, weight, bias))
+        check_out(out, x, "out", (running_mean, running_var, weight, bias), known_apart)
+    item_elements, rc_columns, serial_below = cpu_tunables()
 
     layout, x_view = kernel_view(x, axis)
     y = out if out is not None else empty_in_layout(x, axis, layout)
+    if training and x.size == 0:
+        # PyTorch's empty batch: an empty output, the running statistics left
+        # alone; the saved statistics are those of zero sums (mean 0, variance 0)
+        save_mean = np.zeros(channels, dtype=x.dtype)
+        save_invstd = np.full(channels, 1.0 / math.sqrt(eps), dtype=x.dtype)
+        return BatchNormOutput(y, save_mean, save_invstd), 0
     if x.flags.c_contiguous and y.flags.c_contiguous:
         y_view = y.reshape(x_view.shape)  # what view_in_layout gives, sooner
     else:
@@ -186,29 +222,31 @@ def _forward(
     no_array = _NO_ARRAY[x.dtype]
     weight = no_array if weight is None else weight
     bias = no_array if bias is None else bias
-    parallel = x.size >= config.CPU_SERIAL_BELOW
+    parallel = x.size >= serial_below
     if training:
         tracked = running_mean is not None
         bad = _fused("forward_train", x.size)(
             x_view, y_kernel, weight, bias,
             running_mean if tracked else no_array, running_var if tracked else no_array,
             save_mean, save_invstd, momentum, eps, tracked and on_nonfinite == "raise",
-            layout != NCS, parallel, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS,
+            layout != NCS, parallel, item_elements, rc_columns,
         )  # fmt: skip
         if bad and tracked:
+            channels_bad = _nonfinite_update_channels(
+                x_view, layout, running_mean, running_var, momentum, item_elements, rc_columns
+            )
             if on_nonfinite == "raise":
-                raise NonFiniteStatisticsError(nonfinite_channels(save_mean, save_invstd))
+                raise NonFiniteStatisticsError(channels_bad)
             warnings.warn(
                 f"batch statistics are not finite in {bad} channel(s) "
-                f"{nonfinite_channels(save_mean, save_invstd).tolist()}; "
-                "the running statistics were not updated",
+                f"{channels_bad.tolist()}; the running statistics were not updated",
                 RuntimeWarning,
                 stacklevel=warn_stacklevel,
             )
     else:
         _fused("forward_eval", x.size)(
             x_view, y_kernel, weight, bias, running_mean, running_var, save_mean, save_invstd,
-            eps, layout != NCS, parallel, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS,
+            eps, layout != NCS, parallel, item_elements, rc_columns,
         )  # fmt: skip
     if y_view is None:
         np.copyto(y, from_layout(y_kernel, x.shape, axis, layout))
@@ -260,7 +298,8 @@ def batch_norm_backward(
         dx = g * dy                                         (eval)
 
     One fused reduction pass over (dy, x), accumulated in float64, then one
-    elementwise pass.
+    elementwise pass. An empty batch gives an empty ``dx`` and zero
+    ``dweight`` and ``dbias``, as in PyTorch.
     """
     if any_device_array(dy, x, weight, save_mean, save_invstd, out):
         from bnsgd_numba.batch_norm import _cuda_driver
@@ -280,6 +319,11 @@ def batch_norm_backward(
     save_invstd = host_channel_vector(save_invstd, "save_invstd", x.dtype, channels, required=True)
     if out is not None:
         check_out(out, x, "out", (dy, weight, save_mean, save_invstd))
+    item_elements, rc_columns, serial_below = cpu_tunables()
+    if x.size == 0:
+        # PyTorch's empty batch: an empty dx, and sums over no values
+        dx = out if out is not None else np.empty_like(x)
+        return BatchNormGrads(dx, np.zeros(channels, x.dtype), np.zeros(channels, x.dtype))
 
     layout = native_layout(x, axis)
     x_view = to_layout(x, axis, layout)
@@ -292,11 +336,44 @@ def batch_norm_backward(
     _fused("backward", x.size)(
         dy_view, x_view, dx_kernel, _NO_ARRAY[x.dtype] if weight is None else weight,
         save_mean, save_invstd, dweight, dbias, training, layout != NCS,
-        x.size >= config.CPU_SERIAL_BELOW, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS,
+        x.size >= serial_below, item_elements, rc_columns,
     )  # fmt: skip
     if dx_view is None:
         np.copyto(dx, from_layout(dx_kernel, x.shape, axis, layout))
     return BatchNormGrads(dx, dweight, dbias)
+
+
+def _nonfinite_update_channels(
+    x_view: np.ndarray,
+    layout: str,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    momentum: float,
+    item_elements: int,
+    rc_columns: int,
+) -> np.ndarray:
+    # The channels whose running update forward_train found not finite. Only
+    # after it refused the update, so the inputs are as it saw them: the
+    # statistics and the update are computed again, by the same kernels.
+    kernels = _kernels()
+    channels = x_view.shape[1]
+    mean = np.empty(channels, dtype=np.float64)
+    m2 = np.empty(channels, dtype=np.float64)
+    rows = rows_per_item(x_view, layout, item_elements, rc_columns)
+    if layout == NCS:
+        count = x_view.shape[0] * x_view.shape[2]
+        kernels.moments_ncs.for_size(x_view.size)(x_view, rows, mean, m2)
+    else:
+        count = x_view.shape[0]
+        kernels.moments_rc.for_size(x_view.size)(
+            x_view.reshape(count, channels), rows, rc_columns, mean, m2
+        )
+    flags = np.empty(channels, dtype=np.uint8)
+    updated = np.empty((2, channels), dtype=running_mean.dtype)
+    kernels.running_update(
+        running_mean, running_var, mean, m2, float(count), momentum, updated, flags
+    )
+    return np.flatnonzero(flags)
 
 
 _KERNELS: list[Any] = []

@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba import config
 from bnsgd_numba._core import cuda as backend
 from bnsgd_numba._core.arrays import is_device_array
-from bnsgd_numba._core.checks import FLOAT_DTYPES, check_flag
+from bnsgd_numba._core.checks import FLOAT_DTYPES, check_flag, gpu_threads_per_block
 from bnsgd_numba.sgd._common import Hyperparameters, check_hyperparameters, update_mode
 
 MAX_BLOCKS = 4096
@@ -30,9 +29,15 @@ MAX_BLOCKS = 4096
 NORM_BLOCKS = 1024
 """Most blocks, hence float64 partials, of a norm reduction."""
 
+_PARAM_MAY_BE_GRAD = frozenset({("param", "grad")})
+
+
+def _threads() -> int:
+    return gpu_threads_per_block(backend.WARP_SIZE, backend.MAX_THREADS_PER_BLOCK)
+
 
 def _grid(size: int) -> tuple[int, int]:
-    threads = int(config.GPU_THREADS_PER_BLOCK)
+    threads = _threads()
     return max(1, min(MAX_BLOCKS, -(-size // threads))), threads
 
 
@@ -70,6 +75,37 @@ def _like(array: Any, name: str, param: Any, param_name: str) -> None:
 
 def _flat(array: Any) -> Any:
     return array.reshape(math.prod(tuple(array.shape)))
+
+
+def _check_apart(
+    written: Sequence[tuple[str, Any]],
+    read: Sequence[tuple[str, Any]],
+    may_equal: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
+) -> None:
+    # _core.arrays.check_apart for C-contiguous device arrays
+    given = [(name, array) for name, array in written if array is not None]
+    writes = len(given)
+    given += [(name, array) for name, array in read if array is not None]
+    for k, (name, array) in enumerate(given[:writes]):
+        for other_name, other in given[k + 1 :]:
+            if not backend.overlaps(array, other):
+                continue
+            if backend.same_memory(array, other):
+                if (name, other_name) in may_equal:
+                    continue
+                how = "are the same array in memory"
+            else:
+                how = "overlap in memory"
+            raise ValueError(
+                f"{name} and {other_name} {how}: {name} is written in place, "
+                "so they must be separate arrays (pass a copy)"
+            )
+
+
+def check_parameters_apart(params: Sequence[Any]) -> None:
+    """Raise ValueError naming both indices when two CUDA parameters share memory."""
+    backend.require_cuda("SGD")
+    _check_apart([(f"params[{i}]", param) for i, param in enumerate(params)], ())
 
 
 def run_update(
@@ -155,6 +191,12 @@ def sgd_step(
         momentum_buffer = _device_tensor(momentum_buffer, "momentum_buffer", "sgd_step")
         _like(momentum_buffer, "momentum_buffer", param, "param")
         _writable(buffer_in, "momentum_buffer")
+    _check_apart(
+        (("param", param), ("momentum_buffer", momentum_buffer if hyper.momentum else None)),
+        (("grad", grad),),
+        _PARAM_MAY_BE_GRAD,
+    )
+    _grid(1)  # checks config.GPU_THREADS_PER_BLOCK before anything is written
     mode = update_mode(hyper.momentum, momentum_buffer is not None)
     param_flat = _flat(param)
     if mode == 0:
@@ -187,7 +229,9 @@ def sgd_optimizer_step(optimizer: Any, grads: Any, *, skip_if_nonfinite: bool) -
     ----------
     optimizer : bnsgd_numba.SGD
         Over a list of CUDA arrays (one launch per tensor), or over a
-        :class:`DeviceParameterArena` (one launch for all of them).
+        :class:`DeviceParameterArena` (one launch for all of them). Its
+        momentum state (``_flat_momentum``, ``_momentum_buffers``) is read
+        and updated here; ``SGD.step`` counts the step.
     grads : sequence of CUDA arrays or None, or None
         As ``SGD.step``.
     skip_if_nonfinite : bool
@@ -196,7 +240,12 @@ def sgd_optimizer_step(optimizer: Any, grads: Any, *, skip_if_nonfinite: bool) -
     Returns
     -------
     bool
-        True when the step was applied.
+        True when the step was applied, False when it was skipped.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the CPU path; everything is checked before anything is written.
     """
     backend.require_cuda("SGD.step")
     skip_if_nonfinite = check_flag(skip_if_nonfinite, "skip_if_nonfinite")
@@ -208,24 +257,27 @@ def sgd_optimizer_step(optimizer: Any, grads: Any, *, skip_if_nonfinite: bool) -
                 "grads: an SGD over a ParameterArena steps on the arena's gradients; "
                 "write them into arena.grads and call step() without grads"
             )
-        if skip_if_nonfinite and any_nonfinite([arena.flat_grads]):
-            optimizer.skipped_steps += 1
+        flat_params, flat_grads = arena.checked_buffers()
+        _grid(1)
+        if skip_if_nonfinite and any_nonfinite([flat_grads]):
             return False
-        if isinstance(optimizer._flat_momentum, np.ndarray):
+        flat_momentum = optimizer._flat_momentum
+        if isinstance(flat_momentum, np.ndarray):
             # SGD.load_state_dict builds host buffers; move them to the device once.
-            optimizer._flat_momentum = backend.to_device(optimizer._flat_momentum)
-            optimizer.momentum_buffers = list(arena.views(optimizer._flat_momentum))
-        mode = update_mode(hyper.momentum, optimizer._flat_momentum is not None)
+            flat_momentum = optimizer._flat_momentum = backend.to_device(flat_momentum)
+            optimizer._momentum_buffers = list(arena.views(flat_momentum))
+        mode = update_mode(hyper.momentum, flat_momentum is not None)
         if mode == 0:
-            buffer = arena.flat_params[:1]
+            buffer = flat_params[:1]
+        elif flat_momentum is None:
+            buffer = backend.device_empty(arena.size, arena.dtype)
         else:
-            if optimizer._flat_momentum is None:
-                optimizer._flat_momentum = backend.device_empty(arena.size, arena.dtype)
-                optimizer.momentum_buffers = list(arena.views(optimizer._flat_momentum))
-            buffer = optimizer._flat_momentum
+            buffer = flat_momentum
         if arena.size:
-            run_update(arena.flat_params, arena.flat_grads, buffer, hyper, mode)
-        optimizer.steps += 1
+            run_update(flat_params, flat_grads, buffer, hyper, mode)
+        if mode != 0 and flat_momentum is None:
+            optimizer._flat_momentum = buffer
+            optimizer._momentum_buffers = list(arena.views(buffer))
         return True
 
     if grads is None:
@@ -235,6 +287,7 @@ def sgd_optimizer_step(optimizer: Any, grads: Any, *, skip_if_nonfinite: bool) -
     params = optimizer.params
     if len(grads) != len(params):
         raise ValueError(f"grads: {len(grads)} gradients for {len(params)} parameters")
+    uses_buffers = hyper.momentum != 0.0
     work = []
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
         if grad is None:
@@ -243,26 +296,40 @@ def sgd_optimizer_step(optimizer: Any, grads: Any, *, skip_if_nonfinite: bool) -
         _writable(param, f"params[{i}]")
         grad_array = _device_tensor(grad, f"grads[{i}]", "SGD.step")
         _like(grad_array, f"grads[{i}]", param_array, f"params[{i}]")
-        work.append((i, param_array, grad_array))
-    if skip_if_nonfinite and any_nonfinite([_flat(grad) for _, _, grad in work]):
-        optimizer.skipped_steps += 1
+        buffer = optimizer._momentum_buffers[i] if uses_buffers else None
+        if buffer is not None and not isinstance(buffer, np.ndarray):
+            buffer = _device_tensor(buffer, f"momentum_buffers[{i}]", "SGD.step")
+            _like(buffer, f"momentum_buffers[{i}]", param_array, f"params[{i}]")
+        work.append((i, param_array, grad_array, buffer))
+    _check_apart(
+        [(f"params[{i}]", param) for i, param, _, _ in work]
+        + [
+            (f"momentum_buffers[{i}]", buffer)
+            for i, _, _, buffer in work
+            if not isinstance(buffer, np.ndarray)
+        ],
+        [(f"grads[{i}]", grad) for i, _, grad, _ in work],
+        {(f"params[{i}]", f"grads[{i}]") for i, _, _, _ in work},
+    )
+    _grid(1)
+    if skip_if_nonfinite and any_nonfinite([_flat(grad) for _, _, grad, _ in work]):
         return False
-    for i, param, grad in work:
-        buffer = optimizer.momentum_buffers[i]
+    for i, param, grad, buffer in work:
         if isinstance(buffer, np.ndarray):  # from SGD.load_state_dict
             buffer = backend.to_device(buffer)
-            optimizer.momentum_buffers[i] = buffer
+            optimizer._momentum_buffers[i] = buffer
         mode = update_mode(hyper.momentum, buffer is not None)
         param_flat = _flat(param)
+        created = mode != 0 and buffer is None
         if mode == 0:
             buffer_flat = param_flat[:1] if param_flat.shape[0] else param_flat
         else:
-            if buffer is None:
+            if created:
                 buffer = backend.device_empty(tuple(param.shape), param.dtype)
-                optimizer.momentum_buffers[i] = buffer
-            buffer_flat = _flat(backend.as_device_array(buffer))
+            buffer_flat = _flat(buffer)
         run_update(param_flat, _flat(grad), buffer_flat, hyper, mode)
-    optimizer.steps += 1
+        if created:
+            optimizer._momentum_buffers[i] = buffer
     return True
 
 
@@ -278,8 +345,9 @@ class DeviceGradients:
 
     def __init__(self, grads: Any, name: str, caller: str) -> None:
         backend.require_cuda(caller)
+        _threads()
         if hasattr(grads, "flat_grads"):
-            self.flats = [grads.flat_grads]
+            self.flats = [grads.checked_buffers()[1]]
             return
         if is_device_array(grads):
             array = _device_tensor(grads, name, caller)
@@ -291,20 +359,22 @@ class DeviceGradients:
                 f"{name}: expected an array, a list of arrays or a ParameterArena, "
                 f"got {type(grads).__name__}"
             )
-        self.flats = []
+        named = []
         for i, grad in enumerate(grads):
             if grad is None:
                 continue
             array = _device_tensor(grad, f"{name}[{i}]", caller)
             _writable(grad, f"{name}[{i}]")
-            self.flats.append(_flat(array))
+            named.append((f"{name}[{i}]", array))
+        _check_apart(named, ())
+        self.flats = [_flat(array) for _, array in named]
 
     def norm_partials(self, kind: int, order: float) -> np.ndarray:
         """float64 partials of the norm, copied to the host."""
         from bnsgd_numba.sgd import _cuda
 
         values = [np.zeros(0)]
-        threads = int(config.GPU_THREADS_PER_BLOCK)
+        threads = _threads()
         for flat in self.flats:
             size = int(flat.shape[0])
             if size:

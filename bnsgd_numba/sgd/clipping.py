@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba import config
-from bnsgd_numba._core.arrays import is_device_array
-from bnsgd_numba._core.checks import check_flag
+from bnsgd_numba._core.arrays import apart, check_apart, is_device_array
+from bnsgd_numba._core.checks import check_flag, cpu_tunables
 from bnsgd_numba.sgd._common import NORM_INF, NORM_L1, NORM_L2, check_limit, check_norm_type
 from bnsgd_numba.sgd.arena import ParameterArena, work_items
 from bnsgd_numba.sgd.functional import check_parameter, flat_view, gpu_backend, write_back
@@ -30,9 +29,13 @@ class _HostGradients:
     """Host gradients as (array, flat view or contiguous copy) pairs, Nones dropped."""
 
     def __init__(self, grads: Any, name: str) -> None:
+        self.chunk = cpu_tunables()[0]
         self.arena = grads if isinstance(grads, ParameterArena) else None
         if self.arena is not None:
-            self.pairs = [(grads.flat_grads, grads.flat_grads)]
+            flat = grads.checked_buffers()[1]
+            if not flat.flags.writeable:
+                raise ValueError(f"{name}: the arena's flat_grads is not writable")
+            self.pairs = [(flat, flat)]
             return
         if isinstance(grads, np.ndarray):
             self.pairs = [(check_parameter(grads, name), flat_view(grads))]
@@ -42,18 +45,19 @@ class _HostGradients:
                 f"{name}: expected an array, a list of arrays or a ParameterArena, "
                 f"got {type(grads).__name__}"
             )
-        self.pairs = []
         for i, grad in enumerate(grads):
-            if grad is None:
-                continue
-            check_parameter(grad, f"{name}[{i}]")
-            self.pairs.append((grad, flat_view(grad)))
+            if grad is not None:
+                check_parameter(grad, f"{name}[{i}]")
+        # each gradient is scaled in place once: one listed twice would be scaled twice
+        if not apart(tuple(grads)):
+            check_apart([(f"{name}[{i}]", grad) for i, grad in enumerate(grads)])
+        self.pairs = [(grad, flat_view(grad)) for grad in grads if grad is not None]
 
     def norm_partials(self, kind: int, order: float) -> np.ndarray:
         """float64 partials of the norm, one per work item of ``config.CPU_ITEM_ELEMENTS``."""
         from bnsgd_numba.sgd import _cpu
 
-        chunk = config.CPU_ITEM_ELEMENTS
+        chunk = self.chunk
         partials = [np.zeros(0)]
         for _, flat in self.pairs:
             if self.arena is not None:
@@ -77,7 +81,7 @@ class _HostGradients:
 
         kernel_pair = getattr(_cpu, kernel_name)
         for array, flat in self.pairs:
-            kernel_pair.for_size(flat.shape[0])(flat, value, config.CPU_ITEM_ELEMENTS)
+            kernel_pair.for_size(flat.shape[0])(flat, value, self.chunk)
             write_back(array, flat)
 
 
@@ -147,7 +151,8 @@ def clip_grad_norm(
     ------
     TypeError, ValueError
         Bad arguments (the message names the argument and the index of a
-        gradient in a list); nothing is modified.
+        gradient in a list), gradients that share memory (one listed twice
+        would be scaled twice); nothing is modified.
     RuntimeError
         ``error_if_nonfinite`` and a NaN or infinite total norm (as PyTorch);
         nothing is modified.

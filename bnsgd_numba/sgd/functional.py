@@ -8,10 +8,11 @@ The GPU module is imported only when a CUDA array is passed, and is expected
 to provide ``sgd_step(param, grad, momentum_buffer, **hyperparameters)`` (the
 signature of :func:`sgd_step`), ``sgd_optimizer_step(optimizer, grads, *,
 skip_if_nonfinite) -> bool`` (called by ``SGD.step`` when the optimizer's
-parameters are CUDA arrays), ``clip_grad_norm(grads, max_norm, norm_type,
-error_if_nonfinite)`` and ``clip_grad_value(grads, clip_value)``. Until it
-exists, a CUDA array raises an ImportError saying CUDA support is not
-available.
+parameters are CUDA arrays; ``SGD.step`` counts the step),
+``check_parameters_apart(params)`` (called by ``SGD`` on a list of CUDA
+arrays) and ``DeviceGradients(grads, name, caller)`` (the clipping
+functions' device gradients). Without it, a CUDA array raises an ImportError
+saying CUDA support is not available.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba import config
-from bnsgd_numba._core.arrays import any_device_array
-from bnsgd_numba._core.checks import FLOAT_DTYPES
+from bnsgd_numba._core.arrays import any_device_array, apart, check_apart
+from bnsgd_numba._core.checks import FLOAT_DTYPES, cpu_tunables
 from bnsgd_numba.sgd._common import Hyperparameters, check_hyperparameters, update_mode
+
+_PARAM_MAY_BE_GRAD = frozenset({("param", "grad")})
 
 
 def check_parameter(param: Any, name: str) -> np.ndarray:
@@ -83,8 +85,13 @@ def run_update(
     buffer_flat: np.ndarray,
     hyper: Hyperparameters,
     mode: int,
+    chunk: int,
 ) -> None:
-    """Run the fused update kernel over flat, validated arrays (in place)."""
+    """Run the fused update kernel over flat, validated arrays (in place).
+
+    ``chunk`` is ``config.CPU_ITEM_ELEMENTS``, checked by the caller
+    (:func:`~bnsgd_numba._core.checks.cpu_tunables`) before anything is written.
+    """
     from bnsgd_numba.sgd import _cpu
 
     kernel = _cpu.sgd_update.for_size(param_flat.shape[0])
@@ -100,7 +107,7 @@ def run_update(
         hyper.nesterov,
         hyper.decoupled_weight_decay,
         hyper.maximize,
-        config.CPU_ITEM_ELEMENTS,
+        chunk,
     )
 
 
@@ -160,7 +167,10 @@ def sgd_step(
     ValueError
         A negative or non-finite hyperparameter, nesterov without momentum or
         with dampening, a shape that does not match ``param``, a read-only
-        ``param`` or buffer. Nothing is modified when an error is raised.
+        ``param`` or buffer, arrays that overlap in memory (``grad`` may be
+        ``param`` itself, as in PyTorch, but not overlap it in part; the
+        momentum buffer must overlap neither). Nothing is modified when an
+        error is raised.
     ImportError
         A CUDA array was passed and CUDA support is not available.
 
@@ -214,6 +224,14 @@ def sgd_step(
         check_like(momentum_buffer, "momentum_buffer", param, "param")
         if not momentum_buffer.flags.writeable:
             raise ValueError("momentum_buffer: array is not writable")
+    written_buffer = momentum_buffer if hyper.momentum else None
+    if not apart((param, written_buffer), (grad,)):
+        check_apart(
+            (("param", param), ("momentum_buffer", written_buffer)),
+            (("grad", grad),),
+            _PARAM_MAY_BE_GRAD,
+        )
+    chunk = cpu_tunables()[0]
 
     mode = update_mode(hyper.momentum, momentum_buffer is not None)
     param_flat = flat_view(param)
@@ -225,7 +243,7 @@ def sgd_step(
         buffer_flat = momentum_buffer.reshape(-1)
     else:
         buffer_flat = flat_view(momentum_buffer)
-    run_update(param_flat, grad_flat, buffer_flat, hyper, mode)
+    run_update(param_flat, grad_flat, buffer_flat, hyper, mode, chunk)
     write_back(param, param_flat)
     if mode == 0:
         return None

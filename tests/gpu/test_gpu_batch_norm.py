@@ -509,3 +509,87 @@ def test_device_layer_skip_warning_points_at_the_caller():
         layer(to_device(x))
     assert record[0].filename == __file__
     assert layer.skipped_updates == 1
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_running_update_that_overflows_float32_raises_as_on_the_cpu(channels_last):
+    # channel 1: +-1e20, a variance finite in float64 whose running update is not in float32
+    x = np.ones((4, 3, 2), np.float32)
+    x[:, 0] = np.arange(8).reshape(4, 2)
+    x[:, 1] = np.where(np.arange(8).reshape(4, 2) % 2 == 0, 1e20, -1e20)
+    axis = 1
+    if channels_last:
+        x, axis = np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1
+    d_rm, d_rv = to_device(np.full(3, 0.5, np.float32)), to_device(np.full(3, 2.0, np.float32))
+    out = to_device(np.full(x.shape, 9, np.float32))
+    with pytest.raises(NonFiniteStatisticsError) as info:
+        bn.batch_norm_forward(
+            to_device(x), None, None, d_rm, d_rv, training=True, out=out, channel_axis=axis
+        )
+    assert info.value.channels.tolist() == [1]
+    np.testing.assert_array_equal(to_host(out), 9.0)
+    with pytest.warns(RuntimeWarning, match=r"\[1\]"):
+        bn.batch_norm_forward(
+            to_device(x), None, None, d_rm, d_rv, training=True, channel_axis=axis,
+            on_nonfinite="skip",
+        )  # fmt: skip
+    np.testing.assert_array_equal(to_host(d_rm), 0.5)
+    np.testing.assert_array_equal(to_host(d_rv), 2.0)
+    x[x == 1e20], x[x == -1e20] = 1e15, -1e15  # the update fits: written as on the CPU
+    rm, rv = np.full(3, 0.5, np.float32), np.full(3, 2.0, np.float32)
+    bn.batch_norm_forward(to_device(x), None, None, d_rm, d_rv, training=True, channel_axis=axis)
+    bn.batch_norm_forward(x, None, None, rm, rv, training=True, channel_axis=axis)
+    assert_close(to_host(d_rv), rv, np.float32)
+    assert np.isfinite(to_host(d_rv)).all()
+
+
+def test_device_running_statistics_must_be_apart_from_the_other_arguments():
+    x = to_device(np.ones((4, 3, 5), np.float32))
+    state = to_device(np.zeros(6, np.float32))
+    weight = to_device(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="running_mean and running_var overlap"):
+        bn.batch_norm_forward(x, None, None, state[:3], state[2:5], training=True)
+    with pytest.raises(ValueError, match="running_mean and weight overlap"):
+        bn.batch_norm_forward(x, weight, None, weight, state[3:], training=True)
+    np.testing.assert_array_equal(to_host(state), 0.0)
+    bn.batch_norm_forward(x, weight, None, state[:3], state[3:], training=True)
+
+
+def test_device_eps_below_the_smallest_normal_number_is_rejected():
+    x = to_device(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match="eps=1e-300 underflows float32"):
+        bn.batch_norm_forward(x, training=True, eps=1e-300)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (4, 3, 0), (0, 3)])
+def test_device_empty_batch_matches_the_cpu(shape):
+    x = np.zeros(shape, np.float32)
+    rm, rv = np.full(3, 0.25, np.float32), np.full(3, 1.5, np.float32)
+    d_rm, d_rv = to_device(rm), to_device(rv)
+    for training in (True, False):
+        host = bn.batch_norm_forward(x, None, None, rm, rv, training=training)
+        device = bn.batch_norm_forward(to_device(x), None, None, d_rm, d_rv, training=training)
+        assert tuple(device.y.shape) == shape
+        np.testing.assert_array_equal(to_host(d_rm), 0.25)
+        np.testing.assert_array_equal(to_host(d_rv), 1.5)
+        np.testing.assert_array_equal(to_host(device.save_mean), host.save_mean)
+        np.testing.assert_array_equal(to_host(device.save_invstd), host.save_invstd)
+        grads = bn.batch_norm_backward(
+            to_device(x), to_device(x), None, device.save_mean, device.save_invstd,
+            training=training,
+        )  # fmt: skip
+        assert tuple(grads.dx.shape) == shape
+        np.testing.assert_array_equal(to_host(grads.dweight), 0.0)
+        np.testing.assert_array_equal(to_host(grads.dbias), 0.0)
+
+
+@pytest.mark.parametrize("value", [64.0, "256"])
+def test_a_threads_per_block_that_is_not_an_int_is_named(monkeypatch, value):
+    monkeypatch.setattr(bn.config, "GPU_THREADS_PER_BLOCK", value)
+    d_rm = to_device(np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="config.GPU_THREADS_PER_BLOCK must be an int"):
+        bn.batch_norm_forward(
+            to_device(np.ones((4, 3), np.float32)), None, None, d_rm,
+            to_device(np.ones(3, np.float32)), training=True,
+        )  # fmt: skip
+    np.testing.assert_array_equal(to_host(d_rm), 0.0)

@@ -202,3 +202,61 @@ def test_device_optimizer_state_round_trip_continues_bitwise(use_arena):
     second.step(second_grads)
     for a, b in zip(first.params, second.params, strict=True):
         np.testing.assert_array_equal(to_host(a), to_host(b))
+
+
+def test_device_sgd_step_overlaps_raise_like_the_cpu():
+    buffer = to_device(np.arange(20, dtype=np.float32))
+    with pytest.raises(ValueError, match="param and grad overlap in memory"):
+        bn.sgd_step(buffer[1:], buffer[:-1], lr=0.5)
+    param = to_device(np.ones(4, np.float32))
+    grad = to_device(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="param and momentum_buffer are the same array"):
+        bn.sgd_step(param, grad, param, lr=0.5, momentum=0.9)
+    with pytest.raises(ValueError, match="momentum_buffer and grad are the same array"):
+        bn.sgd_step(param, grad, grad, lr=0.5, momentum=0.9)
+    np.testing.assert_array_equal(to_host(buffer), np.arange(20))
+    np.testing.assert_array_equal(to_host(param), 1.0)
+    bn.sgd_step(param, param, lr=0.5)  # grad is param itself: allowed, as in PyTorch
+    np.testing.assert_array_equal(to_host(param), 0.5)
+
+
+def test_device_parameters_listed_twice_or_overlapping_are_rejected():
+    p = to_device(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] are the same array"):
+        bn.SGD([p, p], lr=0.1)
+    backing = to_device(np.ones(10, np.float32))
+    with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] overlap"):
+        bn.SGD([backing[:6], backing[4:]], lr=0.1)
+    optimizer = bn.SGD([backing[:5], backing[5:]], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"params\[0\] and grads\[1\] are the same array"):
+        optimizer.step([to_device(np.ones(5, np.float32)), backing[:5]])
+    with pytest.raises(ValueError, match=r"params\[0\] and grads\[1\] overlap"):
+        optimizer.step([to_device(np.ones(5, np.float32)), backing[2:7]])
+    np.testing.assert_array_equal(to_host(backing), 1.0)
+    assert optimizer.momentum_buffers == (None, None) and optimizer.steps == 0
+
+
+def test_device_clipping_a_gradient_listed_twice_is_rejected():
+    g = to_device(np.full(4, 3.0, np.float32))
+    with pytest.raises(ValueError, match=r"grads\[0\] and grads\[1\] are the same array"):
+        bn.clip_grad_norm([g, g], 1.0)
+    np.testing.assert_array_equal(to_host(g), 3.0)
+
+
+def test_device_arena_attributes_cannot_be_rebound():
+    arena = DeviceParameterArena([(5,), (2, 3)])
+    with pytest.raises(AttributeError, match="DeviceParameterArena.flat_grads cannot be rebound"):
+        arena.flat_grads = to_device(np.ones(2, np.float32))
+    optimizer = bn.SGD(arena, lr=0.1)
+    arena.flat_grads.copy_to_device(np.ones(11, np.float32))
+    optimizer.step()
+    np.testing.assert_array_equal(to_host(arena.flat_params), np.float32(-0.1))
+
+
+@pytest.mark.parametrize("value", [0, 48, 32.0])
+def test_a_bad_threads_per_block_is_named_before_a_step(monkeypatch, value):
+    param = to_device(np.ones(4, np.float32))
+    monkeypatch.setattr(bn.config, "GPU_THREADS_PER_BLOCK", value)
+    with pytest.raises((TypeError, ValueError), match="config.GPU_THREADS_PER_BLOCK"):
+        bn.sgd_step(param, to_device(np.ones(4, np.float32)), lr=0.1, momentum=0.9)
+    np.testing.assert_array_equal(to_host(param), 1.0)
