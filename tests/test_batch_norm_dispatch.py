@@ -6,8 +6,6 @@ thread pool (issue 17); a larger batch uses the parallel builds.
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 
@@ -21,18 +19,19 @@ PARALLEL_ARGUMENT = {"forward_train": 12, "forward_eval": 10, "backward": 10}
 @pytest.fixture
 def parallel_flags(monkeypatch):
     """Record the ``parallel`` flag of every fused kernel call."""
-    kernels = functional._kernels()
+    original = functional._fused
     calls = []
 
-    def spy(name):
+    def fused(name, elements):
+        build = original(name, elements)
+
         def call(*args):
             calls.append((name, args[PARALLEL_ARGUMENT[name]]))
-            return getattr(kernels, name)(*args)
+            return build(*args)
 
         return call
 
-    spied = types.SimpleNamespace(**{name: spy(name) for name in PARALLEL_ARGUMENT})
-    monkeypatch.setattr(functional, "_kernels", lambda: spied)
+    monkeypatch.setattr(functional, "_fused", fused)
     return calls
 
 

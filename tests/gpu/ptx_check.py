@@ -50,7 +50,7 @@ def _signatures(dt):
         ),
         (
             bn.finish_running,
-            (c(i32), f64, f64, b1, b1, c(f64, 2), c(dt), c(dt), c(i32)),
+            (c(i32), f64, f64, b1, b1, c(f64, 2), c(dt), c(dt), f64, c(i32)),
             False,
         ),
         (bn.eval_constants, (c(dt), c(dt), f64, c(dt), c(dt), b1, b1, c(dt, 2), c(dt, 2)), False),
