@@ -8,6 +8,9 @@ set; ``dev`` otherwise. Pick one with ``--hypothesis-profile=NAME``.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 # The GPU tests (tests/gpu) run in the CUDA simulator unless
 # BNSGD_NUMBA_REAL_GPU=1. numba reads NUMBA_ENABLE_CUDASIM once, when it is
@@ -18,6 +21,42 @@ if os.environ.get("BNSGD_NUMBA_REAL_GPU") != "1":
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In the pytest-xdist controller: fill numba's cache before the workers start.
+
+    Each worker would otherwise compile the same kernels (about a minute of
+    CPU each); ``tests/warm_cache.py`` compiles them once, one process per
+    dtype. A failure there is ignored: the tests that use the kernels report it.
+    """
+    config = session.config
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    script = Path(__file__).with_name("warm_cache.py")
+    warmers = [
+        subprocess.Popen(
+            [sys.executable, str(script), dtype],
+            cwd=script.parents[1],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for dtype in ("float32", "float64")
+    ]
+    for warmer in warmers:
+        warmer.wait()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the GPU tests first: under the simulator their files are the longest.
+
+    pytest-xdist hands whole files to the workers in this order; a long file
+    handed out last would leave one worker running alone at the end.
+    """
+    gpu = Path(__file__).with_name("gpu")
+    items.sort(key=lambda item: gpu not in Path(item.path).parents)
+
 
 settings.register_profile(
     "ci",
