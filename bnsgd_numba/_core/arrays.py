@@ -164,6 +164,14 @@ def check_apart(
     """
     if apart(tuple(array for _, array in written), tuple(array for _, array in read)):
         return
+    for name, array in written:
+        if array is not None and any(
+            stride == 0 and n > 1 for stride, n in zip(array.strides, array.shape, strict=True)
+        ):
+            raise ValueError(
+                f"{name} has elements that share one memory location (a stride of 0): it is "
+                "written in place, so pass a copy"
+            )
     entries = [(name, array, True) for name, array in written if array is not None]
     entries += [(name, array, False) for name, array in read if array is not None]
     spans = sorted(

@@ -35,6 +35,8 @@ def normalize_channel_axis(channel_axis: Any, ndim: int) -> int:
     if type(channel_axis) is int and -ndim <= channel_axis < ndim:
         return channel_axis % ndim
     try:
+        if isinstance(channel_axis, (bool, np.bool_)):
+            raise TypeError
         axis = operator.index(channel_axis)
     except TypeError:
         raise TypeError(

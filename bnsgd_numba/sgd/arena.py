@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from bnsgd_numba._core.checks import FLOAT_DTYPES
+from bnsgd_numba._core.checks import FLOAT_DTYPES, check_positive_int
 
 
 def _fixed(name: str, doc: str) -> property:
@@ -239,6 +239,8 @@ class ParameterArena:
 
     def views(self, flat: np.ndarray) -> tuple[np.ndarray, ...]:
         """Return views of ``flat`` (a buffer of :attr:`size` elements) in this layout."""
+        if not isinstance(flat, np.ndarray):
+            raise TypeError(f"flat must be a NumPy array, got {type(flat).__name__}")
         if flat.shape != (self._size,):
             raise ValueError(f"flat: shape {flat.shape} is not ({self._size},)")
         return tuple(
@@ -259,6 +261,7 @@ class ParameterArena:
         """
         items = self._work_items.get(chunk)
         if items is None:
+            chunk = check_positive_int(chunk, "chunk")
             items = work_items(self._sizes, self._offsets, chunk)
             self._work_items[chunk] = items
         return items
