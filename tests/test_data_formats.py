@@ -206,3 +206,20 @@ def test_command_line_trains_on_idx(tmp_path):
     result = run_cli("train", "--data", str(good), "--epochs", "1", "--quiet")
     assert result.returncode == 0, result.stderr
     assert "45 train, 5 validation, 12 test, 784 inputs, 10 classes" in result.stderr
+
+
+def test_the_digits_are_read_without_importing_scikit_learn_and_match_its_loader():
+    code = (
+        "import sys; from bnsgd_numba.nn.data import _digits_arrays; x, y = _digits_arrays(); "
+        "print('sklearn' in sys.modules, x.shape, y.shape)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split(maxsplit=1)[0] == "False"
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from bnsgd_numba.nn.data import _digits_arrays
+
+    digits = sklearn_digits()
+    pixels, labels = _digits_arrays()
+    np.testing.assert_array_equal(pixels, digits.data)
+    np.testing.assert_array_equal(labels, digits.target)

@@ -83,7 +83,12 @@ def add_parser(subparsers: Any) -> None:
         default=0.9,
         help="SGD momentum (one_cycle cycles it itself)",
     )
-    parser.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 penalty")
+    parser.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        default=5e-4,
+        help="L2 penalty (coupled, as torch.optim.SGD); 0 turns it off",
+    )
     parser.add_argument("--hidden", type=positive_int, default=64, help="width of the hidden layer")
     parser.add_argument(
         "--scheduler",

@@ -24,6 +24,7 @@ label + 1.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import struct
 import zlib
 from dataclasses import dataclass
@@ -91,15 +92,9 @@ def load_digits(validation: float = 0.15, test: float = 0.2) -> Dataset:
     Split into train/validation/test with the fixed seed :data:`SPLIT_SEED`;
     pixels (0..16) are scaled to [0, 1].
     """
-    try:
-        from sklearn.datasets import load_digits as sklearn_digits
-    except ImportError:
-        raise ImportError(
-            "the default data set comes with scikit-learn: pip install 'bnsgd-numba[demo]'"
-        ) from None
-    digits = sklearn_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int64)
+    pixels, labels = _digits_arrays()
+    x = (pixels / 16.0).astype(np.float32)
+    y = labels.astype(np.int64)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     n_test = int(round(test * len(x)))
     n_val = int(round(validation * len(x)))
@@ -108,6 +103,25 @@ def load_digits(validation: float = 0.15, test: float = 0.2) -> Dataset:
         x[train_idx], y[train_idx], x[val_idx], y[val_idx], x[test_idx], y[test_idx],
         num_classes=10, name="digits (scikit-learn, 8x8)",
     )  # fmt: skip
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    # The digits file in scikit-learn's wheel, read without importing
+    # scikit-learn (its import, with SciPy's, takes longer than the training
+    # run); sklearn.datasets.load_digits reads the same file.
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "the default data set comes with scikit-learn: pip install 'bnsgd-numba[demo]'"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        from sklearn.datasets import load_digits as sklearn_digits
+
+        digits = sklearn_digits()
+        return digits.data, digits.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1]
 
 
 def load_data(

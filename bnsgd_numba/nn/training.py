@@ -29,7 +29,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 0.1
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float = 5e-4
     hidden: int = 64
     scheduler: str = "warmup_cosine"
     scheduler_params: dict[str, Any] = field(default_factory=dict)
