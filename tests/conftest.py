@@ -48,14 +48,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         warmer.wait()
 
 
+# Files that take minutes (the simulator, MPI jobs, fresh interpreters), longest first.
+LONG_FILES = (
+    "gpu/test_normalizations_gpu.py",
+    "test_distributed.py",
+    "gpu/test_gpu_batch_norm.py",
+    "gpu/test_norm_kernels_gpu.py",
+    "test_threads.py",
+    "test_package.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the GPU tests first: under the simulator their files are the longest.
+    """Run the files of :data:`LONG_FILES` first, in that order, then the rest.
 
     pytest-xdist hands whole files to the workers in this order; a long file
     handed out last would leave one worker running alone at the end.
     """
-    gpu = Path(__file__).with_name("gpu")
-    items.sort(key=lambda item: gpu not in Path(item.path).parents)
+    here = Path(__file__).parent
+    rank = {here / name: k for k, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(Path(item.path), len(LONG_FILES)))
 
 
 settings.register_profile(

@@ -163,6 +163,9 @@ def test_the_report_puts_the_batch_sweep_in_its_own_table_and_lists_the_targets(
     from bnsgd_numba.bench import sgd
 
     monkeypatch.setattr(sgd, "run", lambda probe, repeat: ([], probe))
+    from bnsgd_numba.bench import training
+
+    monkeypatch.setattr(training, "DEFAULT_DATA", tmp_path / "no-mnist.npz")
     results, figures = tmp_path / "RESULTS.md", tmp_path / "bench.json"
     assert report.main(["--quick", "--results", str(results), "--json", str(figures)]) == 0
     text = results.read_text()
@@ -172,6 +175,7 @@ def test_the_report_puts_the_batch_sweep_in_its_own_table_and_lists_the_targets(
     assert "| (32,64) |" not in sweep_table
     assert re.findall(r"^\| (\(\d+,784\)) \|", sweep_table, re.M) == sweep
     assert "| layer_norm (4096, 1024) | forward |" in text
+    assert "## Training the seed's network on MNIST" in text and "Not measured: no MNIST" in text
     assert "| no BatchNorm or variant row slower than PyTorch | slowest 1.20x" in text
     saved = json.loads(figures.read_text())
     assert {"megabytes", "copy_ms"} <= saved["batch_norm"][0].keys()

@@ -48,8 +48,9 @@ def test_fifty_steps_agree_with_pytorch(small_digits):
     reference = build_network(64, 10, config, np.random.default_rng(config.seed))
     net = torch_network(reference)
     optimizer = torch.optim.SGD(
-        net.parameters(), lr=config.lr, momentum=config.momentum, foreach=False
-    )
+        net.parameters(), lr=config.lr, momentum=config.momentum,
+        weight_decay=config.weight_decay, foreach=False,
+    )  # fmt: skip
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=50)
     order = batch_order_rng(config.seed).permutation(len(small_digits.x_train))
     torch_losses = []
