@@ -50,8 +50,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 # Files that take minutes (the simulator, MPI jobs, fresh interpreters), longest first.
 LONG_FILES = (
-    "gpu/test_normalizations_gpu.py",
+    "gpu/test_normalizations_gpu_kit.py",
     "test_distributed.py",
+    "gpu/test_normalizations_gpu.py",
     "gpu/test_gpu_batch_norm.py",
     "gpu/test_norm_kernels_gpu.py",
     "test_threads.py",
