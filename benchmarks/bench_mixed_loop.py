@@ -1,4 +1,4 @@
-"""Mixed-loop benchmark (issue: BLAS and the kernels' thread pools in one loop): default vs single-threaded BLAS."""
+"""Mixed-loop benchmark: NumPy's BLAS and the kernels' thread pools in one loop, default vs single-threaded BLAS."""
 
 import sys
 

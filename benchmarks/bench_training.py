@@ -1,4 +1,4 @@
-"""Training benchmark (issue 13): the seed's network on MNIST, bnsgd_numba vs PyTorch eager."""
+"""Training benchmark: the seed's network on MNIST, bnsgd_numba vs PyTorch eager."""
 
 import sys
 

@@ -1,7 +1,7 @@
 """Which builds a BatchNorm call runs: tiny work stays serial on the calling thread.
 
 The seed's BatchNorm1d shapes, (32, 784) and (32, 64), must not wake the
-thread pool (issue 17); a larger batch uses the parallel builds.
+thread pool (see docs/threading.md); a larger batch uses the parallel builds.
 """
 
 from __future__ import annotations

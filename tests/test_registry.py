@@ -310,7 +310,7 @@ def test_a_plugin_failing_in_one_hook_is_left_out_of_both(entry_points, plugin_d
     assert info.registered == {}
 
 
-# -- robustness (issue 15): bad registrations, bad names, plugins that exit ---------------
+# -- robustness: bad registrations, bad names, plugins that exit ---------------
 
 
 def test_a_scheduler_that_is_not_a_scheduler_is_reported(entry_points, plugin_dir):

@@ -143,7 +143,7 @@ CLOSED_FORM = [n for n in sorted(available_schedulers()) if n != "reduce_on_plat
     base_lr=strategies.learning_rates(),
     step=st.one_of(st.integers(0, 2000), st.integers(0, MAX_STEP)),
 )
-@example(name="one_cycle", index=1, base_lr=0.1, step=320)  # issue 16: linear went negative
+@example(name="one_cycle", index=1, base_lr=0.1, step=320)  # linear once went negative here
 @example(name="one_cycle", index=2, base_lr=0.1, step=310)  # three-phase, last step
 @example(name="cosine", index=0, base_lr=0.1, step=MAX_STEP)
 def test_every_registered_example_gives_a_finite_rate_at_every_step(name, index, base_lr, step):

@@ -404,7 +404,7 @@ def test_learning_rate_matches_torch(name, base_lr, params, make):
     ours_m = [sched.momentum_at(t) for t in range(steps + 1)]
     if sched.max_step is not None:
         # torch's phases end at max_step - 1 and it extrapolates one step past them;
-        # here the last step holds the final value (issue 16)
+        # here the last step holds the final value instead
         assert ours[-1] == ours[-2] and ours_m[-1] == ours_m[-2]
         ours, expected, momenta, ours_m = ours[:-1], expected[:-1], momenta[:-1], ours_m[:-1]
         closed = None if closed is None else closed[:-1]
