@@ -506,7 +506,7 @@ def test_train_command_distributed_with_data_missing_on_one_rank(mpi, tmp_path):
     # MPMD: rank 0 gets a data file, rank 1 a path that does not exist
     mpiexec = _mpiexec()
     if mpiexec is None:
-        pytest.skip("mpiexec not found")
+        pytest.skip("mpiexec not found (pip install 'bnsgd-numba[mpi]' brings one)")
     x = np.random.default_rng(0).integers(0, 255, (30, 4)).astype(np.uint8)
     y = (x.sum(axis=1) % 3).astype(np.int64)
     data = tmp_path / "tiny.npz"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any, TextIO
 
 
@@ -70,3 +72,23 @@ def summary_table(results: dict[str, Any]) -> str:
         )
     )
     return "\n".join(lines)
+
+
+def write_outputs(
+    results: dict[str, Any], summary: dict[str, Any], json_path: str | None,
+    plot_path: str | None, data_name: str,
+) -> None:  # fmt: skip
+    """Print the summary table; write ``summary`` as JSON and the training figure when asked.
+
+    ``json_path`` ``"-"`` prints the JSON on stdout (the table then goes to stderr).
+    """
+    print(summary_table(results), file=sys.stderr if json_path == "-" else sys.stdout)
+    if json_path == "-":
+        print(json.dumps(summary, indent=2))
+    elif json_path:
+        with open(json_path, "w") as handle:
+            json.dump(summary, handle, indent=2)
+    if plot_path:
+        from bnsgd_numba.plotting import plot_training
+
+        plot_training(results, plot_path, data_name=data_name)

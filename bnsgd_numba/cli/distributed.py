@@ -15,7 +15,6 @@ failing rank(s); a failure only one rank knows of (MPI missing, a file rank
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -85,7 +84,7 @@ def run_distributed(args: argparse.Namespace) -> int:
         # the same on every process: the launcher's rank 0 reports it
         return _fail(error, rank=_launcher_rank(), ranks=1, agreed=True)
 
-    from bnsgd_numba.cli._progress import ProgressBar, summary_table
+    from bnsgd_numba.cli._progress import ProgressBar, write_outputs
     from bnsgd_numba.distributed.errors import RankFailedError, RankGuard, checked_timeout
     from bnsgd_numba.distributed.training import train_distributed
 
@@ -119,19 +118,9 @@ def run_distributed(args: argparse.Namespace) -> int:
     if not lead:
         return 0
     try:
-        results = {"bn": result}
-        print(summary_table(results), file=sys.stderr if args.json == "-" else sys.stdout)
         summary = result.summary()
         summary.update(seconds=seconds, data=data.name, ranks=ranks)
-        if args.json == "-":
-            print(json.dumps(summary, indent=2))
-        elif args.json:
-            with open(args.json, "w") as handle:
-                json.dump(summary, handle, indent=2)
-        if args.plot:
-            from bnsgd_numba.plotting import plot_training
-
-            plot_training(results, args.plot, data_name=data.name)
+        write_outputs({"bn": result}, summary, args.json, args.plot, data.name)
     except Exception as error:
         return _fail(f"{type(error).__name__}: {error}", rank=rank, ranks=ranks, agreed=False)
     print(

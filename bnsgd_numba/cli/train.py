@@ -10,7 +10,6 @@ exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -26,7 +25,7 @@ from bnsgd_numba.cli._options import (
     positive_int,
     train_config,
 )
-from bnsgd_numba.cli._progress import ProgressBar, summary_table
+from bnsgd_numba.cli._progress import ProgressBar, write_outputs
 from bnsgd_numba.cli.schedule import parse_params
 from bnsgd_numba.nn.data import DATA_HELP
 
@@ -348,21 +347,12 @@ def run(args: argparse.Namespace) -> int:
             run_name = "" if len(runs) == 1 else f" {label.strip()}"
             return fail("train", _describe_failure(error, tracker, args, run_name))
     seconds = time.perf_counter() - start
-    print(summary_table(results), file=sys.stderr if args.json == STDOUT else sys.stdout)
     summary = results["bn"].summary()
     summary["seconds"] = seconds
     summary["data"] = data.name
     if "no_bn" in results:
         summary["no_bn"] = results["no_bn"].summary()
-    if args.json == STDOUT:
-        print(json.dumps(summary, indent=2))
-    elif args.json:
-        with open(args.json, "w") as handle:
-            json.dump(summary, handle, indent=2)
-    if args.plot:
-        from bnsgd_numba.plotting import plot_training
-
-        plot_training(results, args.plot, data_name=data.name)
+    write_outputs(results, summary, args.json, args.plot, data.name)
     if args.save:
         results["bn"].model.save(args.save)
         print(f"model saved to {args.save}", file=sys.stderr)
