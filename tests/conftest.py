@@ -50,6 +50,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 # Files that take minutes (the simulator, MPI jobs, fresh interpreters), longest first.
 LONG_FILES = (
+    "gpu/test_gpu_compile.py",
     "gpu/test_normalizations_gpu_kit.py",
     "test_distributed.py",
     "gpu/test_normalizations_gpu.py",

@@ -19,6 +19,7 @@ import pytest
 
 from bnsgd_numba import config
 from bnsgd_numba._core import cuda as backend
+from tests.gpu import block_barrier
 
 GPU_TESTS = Path(__file__).parent
 SIMULATOR_THREADS_PER_BLOCK = 32
@@ -99,7 +100,11 @@ _NUMBA_TYPE = None
 
 @pytest.fixture(autouse=True, scope="session")
 def thread_safe_shared_arrays():
-    """Under the simulator: :func:`_shared_array` in place of numba-cuda's own."""
+    """Under the simulator: :func:`_shared_array` and a barrier in place of numba-cuda's own.
+
+    The barrier (:mod:`tests.gpu.block_barrier`) replaces the simulator's
+    polling of a block's threads, which took most of these tests' time.
+    """
     global _SIMULATOR_SHARED_ARRAY, _AS_DTYPE, _NUMBA_TYPE
     if not backend.SIMULATOR:
         yield
@@ -111,6 +116,7 @@ def thread_safe_shared_arrays():
     _NUMBA_TYPE = kernelapi.types.Type
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(kernelapi.FakeCUDAShared, "array", _shared_array)
+        block_barrier.install(patch)
         yield
 
 
