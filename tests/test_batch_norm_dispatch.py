@@ -13,7 +13,7 @@ import bnsgd_numba as bn
 from bnsgd_numba.batch_norm import functional
 
 # Position of the ``parallel`` flag in each fused entry point's arguments.
-PARALLEL_ARGUMENT = {"forward_train": 12, "forward_eval": 10, "backward": 10}
+PARALLEL_ARGUMENT = {"forward_train": 11, "forward_eval": 9, "backward": 9}
 
 
 @pytest.fixture
@@ -22,8 +22,8 @@ def parallel_flags(monkeypatch):
     original = functional._fused
     calls = []
 
-    def fused(name, elements):
-        build = original(name, elements)
+    def fused(name, layout, elements):
+        build = original(name, layout, elements)
 
         def call(*args):
             calls.append((name, args[PARALLEL_ARGUMENT[name]]))

@@ -9,7 +9,7 @@ directory can be found (read-only site-packages without ``NUMBA_CACHE_DIR``).
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numba
@@ -125,6 +125,40 @@ def caller_pair(kernel: Any) -> KernelPair:
     if pair is None:
         pair = _CALLER_PAIRS.setdefault(id(kernel), KernelPair(kernel, caller=True))
     return pair
+
+
+def specialized(
+    functions: Sequence[Callable[..., Any]], suffix: str, **constants: Any
+) -> dict[str, Any]:
+    """Compile kernel sources that call each other, with some globals fixed.
+
+    numba reads a global as a compile-time constant and drops the branches
+    it rules out before typing them: a build only compiles the loops its
+    constants lead to (a build per memory layout compiles that layout's
+    loops, not both).
+
+    Parameters
+    ----------
+    functions : sequence of callable
+        Plain Python kernel sources of one module. Each build sees the
+        others' builds under their names, so calls between them stay within
+        one specialization.
+    suffix : str
+        Appended to each build's name (and so to its cache files).
+    **constants
+        Globals to fix, such as ``CHANNELS_LAST=True``.
+
+    Returns
+    -------
+    dict
+        The name of each source -> its build (a :func:`cpu_kernel`).
+    """
+    namespace = {**functions[0].__globals__, **constants}
+    builds = {}
+    for function in functions:
+        build = cpu_kernel()(_renamed(function, suffix, namespace))
+        builds[function.__name__] = namespace[function.__name__] = build
+    return builds
 
 
 _CALLER_PAIRS: dict[int, KernelPair] = {}

@@ -26,8 +26,8 @@ import math
 import numpy as np
 from numba import prange
 
-from bnsgd_numba._core.compile import KernelPair, cpu_kernel
-from bnsgd_numba._core.layouts import item_rows
+from bnsgd_numba._core.compile import KernelPair, cpu_kernel, specialized
+from bnsgd_numba._core.layouts import NCS, RC, item_rows
 from bnsgd_numba._core.reductions import (
     gradient_row_sums,
     merge_chan,
@@ -576,13 +576,21 @@ _input_rc_parallel, _input_rc_serial = input_gradient_rc.parallel, input_gradien
 _fused_ncs_parallel, _fused_ncs_serial = backward_fused_ncs.parallel, backward_fused_ncs.serial
 
 
-@cpu_kernel()
-def _normalize(x, y, channels_last, parallel, rows_per_item, mean, invstd, weight, bias):
+CHANNELS_LAST = False
+"""The layout a build of the fused passes below handles (``rc`` when True).
+
+A global, not an argument: :func:`~bnsgd_numba._core.compile.specialized`
+fixes it per build, and numba then compiles only that layout's loops (half
+the compilation of a first call).
+"""
+
+
+def _normalize(x, y, parallel, rows_per_item, mean, invstd, weight, bias):
     channels = x.shape[1]
     constants = np.empty((3, channels), dtype=x.dtype)
     shift, scale, offset = constants[0], constants[1], constants[2]
     channel_constants(mean, invstd, weight, bias, shift, scale, offset)
-    if channels_last:
+    if CHANNELS_LAST:
         x2 = x.reshape((x.shape[0], channels))
         y2 = y.reshape((y.shape[0], channels))
         if parallel:
@@ -595,14 +603,13 @@ def _normalize(x, y, channels_last, parallel, rows_per_item, mean, invstd, weigh
         _normalize_ncs_serial(x, y, shift, scale, offset)
 
 
-@cpu_kernel()
 def forward_train(
     x, y, weight, bias, running_mean, running_var, save_mean, save_invstd,
-    momentum, eps, stop_on_nonfinite, channels_last, parallel, item_elements, columns_per_item,
+    momentum, eps, stop_on_nonfinite, parallel, item_elements, columns_per_item,
 ):  # fmt: skip
     """Training forward pass; returns the number of non-finite channels.
 
-    ``x``/``y`` are ``(N, C, S)`` views, ``(R, C, 1)`` when ``channels_last``;
+    ``x``/``y`` are ``(N, C, S)`` views, ``(R, C, 1)`` in the ``rc`` build;
     work items have about ``item_elements`` values (:func:`item_rows`).
     Empty ``weight``/``bias``/running arrays mean "not given". With running
     statistics, a channel is non-finite when its running update is not
@@ -613,10 +620,10 @@ def forward_train(
     channel is finite.
     """
     channels = x.shape[1]
-    rows_per_item = _item_rows(channels, x.shape[2], channels_last, item_elements, columns_per_item)
+    rows_per_item = _item_rows(channels, x.shape[2], CHANNELS_LAST, item_elements, columns_per_item)
     statistics = np.empty((3, channels), dtype=np.float64)
     mean, m2, invstd = statistics[0], statistics[1], statistics[2]
-    if channels_last:
+    if CHANNELS_LAST:
         x2 = x.reshape((x.shape[0], channels))
         count = np.float64(x.shape[0])
         if parallel:
@@ -641,21 +648,20 @@ def forward_train(
         bad = running_update(running_mean, running_var, mean, m2, count, momentum, updated, flags)
     if bad > 0 and stop_on_nonfinite:
         return bad
-    _normalize(x, y, channels_last, parallel, rows_per_item, mean, invstd, weight, bias)
+    _normalize(x, y, parallel, rows_per_item, mean, invstd, weight, bias)
     if tracked and bad == 0:
         running_mean[:] = updated[0]
         running_var[:] = updated[1]
     return bad
 
 
-@cpu_kernel()
 def forward_eval(
     x, y, weight, bias, running_mean, running_var, save_mean, save_invstd,
-    eps, channels_last, parallel, item_elements, columns_per_item,
+    eps, parallel, item_elements, columns_per_item,
 ):  # fmt: skip
     """Eval forward pass: normalize with the running statistics."""
     channels = x.shape[1]
-    rows_per_item = _item_rows(channels, x.shape[2], channels_last, item_elements, columns_per_item)
+    rows_per_item = _item_rows(channels, x.shape[2], CHANNELS_LAST, item_elements, columns_per_item)
     statistics = np.empty((2, channels), dtype=np.float64)
     mean, invstd = statistics[0], statistics[1]
     running_invstd(running_var, eps, invstd)
@@ -663,13 +669,12 @@ def forward_eval(
         mean[c] = running_mean[c]
         save_mean[c] = running_mean[c]
         save_invstd[c] = invstd[c]
-    _normalize(x, y, channels_last, parallel, rows_per_item, mean, invstd, weight, bias)
+    _normalize(x, y, parallel, rows_per_item, mean, invstd, weight, bias)
 
 
-@cpu_kernel()
 def backward(
     dy, x, dx, weight, save_mean, save_invstd, grad_weight, grad_bias,
-    training, channels_last, parallel, item_elements, columns_per_item,
+    training, parallel, item_elements, columns_per_item,
 ):  # fmt: skip
     """Backward pass: fills ``dx``, ``grad_weight`` and ``grad_bias``.
 
@@ -677,13 +682,13 @@ def backward(
     :func:`gradient_constants`.
     """
     channels = x.shape[1]
-    rows_per_item = _item_rows(channels, x.shape[2], channels_last, item_elements, columns_per_item)
+    rows_per_item = _item_rows(channels, x.shape[2], CHANNELS_LAST, item_elements, columns_per_item)
     sums = np.empty((4, channels), dtype=np.float64)
     mean, sum_dy, sum_dy_xmu, sum_xmu = sums[0], sums[1], sums[2], sums[3]
     for c in range(channels):
         mean[c] = save_mean[c]
     rows = x.shape[0]
-    fused = 0 if channels_last else _fused_channels(rows, channels, x.shape[2], x.itemsize)
+    fused = 0 if CHANNELS_LAST else _fused_channels(rows, channels, x.shape[2], x.itemsize)
     if fused > 0:
         constants = np.empty((4, channels), dtype=x.dtype)
         count = np.float64(rows * x.shape[2])
@@ -698,7 +703,7 @@ def backward(
                 training, sums, constants, grad_weight, grad_bias,
             )  # fmt: skip
         return
-    if channels_last:
+    if CHANNELS_LAST:
         count = np.float64(rows)
         dy2 = dy.reshape((rows, channels))
         x2 = x.reshape((rows, channels))
@@ -722,7 +727,7 @@ def backward(
         sum_dy, sum_dy_xmu, sum_xmu, weight, save_invstd, count, training,
         grad_weight, grad_bias, dy_scale, shift, xmu_scale, center_lo,
     )  # fmt: skip
-    if channels_last:
+    if CHANNELS_LAST:
         dy2 = dy.reshape((rows, channels))
         x2 = x.reshape((rows, channels))
         dx2 = dx.reshape((rows, channels))
@@ -738,3 +743,18 @@ def backward(
         _input_ncs_parallel(dy, x, dx, save_mean, center_lo, dy_scale, shift, xmu_scale)
     else:
         _input_ncs_serial(dy, x, dx, save_mean, center_lo, dy_scale, shift, xmu_scale)
+
+
+FUSED_PASSES = {
+    layout: specialized(
+        (_normalize, forward_train, forward_eval, backward),
+        f"_{layout}",
+        CHANNELS_LAST=layout == RC,
+    )
+    for layout in (NCS, RC)
+}
+"""Layout (``ncs``, ``rc``) -> name -> the fused pass for that layout.
+
+Names: ``_normalize`` (the affine normalization with given statistics),
+``forward_train``, ``forward_eval`` and ``backward``.
+"""

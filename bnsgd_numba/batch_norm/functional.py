@@ -225,11 +225,11 @@ def _forward(
     parallel = x.size >= serial_below
     if training:
         tracked = running_mean is not None
-        bad = _fused("forward_train", x.size)(
+        bad = _fused("forward_train", layout, x.size)(
             x_view, y_kernel, weight, bias,
             running_mean if tracked else no_array, running_var if tracked else no_array,
             save_mean, save_invstd, momentum, eps, tracked and on_nonfinite == "raise",
-            layout != NCS, parallel, item_elements, rc_columns,
+            parallel, item_elements, rc_columns,
         )  # fmt: skip
         if bad and tracked:
             channels_bad = _nonfinite_update_channels(
@@ -244,9 +244,9 @@ def _forward(
                 stacklevel=warn_stacklevel,
             )
     else:
-        _fused("forward_eval", x.size)(
+        _fused("forward_eval", layout, x.size)(
             x_view, y_kernel, weight, bias, running_mean, running_var, save_mean, save_invstd,
-            eps, layout != NCS, parallel, item_elements, rc_columns,
+            eps, parallel, item_elements, rc_columns,
         )  # fmt: skip
     if y_view is None:
         np.copyto(y, from_layout(y_kernel, x.shape, axis, layout))
@@ -333,9 +333,9 @@ def batch_norm_backward(
     dx_kernel = dx_view if dx_view is not None else np.empty_like(x_view)
     dweight = np.empty(channels, dtype=x.dtype)
     dbias = np.empty(channels, dtype=x.dtype)
-    _fused("backward", x.size)(
+    _fused("backward", layout, x.size)(
         dy_view, x_view, dx_kernel, _NO_ARRAY[x.dtype] if weight is None else weight,
-        save_mean, save_invstd, dweight, dbias, training, layout != NCS,
+        save_mean, save_invstd, dweight, dbias, training,
         x.size >= serial_below, item_elements, rc_columns,
     )  # fmt: skip
     if dx_view is None:
@@ -377,18 +377,37 @@ def _nonfinite_update_channels(
 
 
 _KERNELS: list[Any] = []
-_FUSED: dict[str, Any] = {}
+_FUSED: dict[tuple[str, str], Any] = {}
 
 
-def _fused(name: str, elements: int) -> Any:
-    # the build of a fused pass to run over `elements` values: below
-    # config.CPU_SERIAL_BELOW one that never loads the thread pool
-    pair = _FUSED.get(name)
+def _fused(name: str, layout: str, elements: int) -> Any:
+    # the build of a fused pass over `layout` to run over `elements` values:
+    # below config.CPU_SERIAL_BELOW one that never loads the thread pool
+    pair = _FUSED.get((name, layout))
     if pair is None:
-        from bnsgd_numba._core.compile import caller_pair
-
-        pair = _FUSED.setdefault(name, caller_pair(getattr(_kernels(), name)))
+        pair = _FUSED.setdefault((name, layout), fused_pair(name, layout))
     return pair.for_size(elements)
+
+
+def fused_pair(name: str, layout: str) -> Any:
+    """The parallel and serial builds of the fused pass ``name`` for ``layout``.
+
+    Parameters
+    ----------
+    name : str
+        A name of :data:`bnsgd_numba.batch_norm._cpu.FUSED_PASSES`, such as
+        ``"forward_train"`` or ``"_normalize"``.
+    layout : str
+        ``NCS`` or ``RC`` (:mod:`bnsgd_numba._core.layouts`).
+
+    Returns
+    -------
+    KernelPair
+        Made once per pass (:func:`~bnsgd_numba._core.compile.caller_pair`).
+    """
+    from bnsgd_numba._core.compile import caller_pair
+
+    return caller_pair(_kernels().FUSED_PASSES[layout][name])
 
 
 def _kernels() -> Any:

@@ -30,7 +30,7 @@ import numpy as np
 from bnsgd_numba import config
 from bnsgd_numba._core.arrays import check_out, is_device_array
 from bnsgd_numba._core.checks import check_flag
-from bnsgd_numba._core.compile import caller_pair, cpu_kernel
+from bnsgd_numba._core.compile import cpu_kernel
 from bnsgd_numba._core.layouts import (
     NCS,
     empty_in_layout,
@@ -47,6 +47,7 @@ from bnsgd_numba.batch_norm._common import (
     host_input,
     nonfinite_channels,
 )
+from bnsgd_numba.batch_norm.functional import fused_pair
 from bnsgd_numba.batch_norm.layer import BatchNorm
 from bnsgd_numba.distributed._mpi import resolve_comm
 from bnsgd_numba.distributed.errors import RankGuard, allgather, resolve_timeout
@@ -231,8 +232,8 @@ class SyncBatchNorm(BatchNorm):
         y_kernel = y_view if y_view is not None else np.empty_like(view)
         rows = rows_per_item(view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
         empty = np.empty(0, x.dtype)
-        caller_pair(kernels._normalize).for_size(x.size)(
-            view, y_kernel, layout != NCS, x.size >= config.CPU_SERIAL_BELOW, rows, mean, invstd,
+        fused_pair("_normalize", layout).for_size(x.size)(
+            view, y_kernel, x.size >= config.CPU_SERIAL_BELOW, rows, mean, invstd,
             empty if weight is None else weight, empty if bias is None else bias,
         )  # fmt: skip
         if y_view is None:

@@ -28,7 +28,11 @@ from bnsgd_numba._core.layouts import (
     view_in_layout,
 )
 from bnsgd_numba.batch_norm import NonFiniteStatisticsError
-from bnsgd_numba.batch_norm.functional import batch_norm_backward, forward_with_status
+from bnsgd_numba.batch_norm.functional import (
+    batch_norm_backward,
+    forward_with_status,
+    fused_pair,
+)
 
 
 class Moments:
@@ -100,13 +104,10 @@ def normalize(
 
     ``mean``/``invstd`` are float64; empty ``weight``/``bias`` mean 1 and 0.
     """
-    from bnsgd_numba._core.compile import caller_pair
-    from bnsgd_numba.batch_norm import _cpu as kernels
-
     y_view = view_in_layout(y, axis, layout)
     rows = rows_per_item(x_view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
-    caller_pair(kernels._normalize).for_size(x_view.size)(
-        x_view, y_view, layout != NCS, x_view.size >= config.CPU_SERIAL_BELOW, rows,
+    fused_pair("_normalize", layout).for_size(x_view.size)(
+        x_view, y_view, x_view.size >= config.CPU_SERIAL_BELOW, rows,
         mean, invstd, weight, bias,
     )  # fmt: skip
 
