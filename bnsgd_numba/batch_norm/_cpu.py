@@ -455,6 +455,15 @@ def running_update(running_mean, running_var, mean, m2, count, momentum, updated
 
 
 @cpu_kernel()
+def _store_update(updated, running_mean, running_var):
+    # element by element: a slice assignment from an array compiles numba's
+    # shape-mismatch error, string formatting and all (seconds per build)
+    for c in range(running_mean.shape[0]):
+        running_mean[c] = updated[0, c]
+        running_var[c] = updated[1, c]
+
+
+@cpu_kernel()
 def update_running_statistics(running_mean, running_var, mean, m2, count, momentum):
     """running = (1 - momentum) * running + momentum * batch (unbiased variance).
 
@@ -466,8 +475,7 @@ def update_running_statistics(running_mean, running_var, mean, m2, count, moment
     flags = np.empty(channels, dtype=np.uint8)
     bad = running_update(running_mean, running_var, mean, m2, count, momentum, updated, flags)
     if bad == 0:
-        running_mean[:] = updated[0]
-        running_var[:] = updated[1]
+        _store_update(updated, running_mean, running_var)
     return bad
 
 
@@ -650,8 +658,7 @@ def forward_train(
         return bad
     _normalize(x, y, parallel, rows_per_item, mean, invstd, weight, bias)
     if tracked and bad == 0:
-        running_mean[:] = updated[0]
-        running_var[:] = updated[1]
+        _store_update(updated, running_mean, running_var)
     return bad
 
 
