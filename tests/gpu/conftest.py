@@ -49,16 +49,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def small_blocks(monkeypatch: pytest.MonkeyPatch):
     """Under the simulator: one-warp blocks and a short thread switch interval.
 
-    ``BNSGD_SIM_SWITCH`` sets the interval (seconds, default 2e-4); a much
-    shorter one, such as 1e-6, switches threads far more often and so shakes
-    out races between a block's threads.
+    ``BNSGD_SIM_SWITCH`` sets the interval (seconds, default 1e-3, the
+    fastest for the suite); a much shorter one, such as 1e-6, switches
+    threads far more often and so shakes out races between a block's threads.
     """
     if not backend.SIMULATOR:
         yield
         return
     monkeypatch.setattr(config, "GPU_THREADS_PER_BLOCK", SIMULATOR_THREADS_PER_BLOCK)
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(float(os.environ.get("BNSGD_SIM_SWITCH", "2e-4")))
+    sys.setswitchinterval(float(os.environ.get("BNSGD_SIM_SWITCH", "1e-3")))
     try:
         yield
     finally:
