@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from bnsgd_numba._core.arrays import check_apart, is_device_array, memory_owner
-from bnsgd_numba._core.checks import FLOAT_DTYPES, check_flag, cpu_tunables
+from bnsgd_numba._core.checks import FLOAT_DTYPES, check_flag, check_non_negative, cpu_tunables
 from bnsgd_numba.sgd._common import Hyperparameters, check_hyperparameters, update_mode
 from bnsgd_numba.sgd.arena import ParameterArena
 from bnsgd_numba.sgd.functional import (
@@ -261,7 +262,9 @@ class SGD:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._replace(lr=value)
+        # a scheduler sets it every step: check lr alone (nothing else
+        # constrains it; the other fields were checked when they were set)
+        self._hyper = dataclasses.replace(self._hyper, lr=check_non_negative(value, "lr"))
 
     @property
     def momentum(self) -> float:
