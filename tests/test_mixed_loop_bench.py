@@ -38,6 +38,7 @@ def test_ratios_are_to_the_fastest_single_threaded_blas_row_with_the_same_torch_
 def test_a_tiny_run_reports_consistent_figures(tmp_path, capsys):
     path = tmp_path / "rows.json"
     argv = ["--no-torch", "--rounds", "2", "--batch-size", "2", "--round-seconds", "0.01"]
+    argv += ["--processes", "2"]
     assert mixed_loop.main([*argv, "--json", str(path)]) == 0
     report = capsys.readouterr().out
     rows = json.loads(path.read_text())

@@ -11,11 +11,14 @@ Each configuration runs in its own interpreter (a threading layer and BLAS's
 thread count are fixed per process): the default settings, and BLAS limited
 to one thread (``OPENBLAS_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``), each
 without and with ``import torch`` first, optionally under each of numba's
-threading layers (``--layers``). The workers stay alive and are timed in
-interleaved rounds, the best round of each kept, so the ratios survive a
+threading layers (``--layers``), each in ``--processes`` interpreters (the
+same code runs up to 1.5x slower in one process than in the next, whatever
+the thread settings). The workers stay alive and are timed in interleaved
+rounds, the best round of each configuration kept, so the ratios survive a
 shared machine. Each round also times the matmul alone: on a busy machine a
-multi-threaded BLAS is slow by itself, with no kernel of this library near it. The target: the default within 1.3x of the best
-single-threaded-BLAS figure. Run it with
+multi-threaded BLAS is slow by itself, with no kernel of this library near
+it. The target: the default within 1.3x of the best single-threaded-BLAS
+figure. Run it with
 ``python benchmarks/bench_mixed_loop.py``.
 """
 
@@ -36,6 +39,10 @@ TARGET_RATIO = 1.3
 SINGLE_THREADED_BLAS = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SEED_SHAPES = ((784, 64), (64,), (64, 10), (10,))
 ROUND_SECONDS = 0.2
+PROCESSES = 3
+SETTLE_SECONDS = 0.3
+"""Pause before each timed round, so no other worker's threads still spin."""
+"""Interpreters per configuration (the best round of any of them is kept)."""
 
 
 @dataclass
@@ -134,27 +141,39 @@ def run(
     rounds: int,
     with_torch: Sequence[bool],
     round_seconds: float = ROUND_SECONDS,
+    processes: int = PROCESSES,
 ) -> list[Row]:
-    """Time every configuration in interleaved rounds; return one row each."""
+    """Time every configuration in interleaved rounds; return one row each.
+
+    Each configuration runs in ``processes`` interpreters, and its best round
+    in any of them is kept: the same code can run 1.5x slower in one process
+    than in the next (where its arrays land, which core it gets), whatever
+    the thread settings.
+    """
     configs = [
         (layer, blas, torch_first)
         for torch_first in with_torch
         for layer in layers
         for blas in ("default", "1 thread")
     ]
-    workers = {config: _start(*config, batch, round_seconds) for config in configs}
+    slots = [(config, k) for k in range(processes) for config in configs]
+    workers = {slot: _start(*slot[0], batch, round_seconds) for slot in slots}
     try:
         layer_in_use = {
-            config: json.loads(_read_line(worker, config))["layer"]
-            for config, worker in workers.items()
+            slot[0]: json.loads(_read_line(worker, slot[0]))["layer"]
+            for slot, worker in workers.items()
         }
         best = dict.fromkeys(configs, float("inf"))
         best_matmul = dict.fromkeys(configs, float("inf"))
         for r in range(rounds):
-            order = configs[r % len(configs) :] + configs[: r % len(configs)]
-            for config in order:
-                workers[config].stdin.write("\n")
-                ms, matmul_ms = json.loads(_read_line(workers[config], config))
+            order = slots[r % len(slots) :] + slots[: r % len(slots)]
+            for slot in order:
+                config = slot[0]
+                # let the last worker's BLAS threads stop spinning (OpenBLAS
+                # spins about 0.1 s after a call) before this one is timed
+                time.sleep(SETTLE_SECONDS)
+                workers[slot].stdin.write("\n")
+                ms, matmul_ms = json.loads(_read_line(workers[slot], config))
                 best[config] = min(best[config], ms)
                 best_matmul[config] = min(best_matmul[config], matmul_ms)
     finally:
@@ -259,6 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=ROUND_SECONDS,
         help=f"time per round and configuration ({ROUND_SECONDS})",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=PROCESSES,
+        help=f"interpreters per configuration, best round kept ({PROCESSES})",
+    )
     parser.add_argument("--no-torch", action="store_true", help="skip the runs with torch")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -270,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--rounds: must be >= 1")
     if not args.round_seconds > 0:
         parser.error("--round-seconds: must be > 0")
+    if args.processes < 1:
+        parser.error("--processes: must be >= 1")
     if args.worker:
         _worker(args.batch_size, args.torch, args.round_seconds)
         return 0
@@ -278,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not layers or unknown:
         parser.error(f"--layers: unknown layer(s) {unknown}")
     with_torch = [False] if args.no_torch else [False, True]
-    rows = run(layers, args.batch_size, args.rounds, with_torch, args.round_seconds)
+    rows = run(layers, args.batch_size, args.rounds, with_torch, args.round_seconds, args.processes)
     print(_machine())
     print(format_report(rows, args.batch_size))
     if args.json:
