@@ -35,6 +35,7 @@ from bnsgd_numba._core.reductions import (
     shifted_sums,
     sum_values,
 )
+from bnsgd_numba._core.spans import byte_span, written_meets
 
 RC_ROW_GROUPS = 8
 """Row groups of a channels-last reduction: its parallel tasks, with the strips.
@@ -611,9 +612,23 @@ def _normalize(x, y, parallel, rows_per_item, mean, invstd, weight, bias):
         _normalize_ncs_serial(x, y, shift, scale, offset)
 
 
+@cpu_kernel()
+def _writes_meet(written, read, first, second, third, fourth, fifth, sixth):
+    # whether one of the first ``written`` of the six arrays meets another
+    # of them (written_meets: exact for contiguous arrays)
+    spans = np.empty((6, 2), dtype=np.intp)
+    spans[0, 0], spans[0, 1] = byte_span(first)
+    spans[1, 0], spans[1, 1] = byte_span(second)
+    spans[2, 0], spans[2, 1] = byte_span(third)
+    spans[3, 0], spans[3, 1] = byte_span(fourth)
+    spans[4, 0], spans[4, 1] = byte_span(fifth)
+    spans[5, 0], spans[5, 1] = byte_span(sixth)
+    return written_meets(spans[:written], spans[written : written + read])
+
+
 def forward_train(
     x, y, weight, bias, running_mean, running_var, save_mean, save_invstd,
-    momentum, eps, stop_on_nonfinite, parallel, item_elements, columns_per_item,
+    momentum, eps, stop_on_nonfinite, parallel, item_elements, columns_per_item, check_overlap,
 ):  # fmt: skip
     """Training forward pass; returns the number of non-finite channels.
 
@@ -625,8 +640,12 @@ def forward_train(
     batch statistics is not finite either). When a channel is not finite and ``stop_on_nonfinite`` is
     set, only ``save_mean`` and ``save_invstd`` are written; otherwise ``y``
     is written, and the running statistics are updated only if every
-    channel is finite.
+    channel is finite. With ``check_overlap``, returns -1 without writing
+    anything when ``y`` or a running statistic may meet another array
+    (:func:`~bnsgd_numba._core.spans.written_meets`).
     """
+    if check_overlap and _writes_meet(3, 3, y, running_mean, running_var, x, weight, bias):
+        return -1
     channels = x.shape[1]
     rows_per_item = _item_rows(channels, x.shape[2], CHANNELS_LAST, item_elements, columns_per_item)
     statistics = np.empty((3, channels), dtype=np.float64)
@@ -664,9 +683,15 @@ def forward_train(
 
 def forward_eval(
     x, y, weight, bias, running_mean, running_var, save_mean, save_invstd,
-    eps, parallel, item_elements, columns_per_item,
+    eps, parallel, item_elements, columns_per_item, check_overlap,
 ):  # fmt: skip
-    """Eval forward pass: normalize with the running statistics."""
+    """Eval forward pass: normalize with the running statistics.
+
+    Returns 0, or -1 without writing anything when ``check_overlap`` is set
+    and ``y`` may meet another array.
+    """
+    if check_overlap and _writes_meet(1, 5, y, x, weight, bias, running_mean, running_var):
+        return -1
     channels = x.shape[1]
     rows_per_item = _item_rows(channels, x.shape[2], CHANNELS_LAST, item_elements, columns_per_item)
     statistics = np.empty((2, channels), dtype=np.float64)
@@ -677,17 +702,21 @@ def forward_eval(
         save_mean[c] = running_mean[c]
         save_invstd[c] = invstd[c]
     _normalize(x, y, parallel, rows_per_item, mean, invstd, weight, bias)
+    return 0
 
 
 def backward(
     dy, x, dx, weight, save_mean, save_invstd, grad_weight, grad_bias,
-    training, parallel, item_elements, columns_per_item,
+    training, parallel, item_elements, columns_per_item, check_overlap,
 ):  # fmt: skip
-    """Backward pass: fills ``dx``, ``grad_weight`` and ``grad_bias``.
+    """Backward pass: fills ``dx``, ``grad_weight`` and ``grad_bias``; returns 0.
 
     Views and work items as in :func:`forward_train`. See
-    :func:`gradient_constants`.
+    :func:`gradient_constants`. With ``check_overlap``, returns -1 without
+    writing anything when ``dx`` may meet another array.
     """
+    if check_overlap and _writes_meet(1, 5, dx, dy, x, weight, save_mean, save_invstd):
+        return -1
     channels = x.shape[1]
     rows_per_item = _item_rows(channels, x.shape[2], CHANNELS_LAST, item_elements, columns_per_item)
     sums = np.empty((4, channels), dtype=np.float64)
@@ -709,7 +738,7 @@ def backward(
                 dy, x, dx, save_mean, mean, rows_per_item, fused, weight, save_invstd, count,
                 training, sums, constants, grad_weight, grad_bias,
             )  # fmt: skip
-        return
+        return 0
     if CHANNELS_LAST:
         count = np.float64(rows)
         dy2 = dy.reshape((rows, channels))
@@ -750,6 +779,7 @@ def backward(
         _input_ncs_parallel(dy, x, dx, save_mean, center_lo, dy_scale, shift, xmu_scale)
     else:
         _input_ncs_serial(dy, x, dx, save_mean, center_lo, dy_scale, shift, xmu_scale)
+    return 0
 
 
 FUSED_PASSES = {

@@ -26,6 +26,7 @@ from bnsgd_numba._core.layouts import (
     to_layout,
     view_in_layout,
 )
+from bnsgd_numba.batch_norm import _fast_lane
 from bnsgd_numba.batch_norm._common import (
     BatchNormGrads,
     BatchNormOutput,
@@ -166,6 +167,20 @@ def _forward(
     out, on_nonfinite, warn_stacklevel,
 ):  # fmt: skip
     # forward_with_status's body, with positional arguments (a tiny call pays for keywords)
+    common = _fast_lane.forward_view(
+        x, weight, bias, running_mean, running_var, training, momentum, eps, channel_axis,
+        out, on_nonfinite,
+    )  # fmt: skip
+    if common is not None:
+        axis, layout, x_view = common
+        result = _forward_common(
+            x, axis, layout, x_view, weight, bias, running_mean, running_var, training,
+            momentum, eps, out, on_nonfinite, warn_stacklevel + 1, True,
+        )  # fmt: skip
+        if result is not None:
+            return result
+        # the kernel found memory written that may meet another array: the
+        # general path's exact tests name the arrays (or clear them)
     if any_device_array(x, weight, bias, running_mean, running_var, out):
         from bnsgd_numba.batch_norm import _cuda_driver
 
@@ -202,8 +217,7 @@ def _forward(
         known_apart = apart((out_array,), (x, weight, bias, running_mean, running_var))
     if out is not None:
         check_out(out, x, "out", (running_mean, running_var, weight, bias), known_apart)
-    item_elements, rc_columns, serial_below = cpu_tunables()
-
+    cpu_tunables()  # a bad config raises here, before anything is written
     layout, x_view = kernel_view(x, axis)
     y = out if out is not None else empty_in_layout(x, axis, layout)
     if training and x.size == 0:
@@ -212,6 +226,21 @@ def _forward(
         save_mean = np.zeros(channels, dtype=x.dtype)
         save_invstd = np.full(channels, 1.0 / math.sqrt(eps), dtype=x.dtype)
         return BatchNormOutput(y, save_mean, save_invstd), 0
+    return _forward_common(
+        x, axis, layout, x_view, weight, bias, running_mean, running_var, training, momentum,
+        eps, y, on_nonfinite, warn_stacklevel + 1, False,
+    )  # fmt: skip
+
+
+def _forward_common(
+    x, axis, layout, x_view, weight, bias, running_mean, running_var, training, momentum, eps,
+    out, on_nonfinite, warn_stacklevel, check_overlap,
+):  # fmt: skip
+    # the kernels' part of _forward, on checked arguments (``out`` None: allocate y);
+    # None, having written nothing, when check_overlap finds arrays that may meet
+    item_elements, rc_columns, serial_below = cpu_tunables()
+    channels = x_view.shape[1]
+    y = out if out is not None else empty_in_layout(x, axis, layout)
     if x.flags.c_contiguous and y.flags.c_contiguous:
         y_view = y.reshape(x_view.shape)  # what view_in_layout gives, sooner
     else:
@@ -229,8 +258,10 @@ def _forward(
             x_view, y_kernel, weight, bias,
             running_mean if tracked else no_array, running_var if tracked else no_array,
             save_mean, save_invstd, momentum, eps, tracked and on_nonfinite == "raise",
-            parallel, item_elements, rc_columns,
+            parallel, item_elements, rc_columns, check_overlap,
         )  # fmt: skip
+        if bad < 0:
+            return None
         if bad and tracked:
             channels_bad = _nonfinite_update_channels(
                 x_view, layout, running_mean, running_var, momentum, item_elements, rc_columns
@@ -243,11 +274,11 @@ def _forward(
                 RuntimeWarning,
                 stacklevel=warn_stacklevel,
             )
-    else:
-        _fused("forward_eval", layout, x.size)(
-            x_view, y_kernel, weight, bias, running_mean, running_var, save_mean, save_invstd,
-            eps, parallel, item_elements, rc_columns,
-        )  # fmt: skip
+    elif _fused("forward_eval", layout, x.size)(
+        x_view, y_kernel, weight, bias, running_mean, running_var, save_mean, save_invstd,
+        eps, parallel, item_elements, rc_columns, check_overlap,
+    ):  # fmt: skip
+        return None
     if y_view is None:
         np.copyto(y, from_layout(y_kernel, x.shape, axis, layout))
     return BatchNormOutput(y, save_mean, save_invstd), int(bad) if training else 0
@@ -301,6 +332,17 @@ def batch_norm_backward(
     elementwise pass. An empty batch gives an empty ``dx`` and zero
     ``dweight`` and ``dbias``, as in PyTorch.
     """
+    common = _fast_lane.backward_views(
+        dy, x, weight, save_mean, save_invstd, training, channel_axis, out
+    )
+    if common is not None:
+        axis, layout, dy_view, x_view = common
+        grads = _backward_common(
+            dy_view, x, axis, layout, x_view, weight, save_mean, save_invstd, training, out, True
+        )
+        if grads is not None:
+            return grads
+        # dx may meet another array: the general path names them (or clears them)
     if any_device_array(dy, x, weight, save_mean, save_invstd, out):
         from bnsgd_numba.batch_norm import _cuda_driver
 
@@ -319,25 +361,37 @@ def batch_norm_backward(
     save_invstd = host_channel_vector(save_invstd, "save_invstd", x.dtype, channels, required=True)
     if out is not None:
         check_out(out, x, "out", (dy, weight, save_mean, save_invstd))
-    item_elements, rc_columns, serial_below = cpu_tunables()
+    cpu_tunables()  # a bad config raises here, before anything is written
     if x.size == 0:
         # PyTorch's empty batch: an empty dx, and sums over no values
         dx = out if out is not None else np.empty_like(x)
         return BatchNormGrads(dx, np.zeros(channels, x.dtype), np.zeros(channels, x.dtype))
-
     layout = native_layout(x, axis)
-    x_view = to_layout(x, axis, layout)
-    dy_view = to_layout(dy, axis, layout)
+    return _backward_common(
+        to_layout(dy, axis, layout), x, axis, layout, to_layout(x, axis, layout), weight,
+        save_mean, save_invstd, training, out, False,
+    )  # fmt: skip
+
+
+def _backward_common(
+    dy_view, x, axis, layout, x_view, weight, save_mean, save_invstd, training, out,
+    check_overlap,
+):  # fmt: skip
+    # the kernels' part of batch_norm_backward, on checked arguments; None,
+    # having written nothing, when check_overlap finds arrays that may meet
+    item_elements, rc_columns, serial_below = cpu_tunables()
+    channels = x_view.shape[1]
     dx = out if out is not None else empty_in_layout(x, axis, layout)
     dx_view = view_in_layout(dx, axis, layout)
     dx_kernel = dx_view if dx_view is not None else np.empty_like(x_view)
     dweight = np.empty(channels, dtype=x.dtype)
     dbias = np.empty(channels, dtype=x.dtype)
-    _fused("backward", layout, x.size)(
+    if _fused("backward", layout, x.size)(
         dy_view, x_view, dx_kernel, _NO_ARRAY[x.dtype] if weight is None else weight,
         save_mean, save_invstd, dweight, dbias, training,
-        x.size >= serial_below, item_elements, rc_columns,
-    )  # fmt: skip
+        x.size >= serial_below, item_elements, rc_columns, check_overlap,
+    ):  # fmt: skip
+        return None
     if dx_view is None:
         np.copyto(dx, from_layout(dx_kernel, x.shape, axis, layout))
     return BatchNormGrads(dx, dweight, dbias)

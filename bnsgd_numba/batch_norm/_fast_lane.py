@@ -1,0 +1,159 @@
+"""The common CPU call of the functional BatchNorm, recognized in one pass of cheap tests.
+
+A training loop calls :func:`~bnsgd_numba.batch_norm_forward` and
+:func:`~bnsgd_numba.batch_norm_backward` thousands of times with plain,
+C-contiguous NumPy arrays of one dtype and plain Python scalars. On the
+seed's (32, 64) batch the general checks cost more than the kernel: these
+functions recognize that case with as few attribute reads as possible and
+return the kernel views, or ``None`` as soon as anything differs (another
+type, dtype or layout, a bad value). ``None`` sends the call down the
+general path, which checks every argument again, names the bad one, and
+handles every other case. Nothing is written here, so falling back loses
+nothing.
+
+Whether an array the call writes meets another one is left to the kernel,
+which tests the byte spans of all its arrays in nanoseconds before it
+writes (:mod:`bnsgd_numba._core.spans`); when they may meet, it writes
+nothing and the general path's exact tests name the arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from bnsgd_numba._core.checks import FLOAT_DTYPES
+from bnsgd_numba._core.layouts import NCS, RC
+
+_SMALLEST_NORMAL = {dtype: float(np.finfo(dtype).tiny) for dtype in FLOAT_DTYPES}
+_POLICIES = frozenset(("raise", "skip"))
+
+
+def forward_view(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    running_mean: Any,
+    running_var: Any,
+    training: Any,
+    momentum: Any,
+    eps: Any,
+    channel_axis: Any,
+    out: Any,
+    on_nonfinite: Any,
+) -> tuple[int, str, np.ndarray] | None:
+    """``(channel axis, layout, view of x)`` when a forward call is the common case, else None.
+
+    The common case passes every check of the general path but the memory
+    test: ``x`` and ``out`` are C-contiguous and non-empty, the vectors are
+    NumPy arrays of ``x``'s dtype, and the running statistics are writable
+    in training.
+    """
+    if type(x) is not np.ndarray:
+        return None
+    dtype = x.dtype
+    smallest = _SMALLEST_NORMAL.get(dtype)
+    if smallest is None or not x.flags.c_contiguous:
+        return None
+    shape = x.shape
+    ndim = len(shape)
+    if type(channel_axis) is not int or ndim < 2 or not -ndim <= channel_axis < ndim:
+        return None
+    axis = channel_axis % ndim
+    channels = shape[axis]
+    size = x.size
+    if (
+        size == 0
+        or (training is not True and training is not False)
+        or type(momentum) is not float
+        or not 0.0 <= momentum <= 1.0
+        or type(eps) is not float
+        or not smallest <= eps < math.inf
+        or type(on_nonfinite) is not str
+        or on_nonfinite not in _POLICIES
+    ):
+        return None
+    if training:
+        if size // channels < 2:
+            return None
+    elif running_mean is None:
+        return None
+    vector = (channels,)
+    for given in (weight, bias):
+        if given is not None and (
+            type(given) is not np.ndarray or given.shape != vector or given.dtype is not dtype
+        ):
+            return None
+    if (running_mean is None) != (running_var is None):
+        return None
+    if running_mean is not None:
+        for running in (running_mean, running_var):
+            if (
+                type(running) is not np.ndarray
+                or running.shape != vector
+                or running.dtype is not dtype
+                or (training and not running.flags.writeable)
+            ):
+                return None
+    if out is not None:
+        if type(out) is not np.ndarray or out.shape != shape or out.dtype is not dtype:
+            return None
+        flags = out.flags
+        if not (flags.writeable and flags.c_contiguous):
+            return None
+    if axis == ndim - 1:
+        return axis, RC, x.reshape(-1, channels, 1)
+    return axis, NCS, x.reshape(math.prod(shape[:axis]), channels, math.prod(shape[axis + 1 :]))
+
+
+def backward_views(
+    dy: Any,
+    x: Any,
+    weight: Any,
+    save_mean: Any,
+    save_invstd: Any,
+    training: Any,
+    channel_axis: Any,
+    out: Any,
+) -> tuple[int, str, np.ndarray, np.ndarray] | None:
+    """``(channel axis, layout, view of dy, view of x)`` when a backward call is the common case, else None.
+
+    As :func:`forward_view`: ``dy``, ``x`` and ``out`` C-contiguous, of one
+    shape and dtype, the vectors NumPy arrays of that dtype.
+    """
+    if type(x) is not np.ndarray or type(dy) is not np.ndarray:
+        return None
+    dtype = x.dtype
+    if dtype not in _SMALLEST_NORMAL or dy.dtype is not dtype:
+        return None
+    shape = x.shape
+    ndim = len(shape)
+    if (
+        dy.shape != shape
+        or type(channel_axis) is not int
+        or ndim < 2
+        or not -ndim <= channel_axis < ndim
+        or (training is not True and training is not False)
+        or x.size == 0
+        or not x.flags.c_contiguous
+        or not dy.flags.c_contiguous
+    ):
+        return None
+    axis = channel_axis % ndim
+    channels = shape[axis]
+    vector = (channels,)
+    for given in (save_mean, save_invstd) if weight is None else (weight, save_mean, save_invstd):
+        if type(given) is not np.ndarray or given.shape != vector or given.dtype is not dtype:
+            return None
+    if out is not None:
+        if type(out) is not np.ndarray or out.shape != shape or out.dtype is not dtype:
+            return None
+        flags = out.flags
+        if not (flags.writeable and flags.c_contiguous):
+            return None
+    if axis == ndim - 1:
+        return axis, RC, dy.reshape(-1, channels, 1), x.reshape(-1, channels, 1)
+    view_shape = (math.prod(shape[:axis]), channels, math.prod(shape[axis + 1 :]))
+    return axis, NCS, dy.reshape(view_shape), x.reshape(view_shape)

@@ -1,0 +1,134 @@
+"""The common call's fast lane and the kernels' memory test give the general path's results.
+
+A plain call (C-contiguous NumPy arrays, Python scalars) is recognized by
+``batch_norm._fast_lane`` and leaves the memory test to the kernel
+(``_core.spans``); anything else takes the general path. Both must agree
+bit for bit, and a kernel that finds arrays which may meet must hand the
+call to the general path's exact test, which names them or clears them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bnsgd_numba as bn
+from bnsgd_numba._core.spans import byte_span, written_meets
+from bnsgd_numba.batch_norm import _fast_lane
+
+
+def _arguments(shape, channel_axis=1, dtype=np.float32):
+    rng = np.random.default_rng(7)
+    channels = shape[channel_axis]
+    return {
+        "x": rng.standard_normal(shape).astype(dtype) * 3 + 1,
+        "weight": rng.uniform(0.5, 2, channels).astype(dtype),
+        "bias": rng.standard_normal(channels).astype(dtype),
+        "running_mean": rng.standard_normal(channels).astype(dtype),
+        "running_var": rng.uniform(0.5, 2, channels).astype(dtype),
+    }
+
+
+def _copies(arguments):
+    return {name: value.copy() for name, value in arguments.items()}
+
+
+@pytest.mark.parametrize("shape, channel_axis", [((32, 64), 1), ((4, 3, 5), 1), ((4, 5, 3), -1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_fast_lane_and_the_general_path_agree_bit_for_bit(shape, channel_axis, dtype):
+    arguments = _arguments(shape, channel_axis, dtype)
+    assert (
+        _fast_lane.forward_view(*arguments.values(), True, 0.1, 1e-5, channel_axis, None, "raise")
+        is not None
+    )
+    fast, general = _copies(arguments), _copies(arguments)
+    for training in (True, False):
+        y_fast = bn.batch_norm_forward(**fast, training=training, channel_axis=channel_axis)
+        # a NumPy scalar is valid, but never the fast lane's
+        y_general = bn.batch_norm_forward(
+            **general, training=np.bool_(training), channel_axis=channel_axis
+        )
+        for got, expected in zip(y_fast, y_general, strict=True):
+            np.testing.assert_array_equal(got, expected)
+    for name in ("running_mean", "running_var"):
+        np.testing.assert_array_equal(fast[name], general[name])
+    dy = np.random.default_rng(8).standard_normal(shape).astype(dtype)
+    saved = bn.batch_norm_forward(**fast, training=True, channel_axis=channel_axis)
+    args = (dy, fast["x"], fast["weight"], saved.save_mean, saved.save_invstd)
+    assert _fast_lane.backward_views(*args, True, channel_axis, None) is not None
+    grads_fast = bn.batch_norm_backward(*args, channel_axis=channel_axis)
+    grads_general = bn.batch_norm_backward(
+        *args, training=np.bool_(True), channel_axis=channel_axis
+    )
+    for got, expected in zip(grads_fast, grads_general, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"momentum": np.float64(0.1)},
+        {"eps": 1},
+        {"training": np.bool_(True)},
+        {"channel_axis": np.int64(1)},
+        {"x": "fortran"},
+        {"x": "big-endian"},
+        {"running_mean": "read-only"},
+    ],
+    ids=lambda change: next(iter(change)) + "=" + str(next(iter(change.values()))),
+)
+def test_anything_but_the_common_case_leaves_the_fast_lane(change):
+    arguments = {**_arguments((8, 4)), "training": True, "momentum": 0.1, "eps": 1e-5}
+    arguments.update({"channel_axis": 1, "out": None, "on_nonfinite": "raise"})
+    ((name, value),) = change.items()
+    if value == "fortran":
+        value = np.asfortranarray(arguments["x"])
+    elif value == "big-endian":
+        value = arguments["x"].astype(">f4")
+    elif value == "read-only":
+        value = arguments["running_mean"].copy()
+        value.flags.writeable = False
+    arguments[name] = value
+    assert _fast_lane.forward_view(*arguments.values()) is None
+
+
+def test_interleaved_vectors_share_a_span_but_no_element_and_still_run():
+    # weight and running_mean interleaved in one buffer: their byte spans
+    # meet, so the kernel writes nothing and the general path's exact test
+    # clears them; the results are those of separate arrays
+    arguments = _arguments((16, 5))
+    separate = _copies(arguments)
+    buffer = np.empty(10, np.float32)
+    buffer[0::2], buffer[1::2] = arguments["weight"], arguments["running_mean"]
+    interleaved = {**arguments, "weight": buffer[0::2], "running_mean": buffer[1::2]}
+    got = bn.batch_norm_forward(**interleaved, training=True)
+    expected = bn.batch_norm_forward(**separate, training=True)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(buffer[1::2], separate["running_mean"])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_out_meeting_x_in_the_fast_lane_is_named_and_nothing_is_written(training):
+    arguments = _arguments((16, 5))
+    before = _copies(arguments)
+    with pytest.raises(ValueError, match="out overlaps the input x"):
+        bn.batch_norm_forward(**arguments, training=training, out=arguments["x"])
+    for name, value in before.items():
+        np.testing.assert_array_equal(arguments[name], value)
+
+
+def test_byte_spans_of_strided_reversed_and_empty_arrays():
+    a = np.zeros(10, np.float64)
+    start = a.ctypes.data
+    assert byte_span(a) == (start, start + 80)
+    assert byte_span(a[::-1]) == (start, start + 80)
+    assert byte_span(a[2::3]) == (start + 16, start + 16 + 6 * 8 + 8)
+    assert byte_span(a[:0]) == (0, 0)
+    spans = np.array([byte_span(a[:5]), byte_span(a[5:]), byte_span(a[4:6])])
+    assert not written_meets(spans[:1], spans[1:2])  # side by side
+    assert written_meets(spans[:1], spans[2:])  # a shared element
+    assert written_meets(spans[:2], spans[:0]) is False  # two written, apart
+    assert written_meets(spans[[0, 2]], spans[:0])  # two written, meeting
+    empty = np.array([byte_span(a[:0])])
+    assert not written_meets(empty, spans)
