@@ -265,18 +265,14 @@ def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
             count = _merge_columns(
                 count, np.float64(r1 - r0), group_mean, group_m2, work[0], work[1]
             )
-    for strip in prange(strips):
-        c0 = strip * width
-        c1 = min(c0 + width, channels)
-        mean[c0:c1] = 0.0
-        m2[c0:c1] = 0.0
-        count = 0.0
-        for g in range(groups):
-            r0, r1 = _row_block(g, rows_per_group, rows)
-            count = _merge_columns(
-                count, np.float64(r1 - r0), mean[c0:c1], m2[c0:c1], part[0, g, c0:c1],
-                part[1, g, c0:c1],
-            )  # fmt: skip
+    # the groups merge in order on the calling thread: a few vector operations
+    # per group, less than waking the pool for another parallel region costs
+    mean[:] = 0.0
+    m2[:] = 0.0
+    count = 0.0
+    for g in range(groups):
+        r0, r1 = _row_block(g, rows_per_group, rows)
+        count = _merge_columns(count, np.float64(r1 - r0), mean, m2, part[0, g], part[1, g])
 
 
 def _normalize_ncs(x, y, shift, scale, offset):
@@ -374,12 +370,10 @@ def _gradient_sums_rc(
                 totals_dy[j] += gj
                 totals_dy_xmu[j] += gj * xmu
                 totals_xmu[j] += xmu
-    for strip in prange(strips):
-        c0 = strip * width
-        c1 = min(c0 + width, channels)
-        _add_groups(part[0], c0, c1, sum_dy)
-        _add_groups(part[1], c0, c1, sum_dy_xmu)
-        _add_groups(part[2], c0, c1, sum_xmu)
+    # the groups add up in order on the calling thread (see _moments_rc)
+    _add_groups(part[0], 0, channels, sum_dy)
+    _add_groups(part[1], 0, channels, sum_dy_xmu)
+    _add_groups(part[2], 0, channels, sum_xmu)
 
 
 @cpu_kernel()

@@ -43,8 +43,10 @@ def forward_view(
     channel_axis: Any,
     out: Any,
     on_nonfinite: Any,
-) -> tuple[int, str, np.ndarray] | None:
-    """``(channel axis, layout, view of x)`` when a forward call is the common case, else None.
+) -> tuple[int, str, np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(channel axis, layout, view of x, y, view of y)`` for a common forward call, else None.
+
+    ``y`` is ``out``, or a new C-contiguous array when ``out`` is None.
 
     The common case passes every check of the general path but the memory
     test: ``x`` and ``out`` are C-contiguous and non-empty, the vectors are
@@ -103,9 +105,11 @@ def forward_view(
         flags = out.flags
         if not (flags.writeable and flags.c_contiguous):
             return None
-    if axis == ndim - 1:
-        return axis, RC, x.reshape(-1, channels, 1)
-    return axis, NCS, x.reshape(math.prod(shape[:axis]), channels, math.prod(shape[axis + 1 :]))
+    y = np.empty(shape, dtype) if out is None else out
+    layout, view_shape = _layout(shape, axis, channels)
+    if view_shape is None:
+        return axis, layout, x[..., None], y, y[..., None]
+    return axis, layout, x.reshape(view_shape), y, y.reshape(view_shape)
 
 
 def backward_views(
@@ -117,8 +121,10 @@ def backward_views(
     training: Any,
     channel_axis: Any,
     out: Any,
-) -> tuple[int, str, np.ndarray, np.ndarray] | None:
-    """``(channel axis, layout, view of dy, view of x)`` when a backward call is the common case, else None.
+) -> tuple[int, str, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(axis, layout, view of dy, view of x, dx, view of dx)`` for a common backward call, else None.
+
+    ``dx`` is ``out``, or a new C-contiguous array when ``out`` is None.
 
     As :func:`forward_view`: ``dy``, ``x`` and ``out`` C-contiguous, of one
     shape and dtype, the vectors NumPy arrays of that dtype.
@@ -153,7 +159,18 @@ def backward_views(
         flags = out.flags
         if not (flags.writeable and flags.c_contiguous):
             return None
-    if axis == ndim - 1:
-        return axis, RC, dy.reshape(-1, channels, 1), x.reshape(-1, channels, 1)
-    view_shape = (math.prod(shape[:axis]), channels, math.prod(shape[axis + 1 :]))
-    return axis, NCS, dy.reshape(view_shape), x.reshape(view_shape)
+    dx = np.empty(shape, dtype) if out is None else out
+    layout, view_shape = _layout(shape, axis, channels)
+    if view_shape is None:
+        return axis, layout, dy[..., None], x[..., None], dx, dx[..., None]
+    return axis, layout, dy.reshape(view_shape), x.reshape(view_shape), dx, dx.reshape(view_shape)
+
+
+def _layout(
+    shape: tuple[int, ...], axis: int, channels: int
+) -> tuple[str, tuple[int, int, int] | None]:
+    # the layout of a C-contiguous array and the shape of its kernel view;
+    # None for an (N, C) array, viewed as a[..., None] (faster than a reshape)
+    if axis == len(shape) - 1:
+        return RC, None if axis == 1 else (math.prod(shape[:axis]), channels, 1)
+    return NCS, (math.prod(shape[:axis]), channels, math.prod(shape[axis + 1 :]))

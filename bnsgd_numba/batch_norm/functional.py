@@ -40,6 +40,7 @@ from bnsgd_numba.batch_norm._common import (
 )
 
 _NO_ARRAY = {dtype: np.empty(0, dtype=dtype) for dtype in FLOAT_DTYPES}
+_new_tuple = tuple.__new__
 
 
 def batch_norm_forward(
@@ -172,10 +173,10 @@ def _forward(
         out, on_nonfinite,
     )  # fmt: skip
     if common is not None:
-        axis, layout, x_view = common
+        axis, layout, x_view, y, y_view = common
         result = _forward_common(
-            x, axis, layout, x_view, weight, bias, running_mean, running_var, training,
-            momentum, eps, out, on_nonfinite, warn_stacklevel + 1, True,
+            x, axis, layout, x_view, y, y_view, weight, bias, running_mean, running_var,
+            training, momentum, eps, on_nonfinite, warn_stacklevel + 1, True,
         )  # fmt: skip
         if result is not None:
             return result
@@ -226,25 +227,25 @@ def _forward(
         save_mean = np.zeros(channels, dtype=x.dtype)
         save_invstd = np.full(channels, 1.0 / math.sqrt(eps), dtype=x.dtype)
         return BatchNormOutput(y, save_mean, save_invstd), 0
-    return _forward_common(
-        x, axis, layout, x_view, weight, bias, running_mean, running_var, training, momentum,
-        eps, y, on_nonfinite, warn_stacklevel + 1, False,
-    )  # fmt: skip
-
-
-def _forward_common(
-    x, axis, layout, x_view, weight, bias, running_mean, running_var, training, momentum, eps,
-    out, on_nonfinite, warn_stacklevel, check_overlap,
-):  # fmt: skip
-    # the kernels' part of _forward, on checked arguments (``out`` None: allocate y);
-    # None, having written nothing, when check_overlap finds arrays that may meet
-    item_elements, rc_columns, serial_below = cpu_tunables()
-    channels = x_view.shape[1]
-    y = out if out is not None else empty_in_layout(x, axis, layout)
     if x.flags.c_contiguous and y.flags.c_contiguous:
         y_view = y.reshape(x_view.shape)  # what view_in_layout gives, sooner
     else:
         y_view = view_in_layout(y, axis, layout)
+    return _forward_common(
+        x, axis, layout, x_view, y, y_view, weight, bias, running_mean, running_var, training,
+        momentum, eps, on_nonfinite, warn_stacklevel + 1, False,
+    )  # fmt: skip
+
+
+def _forward_common(
+    x, axis, layout, x_view, y, y_view, weight, bias, running_mean, running_var, training,
+    momentum, eps, on_nonfinite, warn_stacklevel, check_overlap,
+):  # fmt: skip
+    # the kernels' part of _forward, on checked arguments (``y_view`` None: y
+    # has another layout, written from a temporary); None, having written
+    # nothing, when check_overlap finds arrays that may meet
+    item_elements, rc_columns, serial_below = cpu_tunables()
+    channels = x_view.shape[1]
     y_kernel = y_view if y_view is not None else np.empty_like(x_view)
     save_mean = np.empty(channels, dtype=x.dtype)
     save_invstd = np.empty(channels, dtype=x.dtype)
@@ -281,7 +282,8 @@ def _forward_common(
         return None
     if y_view is None:
         np.copyto(y, from_layout(y_kernel, x.shape, axis, layout))
-    return BatchNormOutput(y, save_mean, save_invstd), int(bad) if training else 0
+    # tuple.__new__: the named tuple's own constructor costs a tiny call 0.3 us more
+    return _new_tuple(BatchNormOutput, (y, save_mean, save_invstd)), int(bad) if training else 0
 
 
 def batch_norm_backward(
@@ -336,10 +338,7 @@ def batch_norm_backward(
         dy, x, weight, save_mean, save_invstd, training, channel_axis, out
     )
     if common is not None:
-        axis, layout, dy_view, x_view = common
-        grads = _backward_common(
-            dy_view, x, axis, layout, x_view, weight, save_mean, save_invstd, training, out, True
-        )
+        grads = _backward_common(x, *common, weight, save_mean, save_invstd, training, True)
         if grads is not None:
             return grads
         # dx may meet another array: the general path names them (or clears them)
@@ -367,22 +366,22 @@ def batch_norm_backward(
         dx = out if out is not None else np.empty_like(x)
         return BatchNormGrads(dx, np.zeros(channels, x.dtype), np.zeros(channels, x.dtype))
     layout = native_layout(x, axis)
+    dx = out if out is not None else empty_in_layout(x, axis, layout)
     return _backward_common(
-        to_layout(dy, axis, layout), x, axis, layout, to_layout(x, axis, layout), weight,
-        save_mean, save_invstd, training, out, False,
+        x, axis, layout, to_layout(dy, axis, layout), to_layout(x, axis, layout), dx,
+        view_in_layout(dx, axis, layout), weight, save_mean, save_invstd, training, False,
     )  # fmt: skip
 
 
 def _backward_common(
-    dy_view, x, axis, layout, x_view, weight, save_mean, save_invstd, training, out,
+    x, axis, layout, dy_view, x_view, dx, dx_view, weight, save_mean, save_invstd, training,
     check_overlap,
 ):  # fmt: skip
-    # the kernels' part of batch_norm_backward, on checked arguments; None,
-    # having written nothing, when check_overlap finds arrays that may meet
+    # the kernels' part of batch_norm_backward, on checked arguments (``dx_view``
+    # None: dx has another layout, written from a temporary); None, having
+    # written nothing, when check_overlap finds arrays that may meet
     item_elements, rc_columns, serial_below = cpu_tunables()
     channels = x_view.shape[1]
-    dx = out if out is not None else empty_in_layout(x, axis, layout)
-    dx_view = view_in_layout(dx, axis, layout)
     dx_kernel = dx_view if dx_view is not None else np.empty_like(x_view)
     dweight = np.empty(channels, dtype=x.dtype)
     dbias = np.empty(channels, dtype=x.dtype)
@@ -394,7 +393,7 @@ def _backward_common(
         return None
     if dx_view is None:
         np.copyto(dx, from_layout(dx_kernel, x.shape, axis, layout))
-    return BatchNormGrads(dx, dweight, dbias)
+    return _new_tuple(BatchNormGrads, (dx, dweight, dbias))
 
 
 def _nonfinite_update_channels(
