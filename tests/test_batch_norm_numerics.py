@@ -191,21 +191,23 @@ def test_fused_backward_gives_the_bits_of_the_separate_passes(dtype, training):
     from bnsgd_numba.batch_norm import _cpu
 
     rng = np.random.default_rng(4)
-    x = (5 + rng.standard_normal((6, 20, 7, 9))).astype(dtype)
+    x = (5 + rng.standard_normal((3, 20, 32, 33))).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
     weight = rng.uniform(0.5, 2, 20).astype(dtype)
     out = bn.batch_norm_forward(x, weight, training=True)
     dx, dweight, dbias = bn.batch_norm_backward(
         dy, x, weight, out.save_mean, out.save_invstd, training=training
     )
-    x3, dy3 = x.reshape(6, 20, 63), dy.reshape(6, 20, 63)
-    assert _cpu._fused_channels(6, 20, 63, x.itemsize) > 0
-    rows = _cpu._item_rows(20, 63, False, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
+    x3, dy3 = x.reshape(3, 20, 1056), dy.reshape(3, 20, 1056)
+    assert _cpu._fused_channels(3, 20, 1056, x.itemsize) > 0
+    # rows shorter than a page are never fused (see FUSED_ROW_BYTES)
+    assert _cpu._fused_channels(3, 20, 4096 // x.itemsize - 1, x.itemsize) == 0
+    rows = _cpu._item_rows(20, 1056, False, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
     sums = np.empty((3, 20))
     _cpu.gradient_sums_ncs.serial(dy3, x3, out.save_mean.astype(np.float64), rows, *sums)
     separate = np.empty((6, 20), dtype)
     _cpu.gradient_constants(
-        *sums, weight, out.save_invstd, 6.0 * 63, training, *separate
+        *sums, weight, out.save_invstd, 3.0 * 1056, training, *separate
     )  # fmt: skip
     dy_scale, shift, xmu_scale, center_lo = separate[2:]
     dx_separate = np.empty_like(x3)
