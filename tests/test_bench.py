@@ -197,3 +197,18 @@ def test_the_scaling_series_are_4d_and_2d_with_the_copy_and_the_plot_draws_them(
     path = tmp_path / "scaling.png"
     report.plot_scaling(points, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_contender_starts_after_a_settle_pause(monkeypatch):
+    # PyTorch's idle OpenMP workers spin for ~10 ms after a call: without the
+    # pause, whoever ran next in a round was timed against them
+    from bnsgd_numba.bench import timing
+
+    events = []
+    monkeypatch.setattr(timing.time, "sleep", lambda seconds: events.append(("sleep", seconds)))
+    monkeypatch.setattr(
+        timing, "best_seconds", lambda function, repeat: events.append(function()) or 1.0
+    )
+    timing.interleaved_best_seconds({"a": lambda: "a", "b": lambda: "b"}, repeat=2, settle=0.01)
+    assert events == [("sleep", 0.01), "a", ("sleep", 0.01), "b"] * 2
+    assert timing.SETTLE_SECONDS >= 0.03

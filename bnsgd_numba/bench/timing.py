@@ -33,16 +33,31 @@ def best_seconds(function: Callable[[], Any], *, repeat: int = 7, min_time: floa
     return best
 
 
-def interleaved_best_seconds(functions: dict[str, Any], repeat: int = 7) -> dict[str, float]:
+SETTLE_SECONDS = 0.05
+"""Pause before each contender's round of :func:`interleaved_best_seconds`.
+
+PyTorch's OpenMP workers spin for about 10-15 ms of CPU after each call
+(measured with PyTorch 2.13 on 2 threads), on the cores the next contender
+needs. Without the pause, whatever ran after PyTorch in a round was slowed
+by them, and the same call measured 0.7x PyTorch in one run and 1.2x in the
+next; with it, every contender starts on quiet cores.
+"""
+
+
+def interleaved_best_seconds(
+    functions: dict[str, Any], repeat: int = 7, settle: float = SETTLE_SECONDS
+) -> dict[str, float]:
     """Best time of each function, measured in interleaved rounds.
 
     One round of every contender after the other, ``repeat`` times, the best
     round of each kept: on a shared machine a burst of other work then hits
-    all of them alike, and the ratios stay meaningful.
+    all of them alike, and the ratios stay meaningful. Each round starts
+    ``settle`` seconds after the previous one ended (:data:`SETTLE_SECONDS`).
     """
     best = {name: float("inf") for name in functions}
     for _ in range(repeat):
         for name, function in functions.items():
+            time.sleep(settle)
             best[name] = min(best[name], best_seconds(function, repeat=1))
     return best
 
