@@ -187,27 +187,35 @@ def test_two_dimensional_and_split_inputs_give_the_same_bits_on_any_threads_and_
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("training", [True, False])
-def test_fused_backward_gives_the_bits_of_the_separate_passes(dtype, training):
+@pytest.mark.parametrize("path", ["fused", "short rows"])
+def test_fused_and_short_row_backward_give_the_bits_of_the_separate_passes(dtype, training, path):
+    # the fused pass (rows of a page or more) and the short rows' RC input
+    # gradient (rows under SHORT_ROW_BYTES) against the plain NCS passes
     from bnsgd_numba.batch_norm import _cpu
 
     rng = np.random.default_rng(4)
-    x = (5 + rng.standard_normal((3, 20, 32, 33))).astype(dtype)
+    shape = (3, 20, 32, 33) if path == "fused" else (6, 20, 7, 9)
+    n, s = shape[0], shape[2] * shape[3]
+    x = (5 + rng.standard_normal(shape)).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
     weight = rng.uniform(0.5, 2, 20).astype(dtype)
     out = bn.batch_norm_forward(x, weight, training=True)
     dx, dweight, dbias = bn.batch_norm_backward(
         dy, x, weight, out.save_mean, out.save_invstd, training=training
     )
-    x3, dy3 = x.reshape(3, 20, 1056), dy.reshape(3, 20, 1056)
-    assert _cpu._fused_channels(3, 20, 1056, x.itemsize) > 0
+    x3, dy3 = x.reshape(n, 20, s), dy.reshape(n, 20, s)
+    if path == "fused":
+        assert _cpu._fused_channels(n, 20, s, x.itemsize) > 0
+    else:
+        assert s * x.itemsize < _cpu.SHORT_ROW_BYTES
     # rows shorter than a page are never fused (see FUSED_ROW_BYTES)
-    assert _cpu._fused_channels(3, 20, 4096 // x.itemsize - 1, x.itemsize) == 0
-    rows = _cpu._item_rows(20, 1056, False, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
+    assert _cpu._fused_channels(n, 20, 4096 // x.itemsize - 1, x.itemsize) == 0
+    rows = _cpu._item_rows(20, s, False, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
     sums = np.empty((3, 20))
     _cpu.gradient_sums_ncs.serial(dy3, x3, out.save_mean.astype(np.float64), rows, *sums)
     separate = np.empty((6, 20), dtype)
     _cpu.gradient_constants(
-        *sums, weight, out.save_invstd, 3.0 * 1056, training, *separate
+        *sums, weight, out.save_invstd, float(n * s), training, *separate
     )  # fmt: skip
     dy_scale, shift, xmu_scale, center_lo = separate[2:]
     dx_separate = np.empty_like(x3)

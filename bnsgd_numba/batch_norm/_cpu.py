@@ -57,6 +57,15 @@ those of the unfused path, bit for bit.
 FUSED_ROW_BYTES = 4096
 """Shortest row (i, c), in bytes, of an NCS backward that is fused (a page)."""
 
+SHORT_ROW_BYTES = 1024
+"""Rows (i, c) of an NCS input gradient shorter than this (bytes) take the RC pass.
+
+A row of a 8x8 feature map is 64 values: a loop of its own per row costs
+more than its arithmetic. The (N, C, S) arrays are then read as (N, C * S)
+rows with each channel's constants repeated along its S columns, the
+arithmetic of each element unchanged.
+"""
+
 CHANNELS_PER_TASK = 8
 """NCS channels one parallel task reads, a row block of each in memory order.
 
@@ -410,6 +419,16 @@ def _input_gradient_rc(
             for c in range(channels):
                 xmu = (v[c] - center_hi[c]) - center_lo[c]
                 out[c] = ((g[c] - shift[c]) - xmu * xmu_scale[c]) * dy_scale[c]
+
+
+@cpu_kernel()
+def _repeat_columns(values, s, out):
+    # out[c * s + k] = values[c]: a per-channel constant for each (c, k) column
+    for c in range(values.shape[0]):
+        column = out[c * s : (c + 1) * s]
+        value = values[c]
+        for k in range(s):
+            column[k] = value
 
 
 @cpu_kernel()
@@ -775,6 +794,29 @@ def backward(
         else:
             _input_rc_serial(
                 dy2, x2, dx2, rows_per_item, save_mean, center_lo, dy_scale, shift, xmu_scale
+            )
+    elif x.shape[2] * x.itemsize < SHORT_ROW_BYTES:
+        # short rows (i, c): each channel's constants repeated along its
+        # positions, and the rows of the RC pass, whose loops are long;
+        # the arithmetic of every element is the same, so are its bits
+        s = x.shape[2]
+        columns = np.empty((5, channels * s), dtype=x.dtype)
+        _repeat_columns(save_mean, s, columns[0])
+        _repeat_columns(center_lo, s, columns[1])
+        _repeat_columns(dy_scale, s, columns[2])
+        _repeat_columns(shift, s, columns[3])
+        _repeat_columns(xmu_scale, s, columns[4])
+        dy2 = dy.reshape((rows, channels * s))
+        x2 = x.reshape((rows, channels * s))
+        dx2 = dx.reshape((rows, channels * s))
+        rows_rc = _item_rows(channels * s, 1, True, item_elements, columns_per_item)
+        if parallel:
+            _input_rc_parallel(
+                dy2, x2, dx2, rows_rc, columns[0], columns[1], columns[2], columns[3], columns[4]
+            )
+        else:
+            _input_rc_serial(
+                dy2, x2, dx2, rows_rc, columns[0], columns[1], columns[2], columns[3], columns[4]
             )
     elif parallel:
         _input_ncs_parallel(dy, x, dx, save_mean, center_lo, dy_scale, shift, xmu_scale)
