@@ -194,7 +194,7 @@ def test_fused_and_short_row_backward_give_the_bits_of_the_separate_passes(dtype
     from bnsgd_numba.batch_norm import _cpu
 
     rng = np.random.default_rng(4)
-    shape = (3, 20, 32, 33) if path == "fused" else (6, 20, 7, 9)
+    shape = (3, 20, 32, 33) if path == "fused" else (6, 20, 4, 8)
     n, s = shape[0], shape[2] * shape[3]
     x = (5 + rng.standard_normal(shape)).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
@@ -207,7 +207,10 @@ def test_fused_and_short_row_backward_give_the_bits_of_the_separate_passes(dtype
     if path == "fused":
         assert _cpu._fused_channels(n, 20, s, x.itemsize) > 0
     else:
-        assert s * x.itemsize < _cpu.SHORT_ROW_BYTES
+        assert _cpu._short_rows(20, s, x.itemsize)
+        longer = _cpu.SHORT_ROW_BYTES // x.itemsize + 1
+        assert not _cpu._short_rows(1, longer, x.itemsize)  # rows over SHORT_ROW_BYTES
+        assert not _cpu._short_rows(_cpu.SHORT_ROW_COLUMNS // s + 1, s, x.itemsize)
     # rows shorter than a page are never fused (see FUSED_ROW_BYTES)
     assert _cpu._fused_channels(n, 20, 4096 // x.itemsize - 1, x.itemsize) == 0
     rows = _cpu._item_rows(20, s, False, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
