@@ -99,13 +99,9 @@ def forward_view(
                 or (training and not running.flags.writeable)
             ):
                 return None
-    if out is not None:
-        if type(out) is not np.ndarray or out.shape != shape or out.dtype is not dtype:
-            return None
-        flags = out.flags
-        if not (flags.writeable and flags.c_contiguous):
-            return None
-    y = np.empty(shape, dtype) if out is None else out
+    y = _output(out, shape, dtype)
+    if y is None:
+        return None
     layout, view_shape = _layout(shape, axis, channels)
     if view_shape is None:
         return axis, layout, x[..., None], y, y[..., None]
@@ -153,17 +149,24 @@ def backward_views(
     for given in (save_mean, save_invstd) if weight is None else (weight, save_mean, save_invstd):
         if type(given) is not np.ndarray or given.shape != vector or given.dtype is not dtype:
             return None
-    if out is not None:
-        if type(out) is not np.ndarray or out.shape != shape or out.dtype is not dtype:
-            return None
-        flags = out.flags
-        if not (flags.writeable and flags.c_contiguous):
-            return None
-    dx = np.empty(shape, dtype) if out is None else out
+    dx = _output(out, shape, dtype)
+    if dx is None:
+        return None
     layout, view_shape = _layout(shape, axis, channels)
     if view_shape is None:
         return axis, layout, dy[..., None], x[..., None], dx, dx[..., None]
     return axis, layout, dy.reshape(view_shape), x.reshape(view_shape), dx, dx.reshape(view_shape)
+
+
+def _output(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    # ``out`` when it is a writable C-contiguous array of x's shape and dtype,
+    # a new one when it is None; None for anything else
+    if out is None:
+        return np.empty(shape, dtype)
+    if type(out) is not np.ndarray or out.shape != shape or out.dtype is not dtype:
+        return None
+    flags = out.flags
+    return out if flags.writeable and flags.c_contiguous else None
 
 
 def _layout(
