@@ -6,6 +6,7 @@ not depend on the number of threads or on the serial/parallel build.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -228,6 +229,64 @@ def test_fused_and_short_row_backward_give_the_bits_of_the_separate_passes(dtype
     assert dx.tobytes() == dx_separate.tobytes()
     assert dweight.tobytes() == separate[0].tobytes()
     assert dbias.tobytes() == separate[1].tobytes()
+
+
+def _page_aligned(shape, dtype, offset_bytes):
+    # a C-contiguous array starting ``offset_bytes`` after a page boundary
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buffer = np.empty(size + 2 * 4096, dtype=np.uint8)
+    start = -buffer.ctypes.data % 4096 + offset_bytes
+    return buffer[start : start + size].view(dtype).reshape(shape)
+
+
+def test_rows_alias_finds_page_strided_rows_that_start_together():
+    from bnsgd_numba.batch_norm import _cpu
+
+    a = _page_aligned((8, 1024), np.float32, 0)
+    near = _page_aligned((8, 1024), np.float32, 32)
+    far = _page_aligned((8, 1024), np.float32, 1024)
+    assert _cpu._rows_alias(a, near, 4096)
+    assert not _cpu._rows_alias(a, far, 4096)
+    # rows of 784 float32 spread four rows over the page: never alias
+    b = _page_aligned((8, 784), np.float32, 0)
+    c = _page_aligned((8, 784), np.float32, 0)
+    assert not _cpu._rows_alias(b, c, 784 * 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rc_passes_give_the_same_bits_whether_rows_alias_or_not(dtype, channels_last):
+    # rows of one page, four at a time or one at a time (see _cpu.ALIAS_BYTES):
+    # dx written next to dy and x, and 1 KB away from them
+    rng = np.random.default_rng(7)
+    from bnsgd_numba.batch_norm import _cpu
+
+    itemsize = np.dtype(dtype).itemsize
+    columns = _cpu.PAGE_BYTES // itemsize
+    # NCS: rows (i, c) of SHORT_ROW_BYTES, read as RC rows of a page
+    spatial = (4, _cpu.SHORT_ROW_BYTES // itemsize // 4)
+    shape = (9, columns) if channels_last else (9, columns // math.prod(spatial), *spatial)
+    axis = -1 if channels_last else 1
+    x = _page_aligned(shape, dtype, 0)
+    dy = _page_aligned(shape, dtype, 0)
+    x[...] = 2 + rng.standard_normal(shape)
+    dy[...] = rng.standard_normal(shape)
+    out = bn.batch_norm_forward(x, training=True, channel_axis=axis)
+    results = []
+    if not channels_last:
+        assert _cpu._short_rows(shape[1], math.prod(spatial), itemsize)
+    for offset, aliasing in ((0, True), (1024, False)):
+        dx = _page_aligned(shape, dtype, offset)
+        y = _page_aligned(shape, dtype, offset)
+        rows = (dx.reshape(9, columns), dy.reshape(9, columns), _cpu.PAGE_BYTES)
+        assert _cpu._rows_alias(*rows) is aliasing
+        bn.batch_norm_backward(
+            dy, x, None, out.save_mean, out.save_invstd, out=dx, channel_axis=axis
+        )
+        bn.batch_norm_forward(x, training=True, channel_axis=axis, out=y)
+        results.append((dx.tobytes(), y.tobytes()))
+    assert results[0] == results[1]
+    assert results[0][1] == out.y.tobytes()
 
 
 @pytest.mark.parametrize("poison", [np.nan, np.inf, -np.inf])
