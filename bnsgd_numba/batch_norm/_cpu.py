@@ -76,15 +76,18 @@ ALIAS_BYTES = 256
 """The RC passes over rows take four rows at a time unless those rows alias.
 
 Four rows per pass over the columns load each column's constants once for
-four values (1.1-1.6x faster), but when the rows written and the rows read
-start within ALIAS_BYTES of each other modulo a page (PAGE_BYTES), which is
-what rows a multiple of 4 KB long in arrays from one allocator give, each
-load waits on an earlier store with the same low address bits (4K
-aliasing). Measured on 2 cores (AMD EPYC, Zen 3), the input gradient of
-page-long rows was 1.1-2.4x slower four rows at a time, so it then takes one
-(:func:`_rows_alias`); the normalization was slower only for rows of one
-page, 1.1-1.9x, so those take one. Same arithmetic per element either way:
-same bits.
+four values (1.1-1.6x faster), but when a row written and a row read up to
+three rows away start within ALIAS_BYTES of each other modulo a page
+(PAGE_BYTES), each load waits on an earlier store with the same low address
+bits (4K aliasing). Rows a multiple of 4 KB long in arrays from one
+allocator (which start at the same offset in their pages) do that. The input
+gradient then takes one row at a time (:func:`_rows_alias`); the
+normalization, which was slower four at a time only for rows of exactly one
+page, takes one for those. Same arithmetic per element either way: same
+bits. Measured on 2 cores (AMD EPYC, Zen 3), serial, arrays 16 and 32 bytes
+into their pages: the input gradient 1.8-4.1x faster than four rows at a
+time at (97..1024, 1024) and (64, 4096) float32 and (128, 512) float64, the
+normalization 1.2-1.9x at (97..1024, 1024) float32 and (128, 512) float64.
 """
 
 CHANNELS_PER_TASK = 8
