@@ -289,6 +289,40 @@ def test_rc_passes_give_the_same_bits_whether_rows_alias_or_not(dtype, channels_
     assert results[0][1] == out.y.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+def test_narrow_rows_in_runs_give_the_bits_of_wide_rows(dtype, build):
+    # rows of NARROW_ROW_BYTES or less run in runs of whole rows with tiled
+    # constants; the same elements as wider rows (reshaped, the constants
+    # tiled by hand) take the row-by-row loops: the bits must agree
+    from bnsgd_numba.batch_norm import _cpu
+
+    rng = np.random.default_rng(8)
+    channels = _cpu.NARROW_ROW_BYTES // np.dtype(dtype).itemsize // 4
+    copies = 4 * _cpu.NARROW_ROW_BYTES // (channels * np.dtype(dtype).itemsize)
+    rows = 3 * copies * _cpu.TILE_BYTES // (channels * np.dtype(dtype).itemsize) // 2
+    itemsize = np.dtype(dtype).itemsize
+    per_run = _cpu._tile_rows(rows, channels, itemsize)
+    assert per_run > 0
+    assert _cpu._tile_rows(rows // copies, channels * copies, itemsize) == 0
+    # too few rows for the runs to pay: the row loops
+    assert _cpu._tile_rows(_cpu.TILE_MIN_RUNS * per_run - 1, channels, itemsize) == 0
+    x, dy = (rng.standard_normal((rows, channels)).astype(dtype) for _ in range(2))
+    constants = [rng.uniform(-2, 2, channels).astype(dtype) for _ in range(5)]
+    wide = [np.tile(c, copies) for c in constants]
+    normalize = getattr(_cpu.normalize_rc, build)
+    input_gradient = getattr(_cpu.input_gradient_rc, build)
+    rows_per_item = 40  # blocks that end inside a run
+    y, y_wide = np.empty_like(x), np.empty((rows // copies, channels * copies), dtype)
+    normalize(x, y, rows_per_item, *constants[:3])
+    normalize(x.reshape(y_wide.shape), y_wide, rows_per_item, *wide[:3])
+    assert y.tobytes() == y_wide.tobytes()
+    dx, dx_wide = np.empty_like(x), np.empty_like(y_wide)
+    input_gradient(dy, x, dx, rows_per_item, *constants)
+    input_gradient(dy.reshape(dx_wide.shape), x.reshape(dx_wide.shape), dx_wide, 10, *wide)
+    assert dx.tobytes() == dx_wide.tobytes()
+
+
 @pytest.mark.parametrize("poison", [np.nan, np.inf, -np.inf])
 def test_nonfinite_batch_never_reaches_the_running_statistics(poison):
     x = np.ones((8, 3, 4), np.float32)

@@ -90,6 +90,23 @@ time at (97..1024, 1024) and (64, 4096) float32 and (128, 512) float64, the
 normalization 1.2-1.9x at (97..1024, 1024) float32 and (128, 512) float64.
 """
 
+NARROW_ROW_BYTES = 512
+TILE_BYTES = 4096
+TILE_MIN_RUNS = 8
+"""RC rows of at most NARROW_ROW_BYTES are normalized in runs of TILE_BYTES.
+
+A row of 64 float32 channels is a loop of 8 vectors: its bounds, overlap
+tests and tail cost more than its arithmetic. The normalization and the
+input gradient of such rows loop instead over runs of whole rows, about
+TILE_BYTES long, with each channel's constants tiled along the run (the
+same arithmetic per element, so the same bits). Measured on 2 cores (AMD
+EPYC, Zen 3), the normalization of (262144, 64) float32 went from 12.9 ms
+to 7.2 ms (a same-size copy: 6.4 ms), of (32768, 32) from 0.20 to 0.11 ms,
+of (8192, 128) from 0.14 to 0.12 ms. Passes over fewer than TILE_MIN_RUNS
+runs keep the row loops: at the seed's (32, 64) tiling the constants made
+the whole call 0.3-0.7 us slower.
+"""
+
 CHANNELS_PER_TASK = 8
 """NCS channels one parallel task reads, a row block of each in memory order.
 
@@ -129,6 +146,27 @@ def _rows_alias(written, read, stride):
         if lag != 0 and (distance < ALIAS_BYTES or distance > PAGE_BYTES - ALIAS_BYTES):
             return True
     return False
+
+
+@cpu_kernel()
+def _tile_rows(rows, channels, itemsize):
+    # rows per run of an RC pass over narrow rows (NARROW_ROW_BYTES), else 0;
+    # 0 too under TILE_MIN_RUNS runs, where tiling the constants costs more
+    # stores than the pass saves
+    if channels * itemsize > NARROW_ROW_BYTES:
+        return 0
+    per_run = max(1, TILE_BYTES // (channels * itemsize))
+    return per_run if rows >= TILE_MIN_RUNS * per_run else 0
+
+
+@cpu_kernel()
+def _tile(values, out):
+    # out[k] = values[k % C]: per-channel constants along a run of whole rows
+    channels = values.shape[0]
+    for start in range(0, out.shape[0], channels):
+        row = out[start : start + channels]
+        for c in range(channels):
+            row[c] = values[c]
 
 
 @cpu_kernel()
@@ -339,26 +377,45 @@ def _normalize_ncs(x, y, shift, scale, offset):
 def _normalize_rc(x, y, rows_per_item, shift, scale, offset):
     # four rows at a time: each column's constants are loaded once for four
     # values (the loads, not the arithmetic, bound this loop; same bits),
-    # one at a time for rows of one page (see ALIAS_BYTES)
+    # one at a time for rows of one page (see ALIAS_BYTES); narrow rows in
+    # runs of whole rows (see NARROW_ROW_BYTES)
     rows, channels = x.shape
-    grouped = channels * x.itemsize != PAGE_BYTES
-    for block in prange((rows + rows_per_item - 1) // rows_per_item):
-        r0, r1 = _row_block(block, rows_per_item, rows)
-        quads = r0 + (r1 - r0) // 4 * 4 if grouped else r0
-        for r in range(r0, quads, 4):
-            x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
-            y0, y1, y2, y3 = y[r], y[r + 1], y[r + 2], y[r + 3]
-            for c in range(channels):
-                center, a, b = shift[c], scale[c], offset[c]
-                y0[c] = (x0[c] - center) * a + b
-                y1[c] = (x1[c] - center) * a + b
-                y2[c] = (x2[c] - center) * a + b
-                y3[c] = (x3[c] - center) * a + b
-        for r in range(quads, r1):
-            source = x[r]
-            target = y[r]
-            for c in range(channels):
-                target[c] = (source[c] - shift[c]) * scale[c] + offset[c]
+    blocks = (rows + rows_per_item - 1) // rows_per_item
+    per_run = _tile_rows(rows, channels, x.itemsize)
+    if per_run > 0:
+        tiled = np.empty((3, per_run * channels), dtype=x.dtype)
+        _tile(shift, tiled[0])
+        _tile(scale, tiled[1])
+        _tile(offset, tiled[2])
+        center, a, b = tiled[0], tiled[1], tiled[2]
+        flat_x = x.reshape(rows * channels)
+        flat_y = y.reshape(rows * channels)
+        for block in prange(blocks):
+            r0, r1 = _row_block(block, rows_per_item, rows)
+            for start in range(r0 * channels, r1 * channels, per_run * channels):
+                source = flat_x[start : min(start + per_run * channels, r1 * channels)]
+                target = flat_y[start : start + source.shape[0]]
+                for k in range(source.shape[0]):
+                    target[k] = (source[k] - center[k]) * a[k] + b[k]
+    else:
+        grouped = channels * x.itemsize != PAGE_BYTES
+        for block in prange(blocks):
+            r0, r1 = _row_block(block, rows_per_item, rows)
+            quads = r0 + (r1 - r0) // 4 * 4 if grouped else r0
+            for r in range(r0, quads, 4):
+                x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
+                y0, y1, y2, y3 = y[r], y[r + 1], y[r + 2], y[r + 3]
+                for c in range(channels):
+                    center_c, a_c, b_c = shift[c], scale[c], offset[c]
+                    y0[c] = (x0[c] - center_c) * a_c + b_c
+                    y1[c] = (x1[c] - center_c) * a_c + b_c
+                    y2[c] = (x2[c] - center_c) * a_c + b_c
+                    y3[c] = (x3[c] - center_c) * a_c + b_c
+            for r in range(quads, r1):
+                source = x[r]
+                target = y[r]
+                for c in range(channels):
+                    target[c] = (source[c] - shift[c]) * scale[c] + offset[c]
 
 
 @cpu_kernel()
@@ -378,13 +435,14 @@ def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
     n, channels, s = x.shape
     items_per_channel = (n + rows_per_item - 1) // rows_per_item
     groups = (channels + CHANNELS_PER_TASK - 1) // CHANNELS_PER_TASK
-    part = np.zeros((3, items_per_channel, channels), dtype=np.float64)
+    part = np.empty((3, items_per_channel, channels), dtype=np.float64)
     for task in prange(items_per_channel * groups):
         j, c0, c1, start, stop = _ncs_task(task, groups, channels, rows_per_item, n)
-        _add_gradient_rows(
-            dy, x, mean, start, stop, c0, c1, part[0, j, c0:c1], part[1, j, c0:c1],
-            part[2, j, c0:c1],
-        )  # fmt: skip
+        # the task's own totals, stored once: tasks of neighbouring channels
+        # adding into ``part`` row by row would share its cache lines
+        totals = np.zeros((3, c1 - c0), dtype=np.float64)
+        _add_gradient_rows(dy, x, mean, start, stop, c0, c1, totals[0], totals[1], totals[2])
+        part[:, j, c0:c1] = totals
     for c in prange(channels):
         total_dy = 0.0
         total_dy_xmu = 0.0
@@ -460,31 +518,54 @@ def _input_gradient_ncs(dy, x, dx, center_hi, center_lo, dy_scale, shift, xmu_sc
 def _input_gradient_rc(
     dy, x, dx, rows_per_item, center_hi, center_lo, dy_scale, shift, xmu_scale
 ):  # fmt: skip
-    # four rows at a time, as _normalize_rc (same bits), unless the rows of
-    # dx alias those of dy or x (see ALIAS_BYTES)
+    # as _normalize_rc (same bits): narrow rows in runs of whole rows, other
+    # rows four at a time unless the rows of dx alias those of dy or x
     rows, channels = x.shape
-    stride = channels * x.itemsize
-    grouped = not (_rows_alias(dx, dy, stride) or _rows_alias(dx, x, stride))
-    for block in prange((rows + rows_per_item - 1) // rows_per_item):
-        r0, r1 = _row_block(block, rows_per_item, rows)
-        quads = r0 + (r1 - r0) // 4 * 4 if grouped else r0
-        for r in range(r0, quads, 4):
-            g0, g1, g2, g3 = dy[r], dy[r + 1], dy[r + 2], dy[r + 3]
-            v0, v1, v2, v3 = x[r], x[r + 1], x[r + 2], x[r + 3]
-            o0, o1, o2, o3 = dx[r], dx[r + 1], dx[r + 2], dx[r + 3]
-            for c in range(channels):
-                hi, lo, k1, k3, a = center_hi[c], center_lo[c], shift[c], xmu_scale[c], dy_scale[c]
-                o0[c] = ((g0[c] - k1) - ((v0[c] - hi) - lo) * k3) * a
-                o1[c] = ((g1[c] - k1) - ((v1[c] - hi) - lo) * k3) * a
-                o2[c] = ((g2[c] - k1) - ((v2[c] - hi) - lo) * k3) * a
-                o3[c] = ((g3[c] - k1) - ((v3[c] - hi) - lo) * k3) * a
-        for r in range(quads, r1):
-            g = dy[r]
-            v = x[r]
-            out = dx[r]
-            for c in range(channels):
-                xmu = (v[c] - center_hi[c]) - center_lo[c]
-                out[c] = ((g[c] - shift[c]) - xmu * xmu_scale[c]) * dy_scale[c]
+    blocks = (rows + rows_per_item - 1) // rows_per_item
+    per_run = _tile_rows(rows, channels, x.itemsize)
+    if per_run > 0:
+        tiled = np.empty((5, per_run * channels), dtype=x.dtype)
+        _tile(center_hi, tiled[0])
+        _tile(center_lo, tiled[1])
+        _tile(shift, tiled[2])
+        _tile(xmu_scale, tiled[3])
+        _tile(dy_scale, tiled[4])
+        hi, lo, k1, k3, a = tiled[0], tiled[1], tiled[2], tiled[3], tiled[4]
+        flat_dy = dy.reshape(rows * channels)
+        flat_x = x.reshape(rows * channels)
+        flat_dx = dx.reshape(rows * channels)
+        for block in prange(blocks):
+            r0, r1 = _row_block(block, rows_per_item, rows)
+            for start in range(r0 * channels, r1 * channels, per_run * channels):
+                v = flat_x[start : min(start + per_run * channels, r1 * channels)]
+                g = flat_dy[start : start + v.shape[0]]
+                out = flat_dx[start : start + v.shape[0]]
+                for k in range(v.shape[0]):
+                    out[k] = ((g[k] - k1[k]) - ((v[k] - hi[k]) - lo[k]) * k3[k]) * a[k]
+    else:
+        stride = channels * x.itemsize
+        grouped = not (_rows_alias(dx, dy, stride) or _rows_alias(dx, x, stride))
+        for block in prange(blocks):
+            r0, r1 = _row_block(block, rows_per_item, rows)
+            quads = r0 + (r1 - r0) // 4 * 4 if grouped else r0
+            for r in range(r0, quads, 4):
+                g0, g1, g2, g3 = dy[r], dy[r + 1], dy[r + 2], dy[r + 3]
+                v0, v1, v2, v3 = x[r], x[r + 1], x[r + 2], x[r + 3]
+                o0, o1, o2, o3 = dx[r], dx[r + 1], dx[r + 2], dx[r + 3]
+                for c in range(channels):
+                    h, m, s1, s3 = center_hi[c], center_lo[c], shift[c], xmu_scale[c]
+                    scale = dy_scale[c]
+                    o0[c] = ((g0[c] - s1) - ((v0[c] - h) - m) * s3) * scale
+                    o1[c] = ((g1[c] - s1) - ((v1[c] - h) - m) * s3) * scale
+                    o2[c] = ((g2[c] - s1) - ((v2[c] - h) - m) * s3) * scale
+                    o3[c] = ((g3[c] - s1) - ((v3[c] - h) - m) * s3) * scale
+            for r in range(quads, r1):
+                g = dy[r]
+                v = x[r]
+                out = dx[r]
+                for c in range(channels):
+                    xmu = (v[c] - center_hi[c]) - center_lo[c]
+                    out[c] = ((g[c] - shift[c]) - xmu * xmu_scale[c]) * dy_scale[c]
 
 
 @cpu_kernel()
