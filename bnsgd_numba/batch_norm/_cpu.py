@@ -316,7 +316,9 @@ def _moments_ncs(x, rows_per_item, mean, m2):
             d = deviations[c - c0]
             part_mean[c, j] = shift[c - c0] + d / count
             part_m2[c, j] = max(squares[c - c0] - d * d / count, 0.0)
-    for c in prange(channels):
+    # the items merge per channel on the calling thread: one merge per
+    # CPU_ITEM_ELEMENTS values, less than waking the pool again costs
+    for c in range(channels):
         count, running_mean, running_m2 = 0.0, 0.0, 0.0
         for j in range(items_per_channel):
             start, stop = _row_block(j, rows_per_item, n)
@@ -444,7 +446,8 @@ def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
         totals = np.zeros((3, c1 - c0), dtype=np.float64)
         _add_gradient_rows(dy, x, mean, start, stop, c0, c1, totals[0], totals[1], totals[2])
         part[:, j, c0:c1] = totals
-    for c in prange(channels):
+    # the items add up per channel on the calling thread (see _moments_ncs)
+    for c in range(channels):
         total_dy = 0.0
         total_dy_xmu = 0.0
         total_xmu = 0.0
