@@ -258,9 +258,9 @@ def test_rows_alias_finds_page_strided_rows_that_start_together():
 def test_rc_passes_give_the_same_bits_whether_rows_alias_or_not(dtype, channels_last):
     # rows of one page, four at a time or one at a time (see _cpu.ALIAS_BYTES):
     # dx written next to dy and x, and 1 KB away from them
-    rng = np.random.default_rng(7)
     from bnsgd_numba.batch_norm import _cpu
 
+    rng = np.random.default_rng(7)
     itemsize = np.dtype(dtype).itemsize
     columns = _cpu.PAGE_BYTES // itemsize
     # NCS: rows (i, c) of SHORT_ROW_BYTES, read as RC rows of a page
@@ -298,10 +298,10 @@ def test_narrow_rows_in_runs_give_the_bits_of_wide_rows(dtype, build):
     from bnsgd_numba.batch_norm import _cpu
 
     rng = np.random.default_rng(8)
-    channels = _cpu.NARROW_ROW_BYTES // np.dtype(dtype).itemsize // 4
-    copies = 4 * _cpu.NARROW_ROW_BYTES // (channels * np.dtype(dtype).itemsize)
-    rows = 3 * copies * _cpu.TILE_BYTES // (channels * np.dtype(dtype).itemsize) // 2
     itemsize = np.dtype(dtype).itemsize
+    channels = _cpu.NARROW_ROW_BYTES // itemsize // 4  # rows of 128 bytes
+    copies = 4 * _cpu.NARROW_ROW_BYTES // (channels * itemsize)  # wide rows: 2 KB
+    rows = 3 * copies * _cpu.TILE_BYTES // (channels * itemsize) // 2
     per_run = _cpu._tile_rows(rows, channels, itemsize)
     assert per_run > 0
     assert _cpu._tile_rows(rows // copies, channels * copies, itemsize) == 0
