@@ -307,6 +307,7 @@ def test_narrow_rows_in_runs_give_the_bits_of_wide_rows(dtype, build):
     assert _cpu._tile_rows(rows // copies, channels * copies, itemsize) == 0
     # too few rows for the runs to pay: the row loops
     assert _cpu._tile_rows(_cpu.TILE_MIN_RUNS * per_run - 1, channels, itemsize) == 0
+    assert _cpu._tile_rows(rows, 0, itemsize) == 0  # no channels: nothing to tile
     x, dy = (rng.standard_normal((rows, channels)).astype(dtype) for _ in range(2))
     constants = [rng.uniform(-2, 2, channels).astype(dtype) for _ in range(5)]
     wide = [np.tile(c, copies) for c in constants]

@@ -154,7 +154,7 @@ def _tile_rows(rows, channels, itemsize):
     # rows per run of an RC pass over narrow rows (NARROW_ROW_BYTES), else 0;
     # 0 too under TILE_MIN_RUNS runs, where tiling the constants costs more
     # stores than the pass saves
-    if channels * itemsize > NARROW_ROW_BYTES:
+    if channels == 0 or channels * itemsize > NARROW_ROW_BYTES:
         return 0
     per_run = max(1, TILE_BYTES // (channels * itemsize))
     return per_run if rows >= TILE_MIN_RUNS * per_run else 0
