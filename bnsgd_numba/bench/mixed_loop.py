@@ -22,8 +22,8 @@ iteration (its time less the matmul's) against the calls alone is what
 sharing the loop with the matmul costs them: its data evicts theirs from
 the cache, and BLAS's idle threads spin on the other cores after each
 matmul; the default row against the single-threaded-BLAS one separates the
-threads' share. The target: the default within 1.3x of the best single-threaded-BLAS
-figure. Run it with
+threads' share. The target: the default within 1.3x of the best
+single-threaded-BLAS figure. Run it with
 ``python benchmarks/bench_mixed_loop.py``.
 """
 
