@@ -324,6 +324,35 @@ def test_narrow_rows_in_runs_give_the_bits_of_wide_rows(dtype, build):
     assert dx.tobytes() == dx_wide.tobytes()
 
 
+def test_narrow_rows_in_runs_take_strided_channel_vectors():
+    # the runs tile each constant separately: a strided (non-contiguous)
+    # save_mean or weight next to contiguous constants must compile and
+    # give the bits of contiguous copies
+    from bnsgd_numba.batch_norm import _cpu
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((512, 16)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    assert _cpu._tile_rows(512, 16, 4) > 0
+    out = bn.batch_norm_forward(x, training=True, channel_axis=-1)
+
+    def strided(a):
+        return np.repeat(a, 2)[::2]
+
+    weight = rng.uniform(0.5, 2, 16).astype(np.float32)
+    got = bn.batch_norm_backward(
+        dy, x, strided(weight), strided(out.save_mean), strided(out.save_invstd), channel_axis=-1
+    )
+    want = bn.batch_norm_backward(dy, x, weight, out.save_mean, out.save_invstd, channel_axis=-1)
+    assert got.dx.tobytes() == want.dx.tobytes()
+    mean, var = rng.standard_normal(16).astype(np.float32), np.ones(16, np.float32)
+    got_y = bn.batch_norm_forward(
+        x, strided(weight), None, strided(mean), strided(var), training=False, channel_axis=-1
+    ).y
+    want_y = bn.batch_norm_forward(x, weight, None, mean, var, training=False, channel_axis=-1).y
+    assert got_y.tobytes() == want_y.tobytes()
+
+
 @pytest.mark.parametrize("poison", [np.nan, np.inf, -np.inf])
 def test_nonfinite_batch_never_reaches_the_running_statistics(poison):
     x = np.ones((8, 3, 4), np.float32)
