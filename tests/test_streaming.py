@@ -113,3 +113,26 @@ def test_eval_forward_streams_the_bits_of_its_quarter_batches(channel_axis):
     assert streaming.streams(y)
     run(x, y)
     _quarters_of(run, x, y)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_streams_the_bits_of_its_quarter_batches(affine):
+    # each sample's statistics are its own, so a quarter of the batch is
+    # normalized exactly as in the whole (which streams; a quarter does not)
+    from bnsgd_numba.normalizations.group_norm import GroupNorm
+
+    rng = np.random.default_rng(5)
+    shape = (16, 64, 80, 81)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(np.float32)
+    layer = GroupNorm(8, 64, affine=affine)
+    if affine:
+        layer.weight[:] = rng.uniform(0.5, 1.5, 64)
+        layer.bias[:] = rng.standard_normal(64)
+
+    def run(source, target):
+        layer.forward(source, out=target)
+
+    y = _placed(shape, np.float32, 2)
+    assert streaming.streams(y)
+    run(x, y)
+    _quarters_of(run, x, y)

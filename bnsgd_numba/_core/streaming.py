@@ -190,6 +190,41 @@ def _constants_fit(dtype, constants):
     )
 
 
+def _normalize_codegen(centers):
+    # codegen of y = ((x - centers[0]) - centers[1] ...) * scale + offset for
+    # one vector, the operations and flags of the kernels' loops, streamed
+    def codegen(context, builder, signature, args):
+        x_type, y_type = signature.args[0], signature.args[1]
+        vector = _vector_type(context, x_type)
+        index, column = args[2], args[3]
+        constants = [
+            _operand(context, builder, vector, signature.args[k], args[k], column)
+            for k in range(4, 4 + centers + 2)
+        ]
+        result = _operand(context, builder, vector, x_type, args[0], index)
+        for center in constants[:centers]:
+            result = builder.fsub(result, center, flags=_FLAGS)
+        result = builder.fadd(
+            builder.fmul(result, constants[centers], flags=_FLAGS),
+            constants[centers + 1],
+            flags=_FLAGS,
+        )
+        _store_streaming(context, builder, vector, y_type, args[1], index, result)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _normalize_types_fit(x, y, constants):
+    return (
+        isinstance(x, types.Array)
+        and isinstance(y, types.Array)
+        and x.dtype == y.dtype
+        and isinstance(x.dtype, types.Float)
+        and _constants_fit(x.dtype, constants)
+    )
+
+
 @intrinsic
 def normalize_vector(typingctx, x, y, index, column, shift, scale, offset):
     """``y[i] = (x[i] - shift) * scale + offset`` for one vector of i from ``index``, streamed.
@@ -197,32 +232,22 @@ def normalize_vector(typingctx, x, y, index, column, shift, scale, offset):
     ``shift``, ``scale`` and ``offset`` are scalars, or 1-D arrays read from
     ``column``. ``y[index]`` must be aligned to VECTOR_BYTES (:func:`line_span`).
     """
-    if not (
-        isinstance(x, types.Array)
-        and isinstance(y, types.Array)
-        and x.dtype == y.dtype
-        and isinstance(x.dtype, types.Float)
-        and _constants_fit(x.dtype, (shift, scale, offset))
-    ):
+    if not _normalize_types_fit(x, y, (shift, scale, offset)):
         return None
+    return types.void(x, y, index, column, shift, scale, offset), _normalize_codegen(1)
 
-    def codegen(context, builder, signature, args):
-        x_type, y_type = signature.args[0], signature.args[1]
-        vector = _vector_type(context, x_type)
-        source, target, i, j = args[0], args[1], args[2], args[3]
-        (center, a, b) = (
-            _operand(context, builder, vector, signature.args[k], args[k], j) for k in (4, 5, 6)
-        )
-        values = _operand(context, builder, vector, x_type, source, i)
-        result = builder.fadd(
-            builder.fmul(builder.fsub(values, center, flags=_FLAGS), a, flags=_FLAGS),
-            b,
-            flags=_FLAGS,
-        )
-        _store_streaming(context, builder, vector, y_type, target, i, result)
-        return context.get_dummy_value()
 
-    return types.void(x, y, index, column, shift, scale, offset), codegen
+@intrinsic
+def centered_normalize_vector(typingctx, x, y, index, column, hi, lo, scale, offset):
+    """``y[i] = ((x[i] - hi) - lo) * scale + offset`` for one vector, streamed.
+
+    The normalization about a float64 mean split into its value in the
+    data's dtype (``hi``) and the rest (``lo``), as the per-sample
+    normalizations compute it; otherwise as :func:`normalize_vector`.
+    """
+    if not _normalize_types_fit(x, y, (hi, lo, scale, offset)):
+        return None
+    return types.void(x, y, index, column, hi, lo, scale, offset), _normalize_codegen(2)
 
 
 @intrinsic
@@ -257,3 +282,18 @@ def normalize_span(x, y, start, count, center, a, b):
     for k in range(start + body, start + count):
         j = k - start
         y[k] = (x[k] - constant_at(center, j)) * constant_at(a, j) + constant_at(b, j)
+
+
+@cpu_kernel()
+def centered_normalize_span(x, y, start, count, hi, lo, scale, offset):
+    """``y[k] = ((x[k] - hi) - lo) * scale + offset`` over a span, streamed.
+
+    As :func:`normalize_span`, with scalar constants.
+    """
+    head, body = line_span(address(y, start), count, y.itemsize)
+    for k in range(start, start + head):
+        y[k] = ((x[k] - hi) - lo) * scale + offset
+    for k in range(start + head, start + body, lanes(y)):
+        centered_normalize_vector(x, y, k, 0, hi, lo, scale, offset)
+    for k in range(start + body, start + count):
+        y[k] = ((x[k] - hi) - lo) * scale + offset

@@ -37,6 +37,7 @@ from bnsgd_numba._core.reductions import (
     sum_of_squares,
     sum_values,
 )
+from bnsgd_numba._core.streaming import borrow, centered_normalize_span, store_fence, streams
 
 
 @cpu_kernel()
@@ -240,6 +241,11 @@ def _group_forward(x, y, groups, block, eps, weight, bias, mean, var, invstd):
     length = per_group * s
     rows = x.reshape((n * groups, length))
     affine = weight.shape[0] > 0
+    # an output too large for the cache: each channel's whole lines streamed
+    # (bnsgd_numba._core.streaming), from arrays that take no references
+    stream = streams(y)
+    x_flat = borrow(x.reshape(n * channels * s))
+    y_flat = borrow(y.reshape(n * channels * s))
     for row in prange(n * groups):
         mu, m2 = _row_moments(rows[row], block)
         mean[row] = mu
@@ -254,10 +260,16 @@ def _group_forward(x, y, groups, block, eps, weight, bias, mean, var, invstd):
             constants[2] = (np.float64(weight[c]) if affine else 1.0) * invstd[row]
             constants[3] = bias[c] if affine else 0.0
             hi, lo, scale, offset = constants[0], constants[1], constants[2], constants[3]
+            if stream:
+                start = (i * channels + c) * s
+                centered_normalize_span(x_flat, y_flat, start, s, hi, lo, scale, offset)
+                continue
             source = x[i, c]
             target = y[i, c]
             for k in range(s):
                 target[k] = ((source[k] - hi) - lo) * scale + offset
+        if stream:
+            store_fence()
 
 
 def _group_backward(dy, x, dx, groups, mean, invstd, weight, sum_dy, sum_dy_xmu):
