@@ -7,15 +7,17 @@ lines without reading them or keeping them: one transfer instead of two.
 Smaller outputs are better left in the cache for whatever reads them next,
 so the passes stream only outputs of :data:`STREAM_BYTES` or more.
 
-The normalization's formula exists here as an intrinsic that computes one
-vector of results and stores it with a streaming store
-(:func:`normalize_vector`). It emits the same operations, with the same
-fastmath flags, as the kernels' loops, so every element gets the same bits
-either way (the tests check it). A pass streams each contiguous span of its
-output (:func:`normalize_span`): plain stores up to the span's first
-cache-line boundary and after its last one, streaming stores for the whole
-lines between (:func:`line_span`); a line written both ways would cost a
-round trip to memory. Each task ends with :func:`store_fence`.
+The normalization's formulas exist here as intrinsics that compute one
+vector of results and store it with a streaming store
+(:func:`normalize_vector` for BatchNorm, :func:`centered_normalize_vector`
+for GroupNorm). They emit the same operations, with the same fastmath
+flags, as the kernels' loops, so every element gets the same bits either
+way (the tests check it). A pass streams each contiguous span of its output
+(:func:`normalize_span`, :func:`centered_normalize_span`): plain stores up
+to the span's first cache-line boundary and after its last one, streaming
+stores for the whole lines between (:func:`line_span`); a line written both
+ways would cost a round trip to memory. Each task ends with
+:func:`store_fence`.
 
 Nothing between the streaming stores of a task may be an atomic operation:
 on x86-64 one waits for every streaming store before it to reach memory.
@@ -30,7 +32,8 @@ normalization of (256, 64, 32, 32) float32 (67 MB) 1.26-1.33x faster in
 eval and 1.14-1.23x in training, channels-last 1.22x in eval, (8, 256, 56,
 56) (26 MB) 1.22-1.39x and 1.13-1.14x. The input gradient gained nothing
 measurable (0.91-1.16x, as noisy as the same code against itself), so it
-keeps plain stores.
+keeps plain stores. The GroupNorm forward of (32, 64, 56, 56), 8 groups,
+went from 3.1-3.2 ms to 2.5-2.8 ms in the benchmark, run to run.
 """
 
 from __future__ import annotations
