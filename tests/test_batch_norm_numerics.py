@@ -324,6 +324,50 @@ def test_narrow_rows_in_runs_give_the_bits_of_wide_rows(dtype, build):
     assert dx.tobytes() == dx_wide.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+@pytest.mark.parametrize("rows", [1, 5, 32])
+def test_one_work_item_gives_the_bits_of_the_split_reduction(dtype, build, rows):
+    # An (N, C) reduction of a single work item (the seed's (32, 784)) takes
+    # a shortcut: no partial arrays, the merges into zeroed totals done in
+    # place. The same columns split into strips take the general path, and
+    # a column's bits do not depend on the strips: they must agree. Special
+    # columns: constant, -0.0, NaN, +-inf, and for float64 values whose
+    # squared mean overflows (M2 is then NaN in Chan's merge).
+    from bnsgd_numba.batch_norm import _cpu
+
+    channels = 40
+    rng = np.random.default_rng(9)
+    x = (3 + 2 * rng.standard_normal((rows, channels))).astype(dtype)
+    dy = rng.standard_normal((rows, channels)).astype(dtype)
+    x[:, 0] = 7.25
+    x[:, 1] = -0.0
+    x[:, 2] = 0.0
+    x[0, 3] = np.nan
+    x[-1, 4] = np.inf
+    x[:, 5] = -np.inf
+    if dtype == np.float64:
+        x[:, 6] = 1e200
+        x[:, 7] = -3e160 * (1 + np.arange(rows))
+    moments = getattr(_cpu.moments_rc, build)
+    sums = getattr(_cpu.gradient_sums_rc, build)
+    one_item = (rows, 2 * channels)  # rows per item, columns per item: one strip
+    split = (rows, 4)  # strips of 16 columns
+    assert _cpu._rc_strips(channels, one_item[1])[0] == 1
+    assert _cpu._rc_strips(channels, split[1])[0] == 3
+    results = []
+    for item_rows, columns_per_item in (one_item, split):
+        statistics = np.full((2, channels), 5.0)  # overwritten, never read
+        moments(x, item_rows, columns_per_item, *statistics)
+        mean = np.where(np.isfinite(statistics[0]), statistics[0], 0.0)
+        totals = np.full((3, channels), 5.0)
+        sums(dy, x, mean, item_rows, columns_per_item, *totals)
+        results.append((statistics.tobytes(), totals.tobytes()))
+    assert results[0] == results[1]
+    if dtype == np.float64:
+        assert np.isnan(statistics[1, 6])  # the overflowing square, kept
+
+
 def test_narrow_rows_in_runs_take_strided_channel_vectors():
     # the runs tile each constant separately: a strided (non-contiguous)
     # save_mean or weight next to contiguous constants must compile and

@@ -249,6 +249,19 @@ def _merge_columns(count, size, mean, m2, part_mean, part_m2):
 
 
 @cpu_kernel()
+def _merge_into_zeros(mean, m2):
+    # _merge_columns(0, size, zeros, zeros, mean, m2) into mean and m2 in
+    # place, the same bits without the zeros: with count 0 its ratio is
+    # exactly 1 and its weight exactly 0, so the merged mean is 0.0 + mean
+    # (-0.0 becomes 0.0) and the merged M2 is (0.0 + M2) + mean**2 * 0.0
+    # (NaN where mean**2 overflows, as in the formula)
+    for j in range(mean.shape[0]):
+        delta = mean[j] - 0.0
+        mean[j] = 0.0 + delta * 1.0
+        m2[j] = 0.0 + m2[j] + delta * delta * 0.0
+
+
+@cpu_kernel()
 def _item_moments_rc(x, r0, r1, c0, c1, shift, squares, deviations):
     # Mean into ``shift`` and M2 into ``squares`` of each column c0..c1 of
     # rows r0..r1: deviations from the mean of the first rows (see
@@ -356,6 +369,14 @@ def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
     rows, channels = x.shape
     groups, rows_per_group = _rc_groups(rows, rows_per_item)
     strips, width = _rc_strips(channels, columns_per_item)
+    if rows > 0 and groups * strips == 1 and rows <= rows_per_item:
+        # one work item (the seed's (32, 784)): its moments, merged into
+        # zeroed totals twice (group, then total) without the partial arrays
+        deviations = np.empty(channels, dtype=np.float64)
+        _item_moments_rc(x, 0, rows, 0, channels, mean, m2, deviations)
+        _merge_into_zeros(mean, m2)
+        _merge_into_zeros(mean, m2)
+        return
     part = np.empty((2, groups, channels), dtype=np.float64)
     for task in prange(groups * strips):
         g, c0, c1, start, stop = _rc_task(task, strips, width, channels, rows_per_group, rows)
@@ -481,6 +502,33 @@ def _add_gradient_rows(dy, x, mean, start, stop, c0, c1, part_dy, part_dy_xmu, p
             part_xmu[c - c0] += row_xmu
 
 
+@cpu_kernel()
+def _add_gradient_quads(dy, x, mean, r0, r1, c0, c1, totals_dy, totals_dy_xmu, totals_xmu):
+    # totals_*[c - c0] += the sums of column c of rows r0..r1, four rows at
+    # a time (the loop over columns vectorizes without reassociation)
+    mu = mean[c0:c1]
+    quads = r0 + (r1 - r0) // 4 * 4
+    for r in range(r0, quads, 4):
+        g0, g1, g2, g3 = dy[r, c0:c1], dy[r + 1, c0:c1], dy[r + 2, c0:c1], dy[r + 3, c0:c1]
+        x0, x1, x2, x3 = x[r, c0:c1], x[r + 1, c0:c1], x[r + 2, c0:c1], x[r + 3, c0:c1]
+        for j in range(c1 - c0):
+            e0, e1 = np.float64(g0[j]), np.float64(g1[j])
+            e2, e3 = np.float64(g2[j]), np.float64(g3[j])
+            d0, d1, d2, d3 = x0[j] - mu[j], x1[j] - mu[j], x2[j] - mu[j], x3[j] - mu[j]
+            totals_dy[j] += (e0 + e1) + (e2 + e3)
+            totals_dy_xmu[j] += (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3)
+            totals_xmu[j] += (d0 + d1) + (d2 + d3)
+    for r in range(quads, r1):
+        grad = dy[r, c0:c1]
+        v = x[r, c0:c1]
+        for j in range(c1 - c0):
+            gj = np.float64(grad[j])
+            xmu = v[j] - mu[j]
+            totals_dy[j] += gj
+            totals_dy_xmu[j] += gj * xmu
+            totals_xmu[j] += xmu
+
+
 def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
     # Items and task order of _moments_ncs; the sums are about ``mean``.
     n, channels, s = x.shape
@@ -511,38 +559,26 @@ def _gradient_sums_ncs(dy, x, mean, rows_per_item, sum_dy, sum_dy_xmu, sum_xmu):
 def _gradient_sums_rc(
     dy, x, mean, rows_per_item, columns_per_item, sum_dy, sum_dy_xmu, sum_xmu
 ):  # fmt: skip
-    # Tasks of _moments_rc: a task sums the rows of its row group, four at a
-    # time, into per-column totals; the groups are added in order.
+    # Tasks of _moments_rc: a task sums the rows of its row group into
+    # per-column totals (_add_gradient_quads); the groups are added in order.
     rows, channels = x.shape
     groups, rows_per_group = _rc_groups(rows, rows_per_item)
     strips, width = _rc_strips(channels, columns_per_item)
+    if groups * strips == 1:
+        # one task: its totals are the sums (adding one group to zero gives
+        # the same bits: totals that start at 0.0 are never -0.0)
+        for c in range(channels):
+            sum_dy[c] = 0.0
+            sum_dy_xmu[c] = 0.0
+            sum_xmu[c] = 0.0
+        _add_gradient_quads(dy, x, mean, 0, rows, 0, channels, sum_dy, sum_dy_xmu, sum_xmu)
+        return
     part = np.zeros((3, groups, channels), dtype=np.float64)
     for task in prange(groups * strips):
         g, c0, c1, r0, r1 = _rc_task(task, strips, width, channels, rows_per_group, rows)
-        totals_dy = part[0, g, c0:c1]
-        totals_dy_xmu = part[1, g, c0:c1]
-        totals_xmu = part[2, g, c0:c1]
-        mu = mean[c0:c1]
-        quads = r0 + (r1 - r0) // 4 * 4
-        for r in range(r0, quads, 4):
-            g0, g1, g2, g3 = dy[r, c0:c1], dy[r + 1, c0:c1], dy[r + 2, c0:c1], dy[r + 3, c0:c1]
-            x0, x1, x2, x3 = x[r, c0:c1], x[r + 1, c0:c1], x[r + 2, c0:c1], x[r + 3, c0:c1]
-            for j in range(c1 - c0):
-                e0, e1 = np.float64(g0[j]), np.float64(g1[j])
-                e2, e3 = np.float64(g2[j]), np.float64(g3[j])
-                d0, d1, d2, d3 = x0[j] - mu[j], x1[j] - mu[j], x2[j] - mu[j], x3[j] - mu[j]
-                totals_dy[j] += (e0 + e1) + (e2 + e3)
-                totals_dy_xmu[j] += (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3)
-                totals_xmu[j] += (d0 + d1) + (d2 + d3)
-        for r in range(quads, r1):
-            grad = dy[r, c0:c1]
-            v = x[r, c0:c1]
-            for j in range(c1 - c0):
-                gj = np.float64(grad[j])
-                xmu = v[j] - mu[j]
-                totals_dy[j] += gj
-                totals_dy_xmu[j] += gj * xmu
-                totals_xmu[j] += xmu
+        _add_gradient_quads(
+            dy, x, mean, r0, r1, c0, c1, part[0, g, c0:c1], part[1, g, c0:c1], part[2, g, c0:c1]
+        )
     # the groups add up in order on the calling thread (see _moments_rc)
     _add_groups(part[0], 0, channels, sum_dy)
     _add_groups(part[1], 0, channels, sum_dy_xmu)
