@@ -188,3 +188,84 @@ def test_epoch_unit_steps_the_schedule_once_per_epoch():
     assert cosine.schedule.T_max == 3
     with pytest.raises(ValueError, match="schedule_unit"):
         TrainConfig(schedule_unit="batch")
+
+
+def _blas_threads():
+    # {library path: threads} of the BLAS libraries loaded so far (NumPy's
+    # among them; another, such as SciPy's, may load during a run)
+    from threadpoolctl import threadpool_info
+
+    return {
+        pool["filepath"]: pool["num_threads"]
+        for pool in threadpool_info()
+        if pool["user_api"] == "blas"
+    }
+
+
+@pytest.mark.parametrize(
+    "setting,limited",
+    [("auto", True), (1, True), (None, False)],  # None: BLAS's own setting, untouched
+)
+def test_the_steps_run_under_the_blas_limit_and_evaluation_without_it(digits, setting, limited):
+    before = _blas_threads()
+    if not before:
+        pytest.skip("threadpoolctl finds no BLAS library in this process")
+    steps, epochs = [], []
+
+    def loaded_before(threads):
+        return {path: threads[path] for path in before}
+
+    result = train(
+        digits,
+        TrainConfig(epochs=2, blas_threads=setting),
+        on_step=lambda step, loss: steps.append(loaded_before(_blas_threads())),
+        on_epoch=lambda record: epochs.append(loaded_before(_blas_threads())),
+    )
+    assert len(steps) > 0
+    expected = dict.fromkeys(before, 1) if limited else before
+    assert all(threads == expected for threads in steps)
+    # evaluation after each epoch, and everything after train(), under BLAS's setting
+    assert epochs == [before, before]
+    assert loaded_before(_blas_threads()) == before
+    assert result.test_accuracy > 0.5
+
+
+def test_the_blas_limit_is_lifted_when_a_step_fails(digits):
+    before = _blas_threads()
+    if not before:
+        pytest.skip("threadpoolctl finds no BLAS library in this process")
+
+    def fail(step, loss):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        train(digits, TrainConfig(epochs=1, blas_threads=1), on_step=fail)
+    assert {path: _blas_threads()[path] for path in before} == before
+
+
+def test_auto_limits_small_steps_only():
+    from contextlib import nullcontext
+
+    from bnsgd_numba.nn.training import BLAS_SMALL_STEP, blas_limit
+
+    seed_step = TrainConfig(batch_size=32)  # 32 x 784 x 64: 1.6 million multiply-adds
+    assert 32 * 784 * 64 < BLAS_SMALL_STEP <= 128 * 784 * 64
+    seed_limit = blas_limit(seed_step, 784)  # in force from here: lifted by the with
+    with seed_limit:
+        assert not isinstance(seed_limit, nullcontext)
+    assert isinstance(blas_limit(TrainConfig(batch_size=128), 784), nullcontext)
+    assert isinstance(blas_limit(TrainConfig(blas_threads=None), 784), nullcontext)
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1.0, "two", ""])
+def test_bad_blas_threads_are_rejected_by_name(value):
+    with pytest.raises(ValueError, match="blas_threads"):
+        TrainConfig(blas_threads=value)
+
+
+def test_command_line_takes_blas_threads(tmp_path):
+    ok = run_cli("--epochs", "1", "--blas-threads", "keep", "--json", str(tmp_path / "a"))
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli("--epochs", "1", "--blas-threads", "0")
+    assert bad.returncode == 2
+    assert "--blas-threads" in bad.stderr and "expected auto, keep or an integer" in bad.stderr

@@ -65,6 +65,19 @@ non_negative_int = _number(int, "an integer >= 0", 0)
 non_negative_float = _number(float, "a finite number >= 0", 0.0)
 
 
+def blas_threads(text: str) -> int | str | None:
+    """``--blas-threads``: ``auto``, ``keep`` (None: BLAS's own setting) or an integer >= 1."""
+    if text in ("auto", "keep"):
+        return None if text == "keep" else text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto, keep or an integer >= 1, got {text!r}")
+    return value
+
+
 def check_output_path(option: str, path: str | None) -> None:
     """Raise ValueError, naming ``option``, unless a file can be written at ``path``.
 
@@ -106,7 +119,7 @@ def train_config(args: argparse.Namespace, scheduler_params: dict[str, Any]) -> 
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, hidden=args.hidden, scheduler=args.scheduler,
         scheduler_params=scheduler_params, seed=args.seed, dtype=args.dtype,
-        schedule_unit=args.schedule_unit,
+        schedule_unit=args.schedule_unit, blas_threads=args.blas_threads,
     )  # fmt: skip
     check_hyperparameters(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return config

@@ -17,6 +17,7 @@ from typing import Any
 
 from bnsgd_numba.cli._options import (
     STDOUT,
+    blas_threads,
     check_matplotlib,
     check_output_path,
     fail,
@@ -115,6 +116,15 @@ def add_parser(subparsers: Any) -> None:
         "--dtype", choices=["float32", "float64"], default="float32", help="of the network"
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where it runs")
+    parser.add_argument(
+        "--blas-threads",
+        type=blas_threads,
+        default="auto",
+        metavar="auto|keep|N",
+        help="threads of NumPy's BLAS during the CPU training steps: auto (one for small "
+        "steps, such as batch 32 of 784 inputs and 64 hidden units; BLAS's own setting "
+        "otherwise), keep (BLAS's own setting) or N; evaluation keeps BLAS's setting",
+    )
     parser.add_argument(
         "--compare-no-bn",
         action="store_true",
