@@ -173,3 +173,43 @@ def test_out_gives_what_allocating_gives(name, args, kwargs, shape, moved):
         b.forward(x, out=np.empty(shape[:-1] + (shape[-1] + 1,)))
     with pytest.raises(ValueError, match="overlaps"):
         b.forward(x, out=x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("centered", [True, False])
+def test_four_rows_at_a_time_add_the_column_sums_of_four_single_rows(dtype, affine, centered):
+    # The LayerNorm/RMSNorm backward takes rows four at a time: its column
+    # sums (grad_weight and grad_bias partials) must be the bits of four
+    # single-row calls in row order, its row sums those sums up to the order
+    # of a float64 reduction.
+    from bnsgd_numba.normalizations import _cpu as kernels
+
+    rng = np.random.default_rng(5)
+    rows, length = 4, 203
+    x = (rng.standard_normal((rows, length)) + 2).astype(dtype)
+    dy = rng.standard_normal((rows, length)).astype(dtype)
+    mean = x.astype(np.float64).mean(axis=1)
+    invstd = rng.uniform(0.5, 2.0, rows)
+    weight = rng.uniform(0.5, 1.5, length) if affine else np.empty(0)
+    start_gw = rng.standard_normal(length)
+    start_gb = rng.standard_normal(length)
+    single_gw, single_gb = start_gw.copy(), start_gb.copy()
+    single = np.empty((2, rows))
+    for r in range(rows):
+        mu = mean[r] if centered else 0.0
+        single[:, r] = kernels._row_gradient_sums(
+            dy[r], x[r], weight, mu, invstd[r], single_gw, single_gb
+        )
+    quad_gw, quad_gb = start_gw.copy(), start_gb.copy()
+    quad = np.empty((2, 4))
+    kernels._quad_gradient_sums(dy, x, 0, weight, mean, invstd, centered, quad_gw, quad_gb, quad)
+    np.testing.assert_array_equal(quad_gw, single_gw)
+    np.testing.assert_array_equal(quad_gb, single_gb)
+    # the row sums: float64 sums of `length` terms, reordered at most
+    centers = mean[:, None] if centered else 0.0
+    g = np.abs(dy.astype(np.float64) * (weight if affine else 1.0))
+    scale = g.sum(axis=1) * max(1.0, np.abs(x - centers).max())
+    tolerance = length * np.finfo(np.float64).eps * scale
+    assert np.all(np.abs(quad[0] - single[0]) <= tolerance)
+    assert np.all(np.abs(quad[1] - single[1]) <= tolerance)
