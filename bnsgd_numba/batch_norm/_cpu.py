@@ -38,6 +38,7 @@ from bnsgd_numba._core.reductions import (
 from bnsgd_numba._core.spans import byte_span, written_meets
 from bnsgd_numba._core.streaming import (
     borrow,
+    input_gradient_span,
     keep_alive,
     normalize_span,
     store_fence,
@@ -593,7 +594,23 @@ def _input_gradient_row(g, v, out, hi, lo, a, k1, k3):
 
 
 def _input_gradient_ncs(dy, x, dx, center_hi, center_lo, dy_scale, shift, xmu_scale):
+    # a task per row (i, c); a dx too large for the cache: streamed, as in
+    # _normalize_ncs (the same bits)
     n, channels, s = x.shape
+    if streams(dx):
+        dy_flat = borrow(dy.reshape(n * channels * s))
+        x_flat = borrow(x.reshape(n * channels * s))
+        dx_flat = borrow(dx.reshape(n * channels * s))
+        per_task = _stream_task_rows(s, dx.itemsize)
+        for task in prange((n * channels + per_task - 1) // per_task):
+            for item in range(task * per_task, min((task + 1) * per_task, n * channels)):
+                c = item % channels
+                input_gradient_span(
+                    dy_flat, x_flat, dx_flat, item * s, s, center_hi[c], center_lo[c],
+                    shift[c], xmu_scale[c], dy_scale[c],
+                )  # fmt: skip
+            store_fence()
+        return
     for item in prange(n * channels):
         i = item // channels
         c = item % channels
@@ -607,10 +624,34 @@ def _input_gradient_rc(
     dy, x, dx, rows_per_item, center_hi, center_lo, dy_scale, shift, xmu_scale
 ):  # fmt: skip
     # as _normalize_rc (same bits): narrow rows in runs of whole rows, other
-    # rows four at a time unless the rows of dx alias those of dy or x
+    # rows four at a time unless the rows of dx alias those of dy or x; a dx
+    # too large for the cache streamed in spans, the constants tiled
     rows, channels = x.shape
     blocks = (rows + rows_per_item - 1) // rows_per_item
     per_run = _tile_rows(rows, channels, x.itemsize)
+    if streams(dx):
+        span = max(1, per_run) * channels
+        constants = np.empty((5, span), dtype=x.dtype)
+        _tile(center_hi, constants[0])
+        _tile(center_lo, constants[1])
+        _tile(shift, constants[2])
+        _tile(xmu_scale, constants[3])
+        _tile(dy_scale, constants[4])
+        hi, lo = borrow(constants[0]), borrow(constants[1])
+        k1, k3, a = borrow(constants[2]), borrow(constants[3]), borrow(constants[4])
+        dy_flat = borrow(dy.reshape(rows * channels))
+        x_flat = borrow(x.reshape(rows * channels))
+        dx_flat = borrow(dx.reshape(rows * channels))
+        for block in prange(blocks):
+            r0, r1 = _row_block(block, rows_per_item, rows)
+            for start in range(r0 * channels, r1 * channels, span):
+                input_gradient_span(
+                    dy_flat, x_flat, dx_flat, start, min(span, r1 * channels - start),
+                    hi, lo, k1, k3, a,
+                )  # fmt: skip
+            store_fence()
+        keep_alive(constants)
+        return
     if per_run > 0:
         tiled = np.empty((5, per_run * channels), dtype=x.dtype)
         _tile(center_hi, tiled[0])
