@@ -10,9 +10,9 @@ so the passes stream only outputs of :data:`STREAM_BYTES` or more.
 The normalization's formulas exist here as intrinsics that compute one
 vector of results and store it with a streaming store
 (:func:`normalize_vector` for BatchNorm, :func:`centered_normalize_vector`
-for GroupNorm, :func:`input_gradient_vector` for BatchNorm's dx). They emit the same operations, with the same fastmath
-flags, as the kernels' loops, so every element gets the same bits either
-way (the tests check it). A pass streams each contiguous span of its output
+for GroupNorm, :func:`input_gradient_vector` for BatchNorm's dx). They emit
+the same operations, with the same fastmath flags, as the kernels' loops, so
+every element gets the same bits either way (the tests check it). A pass streams each contiguous span of its output
 (:func:`normalize_span`, :func:`centered_normalize_span`,
 :func:`input_gradient_span`): plain stores up
 to the span's first cache-line boundary and after its last one, streaming
