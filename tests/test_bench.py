@@ -212,3 +212,16 @@ def test_every_contender_starts_after_a_settle_pause(monkeypatch):
     timing.interleaved_best_seconds({"a": lambda: "a", "b": lambda: "b"}, repeat=2, settle=0.01)
     assert events == [("sleep", 0.01), "a", ("sleep", 0.01), "b"] * 2
     assert timing.SETTLE_SECONDS >= 0.03
+
+
+def test_round_seconds_keep_every_round_in_order_and_best_seconds_their_minimum(monkeypatch):
+    from bnsgd_numba.bench import timing
+
+    times = iter([3.0, 5.0, 1.0, 4.0, 2.0, 6.0])  # a, b, a, b, a, b
+    monkeypatch.setattr(timing.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(timing, "best_seconds", lambda function, repeat: next(times))
+    functions = {"a": lambda: None, "b": lambda: None}
+    rounds = timing.interleaved_round_seconds(functions, repeat=3, settle=0.0)
+    assert rounds == {"a": [3.0, 1.0, 2.0], "b": [5.0, 4.0, 6.0]}
+    times = iter([3.0, 5.0, 1.0, 4.0, 2.0, 6.0])
+    assert timing.interleaved_best_seconds(functions, repeat=3, settle=0.0) == {"a": 1.0, "b": 4.0}

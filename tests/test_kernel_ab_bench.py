@@ -15,10 +15,15 @@ from bnsgd_numba.bench import kernel_ab
 
 
 def fixed_seconds(functions, repeat, settle):
-    """Run every contender once; the old versions take twice the new ones' time."""
+    """Run every contender once; the old versions take twice the new ones' time.
+
+    The third round is disturbed: everything takes 10x longer, which moves
+    neither the best rounds nor the paired ratios.
+    """
     for function in functions.values():
         function()
-    return {name: 2e-3 if name.startswith("before") else 1e-3 for name in functions}
+    base = {name: 2e-3 if name.startswith("before") else 1e-3 for name in functions}
+    return {name: [t, t, 10 * t, t][:repeat] for name, t in base.items()}
 
 
 def test_cases_parse_shapes_and_channel_axes():
@@ -40,14 +45,16 @@ def test_a_revision_loads_as_its_own_module(tmp_path):
 
 @pytest.mark.parametrize("case", ["12x5", "3x4x2x5", "2x3x4:-1"])
 def test_every_operation_is_timed_and_its_bits_compared(monkeypatch, case):
-    monkeypatch.setattr(kernel_ab, "interleaved_best_seconds", fixed_seconds)
-    rows = kernel_ab.compare(_cpu, _cpu, [kernel_ab.parse_case(case)], rounds=1)
+    monkeypatch.setattr(kernel_ab, "interleaved_round_seconds", fixed_seconds)
+    rows = kernel_ab.compare(_cpu, _cpu, [kernel_ab.parse_case(case)], rounds=4)
     assert [row.operation for row in rows] == list(kernel_ab.OPERATIONS)
     assert all(row.same_bits for row in rows)
     assert all(row.speedup == pytest.approx(2.0) for row in rows)
+    assert all(row.paired == pytest.approx((2.0, 2.0, 2.0)) for row in rows)
+    assert all(row.before_ms == pytest.approx(2.0) for row in rows)
     report = kernel_ab.format_report(rows, "HEAD~1")
     assert "HEAD~1 (before) against the working tree (after)" in report
-    assert report.count("| 2.00 |") == 3
+    assert report.count("| 2.00 | 2.00 (2.00-2.00) |") == 3
     assert "Geometric mean of before / after: 2.000." in report
 
 

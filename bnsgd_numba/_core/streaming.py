@@ -34,11 +34,12 @@ eval and 1.14-1.23x in training, channels-last 1.22x in eval, (8, 256, 56,
 56) (26 MB) 1.22-1.39x and 1.13-1.14x. The GroupNorm forward of (32, 64,
 56, 56), 8 groups, went from 3.1-3.2 ms to 2.5-2.8 ms in the benchmark, run
 to run. BatchNorm's input gradient gained nothing measurable there
-(0.91-1.16x, as noisy as the same code against itself); on a later machine
-(AMD EPYC, Zen 4: AVX-512, 1 MB L2 per core) its pass alone, streamed
-against plain, in 30 paired rounds (median, interquartile range): (256, 64,
-1024) 1.10x (1.06-1.12), (8, 256, 3136) 1.21x (1.15-1.32), channels-last
-(262144, 64) 1.04x (1.00-1.06), (8200, 1024) 0.99x (0.95-1.04). It streams.
+(0.91-1.16x, as noisy as the same code against itself). On a later machine
+(AMD EPYC, Zen 4: AVX-512, 1 MB L2 per core) its NCS pass alone, streamed
+against plain, writing the same ``dx``, in 30 paired rounds (median and
+quartiles): (256, 64, 1024) 1.05-1.06x (0.90-1.18), (8, 256, 3136) 1.13x
+(1.08-1.27); that pass streams. The RC pass does not: (262144, 64)
+0.95-0.97x, (8200, 1024) 0.92-0.97x.
 """
 
 from __future__ import annotations

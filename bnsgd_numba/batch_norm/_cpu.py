@@ -61,10 +61,11 @@ takes whole channels: their sums, then their ``dx`` while the data is still
 in cache (3 array passes through memory instead of 5). The sums are those of
 the unfused path, bit for bit. Channels of up to twice this were fused
 before; on a Zen 4 machine (1 MB L2 per core) the unfused passes ran them
-faster, in 30 paired rounds (median): (32, 64, 56, 56) 1.21x, (32, 32, 56,
-56) 1.28x, (48, 64, 48, 48) 1.30x, (24, 128, 56, 56) 1.01x. Smaller
-channels tie, so they stay fused: unfused, (8, 256, 56, 56) ran 1.07x,
-(16, 64, 56, 56) 0.98x and (4, 256, 56, 56) 0.91x.
+faster (``bench_kernel_ab.py --before 1d94ff2 --rounds 21``, paired median
+and quartiles): (32, 64, 56, 56) 1.25x (1.11-1.34), (32, 32, 56, 56) 1.16x
+(1.10-1.33), (48, 64, 48, 48) 1.12x (1.05-1.30), (24, 128, 56, 56) 0.95x
+(0.87-1.17). Unfusing smaller channels measured 0.91-1.07x ((4, 256, 56,
+56) to (8, 256, 56, 56)), so they stay fused.
 """
 
 FUSED_ROW_BYTES = 4096
@@ -629,34 +630,12 @@ def _input_gradient_rc(
     dy, x, dx, rows_per_item, center_hi, center_lo, dy_scale, shift, xmu_scale
 ):  # fmt: skip
     # as _normalize_rc (same bits): narrow rows in runs of whole rows, other
-    # rows four at a time unless the rows of dx alias those of dy or x; a dx
-    # too large for the cache streamed in spans, the constants tiled
+    # rows four at a time unless the rows of dx alias those of dy or x. Plain
+    # stores: streaming ran (262144, 64) 0.95-0.97x and (8200, 1024)
+    # 0.92-0.97x as fast (paired rounds, the same dx) on a Zen 4 machine.
     rows, channels = x.shape
     blocks = (rows + rows_per_item - 1) // rows_per_item
     per_run = _tile_rows(rows, channels, x.itemsize)
-    if streams(dx):
-        span = max(1, per_run) * channels
-        constants = np.empty((5, span), dtype=x.dtype)
-        _tile(center_hi, constants[0])
-        _tile(center_lo, constants[1])
-        _tile(shift, constants[2])
-        _tile(xmu_scale, constants[3])
-        _tile(dy_scale, constants[4])
-        hi, lo = borrow(constants[0]), borrow(constants[1])
-        k1, k3, a = borrow(constants[2]), borrow(constants[3]), borrow(constants[4])
-        dy_flat = borrow(dy.reshape(rows * channels))
-        x_flat = borrow(x.reshape(rows * channels))
-        dx_flat = borrow(dx.reshape(rows * channels))
-        for block in prange(blocks):
-            r0, r1 = _row_block(block, rows_per_item, rows)
-            for start in range(r0 * channels, r1 * channels, span):
-                input_gradient_span(
-                    dy_flat, x_flat, dx_flat, start, min(span, r1 * channels - start),
-                    hi, lo, k1, k3, a,
-                )  # fmt: skip
-            store_fence()
-        keep_alive(constants)
-        return
     if per_run > 0:
         tiled = np.empty((5, per_run * channels), dtype=x.dtype)
         _tile(center_hi, tiled[0])

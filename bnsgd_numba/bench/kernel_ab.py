@@ -5,9 +5,11 @@ it replaces, in one process: this loads that module as it was at a git
 revision (``--before``, default ``HEAD``) next to the working tree's, and
 times the fused passes of both (forward-eval, forward-train, backward) on
 the same arrays in interleaved rounds, with a same-size copy in the same
-rounds, the best round of each kept. Two processes, one per version, differ
-by more than most changes on a shared machine; interleaved rounds in one
-process do not. It also says whether both versions give the same bits,
+rounds, the best round of each kept, and the ratio of the two versions'
+times round by round (its median and quartiles: a paired comparison, which
+a burst of other work on the machine moves less than the best rounds). Two
+processes, one per version, differ by more than most changes on a shared
+machine; interleaved rounds in one process do not. It also says whether both versions give the same bits,
 which most changes of traversal promise.
 
 The old module is compiled from a temporary copy (numba caches it there,
@@ -34,7 +36,7 @@ import numpy as np
 from bnsgd_numba._core.checks import cpu_tunables
 from bnsgd_numba._core.compile import caller_pair
 from bnsgd_numba._core.layouts import kernel_view
-from bnsgd_numba.bench.timing import copier, interleaved_best_seconds
+from bnsgd_numba.bench.timing import copier, interleaved_round_seconds
 
 MODULE_PATH = "bnsgd_numba/batch_norm/_cpu.py"
 DEFAULT_CASES = ("32x784", "256x784", "4096x784", "256x64x32x32", "256x32x32x64:-1")
@@ -66,10 +68,12 @@ class Row:
     after_ms: float
     copy_ms: float
     same_bits: bool
+    paired: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    """Before's time over after's in each round: (first quartile, median, third quartile)."""
 
     @property
     def speedup(self) -> float:
-        """Before's time over after's: above 1 when the change is faster."""
+        """Before's best time over after's: above 1 when the change is faster."""
         return self.before_ms / self.after_ms
 
 
@@ -125,11 +129,25 @@ def _views(case: Case, rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
-def _calls(module: ModuleType, arrays: dict[str, Any]) -> dict[str, Any]:
+def _outputs(arrays: dict[str, Any]) -> dict[str, Any]:
+    # the arrays the passes write, shared by both versions: where an output
+    # lies changes the speed of the pass writing it (4K aliasing, cache sets),
+    # so each version writing its own would time their placements as well
+    x = arrays["x"]
+    channels = x.shape[1]
+    return {
+        "y": np.empty_like(x),
+        "dx": np.empty_like(x),
+        "saved": np.empty((2, channels), x.dtype),
+        "grads": np.empty((2, channels), x.dtype),
+        "running": np.stack([arrays["running_mean"], arrays["running_var"]]),
+    }
+
+
+def _calls(module: ModuleType, arrays: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
     # operation -> (a call of that fused pass of ``module``, the arrays it writes)
     x, dy = arrays["x"], arrays["dy"]
     weight, bias = arrays["weight"], arrays["bias"]
-    channels = x.shape[1]
     item_elements, rc_columns, serial_below = cpu_tunables()
     passes = module.FUSED_PASSES[arrays["layout"]]
 
@@ -137,10 +155,8 @@ def _calls(module: ModuleType, arrays: dict[str, Any]) -> dict[str, Any]:
         return caller_pair(passes[name]).for_size(x.size)
 
     parallel = x.size >= serial_below
-    y, dx = np.empty_like(x), np.empty_like(x)
-    saved = np.empty((2, channels), x.dtype)
-    grads = np.empty((2, channels), x.dtype)
-    running = np.stack([arrays["running_mean"], arrays["running_var"]])
+    y, dx, saved = outputs["y"], outputs["dx"], outputs["saved"]
+    grads, running = outputs["grads"], outputs["running"]
     forward_train, forward_eval, backward = (
         build("forward_train"), build("forward_eval"), build("backward")
     )  # fmt: skip
@@ -182,24 +198,34 @@ def compare(before: ModuleType, after: ModuleType, cases: Sequence[Case], rounds
     rng = np.random.default_rng(0)
     for case in cases:
         arrays = _views(case, rng)
-        old, new = _calls(before, arrays), _calls(after, arrays)
+        outputs = _outputs(arrays)
+        old, new = _calls(before, arrays, outputs), _calls(after, arrays, outputs)
         same = {}
+        running = outputs["running"].copy()
         for operation in OPERATIONS:
-            # forward-train first: it writes the saved statistics the backward reads
-            for calls in (old, new):
-                calls["forward-train"][0]()
-                calls[operation][0]()
-            same[operation] = _same_bits(old[operation][1], new[operation][1])
+            # forward-train first: it writes the saved statistics the backward
+            # reads; both versions start from the same running statistics
+            outputs["running"][...] = running
+            old["forward-train"][0]()
+            old[operation][0]()
+            written = tuple(a.copy() for a in old[operation][1])
+            outputs["running"][...] = running
+            new["forward-train"][0]()
+            new[operation][0]()
+            same[operation] = _same_bits(written, new[operation][1])
         functions = {"copy": arrays["copy"]}
         for operation in OPERATIONS:
             functions[f"before {operation}"] = old[operation][0]
             functions[f"after {operation}"] = new[operation][0]
-        best = interleaved_best_seconds(functions, repeat=rounds, settle=SETTLE_SECONDS)
+        times = interleaved_round_seconds(functions, repeat=rounds, settle=SETTLE_SECONDS)
         for operation in OPERATIONS:
+            before_s, after_s = times[f"before {operation}"], times[f"after {operation}"]
+            ratios = np.divide(before_s, after_s)
             rows.append(
                 Row(
-                    case.label, operation, best[f"before {operation}"] * 1e3,
-                    best[f"after {operation}"] * 1e3, best["copy"] * 1e3, same[operation],
+                    case.label, operation, min(before_s) * 1e3, min(after_s) * 1e3,
+                    min(times["copy"]) * 1e3, same[operation],
+                    tuple(float(q) for q in np.percentile(ratios, [25, 50, 75])),
                 )
             )  # fmt: skip
     return rows
@@ -209,15 +235,19 @@ def format_report(rows: Sequence[Row], revision: str) -> str:
     """A Markdown table: before, after, their ratio, the copy and whether the bits agree."""
     lines = [
         f"BatchNorm CPU kernels: {revision} (before) against the working tree (after), "
-        "interleaved rounds in one process, best round kept.",
+        "interleaved rounds in one process, best round kept; 'paired' is before / after "
+        "round by round, the median and the quartiles (steadier on a shared machine).",
         "",
-        "| case | operation | before ms | after ms | before / after | copy ms | same bits |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| case | operation | before ms | after ms | before / after | paired median "
+        "(quartiles) | copy ms | same bits |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
+        low, median, high = row.paired
         lines.append(
             f"| {row.case} | {row.operation} | {row.before_ms:.4f} | {row.after_ms:.4f} "
-            f"| {row.speedup:.2f} | {row.copy_ms:.4f} | {'yes' if row.same_bits else 'NO'} |"
+            f"| {row.speedup:.2f} | {median:.2f} ({low:.2f}-{high:.2f}) | {row.copy_ms:.4f} "
+            f"| {'yes' if row.same_bits else 'NO'} |"
         )
     if rows:
         product = math.prod(row.speedup for row in rows)

@@ -54,12 +54,26 @@ def interleaved_best_seconds(
     all of them alike, and the ratios stay meaningful. Each round starts
     ``settle`` seconds after the previous one ended (:data:`SETTLE_SECONDS`).
     """
-    best = {name: float("inf") for name in functions}
+    rounds = interleaved_round_seconds(functions, repeat, settle)
+    return {name: min(times) for name, times in rounds.items()}
+
+
+def interleaved_round_seconds(
+    functions: dict[str, Any], repeat: int = 7, settle: float = SETTLE_SECONDS
+) -> dict[str, list[float]]:
+    """Each function's time in each of ``repeat`` interleaved rounds.
+
+    The rounds of :func:`interleaved_best_seconds`, all of them: two
+    contenders timed next to each other in a round met the same load, so the
+    ratio of their times round by round (a paired comparison) is steadier on
+    a shared machine than the ratio of their best rounds.
+    """
+    rounds: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeat):
         for name, function in functions.items():
             time.sleep(settle)
-            best[name] = min(best[name], best_seconds(function, repeat=1))
-    return best
+            rounds[name].append(best_seconds(function, repeat=1))
+    return rounds
 
 
 def copier(source: np.ndarray) -> Any:
