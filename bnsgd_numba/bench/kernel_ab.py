@@ -7,10 +7,12 @@ times the fused passes of both (forward-eval, forward-train, backward) on
 the same arrays in interleaved rounds, with a same-size copy in the same
 rounds, the best round of each kept, and the ratio of the two versions'
 times round by round (its median and quartiles: a paired comparison, which
-a burst of other work on the machine moves less than the best rounds). Two
-processes, one per version, differ by more than most changes on a shared
-machine; interleaved rounds in one process do not. It also says whether both versions give the same bits,
-which most changes of traversal promise.
+a burst of other work on the machine moves less than the best rounds). Both
+versions read and write the same arrays: where an output lies changes the
+speed of the pass writing it. Two processes, one per version, differ by more
+than most changes on a shared machine; interleaved rounds in one process do
+not. It also says whether both versions give the same bits, which most
+changes of traversal promise.
 
 The old module is compiled from a temporary copy (numba caches it there,
 and the copy is deleted afterwards). It imports the working tree's helpers,
