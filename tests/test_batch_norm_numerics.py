@@ -65,16 +65,21 @@ def test_float32_with_large_mean_and_small_spread_is_accurate(shape, axis):
     assert np.max(np.abs(y - y_ref)) <= 8 * np.finfo(np.float32).eps * np.max(np.abs(y_ref))
 
 
-@pytest.mark.parametrize("shape", [(512, 3, 64), (20000, 3)])
+@pytest.mark.parametrize("shape", [(512, 3, 64), (100000, 3)])
 def test_items_whose_first_rows_are_outliers_keep_float32_statistics_accurate(shape):
-    # A float32 work item sums deviations about the mean of its first rows
-    # (SHIFT_SAMPLE_DIVISOR): those rows 100 standard deviations away from
-    # the rest, at a mean of 1e4, are the worst case for that shift.
-    # Unshifted float64 sums would be off by ~1e-4 of the variance here.
+    # A float32 work item (an NCS item, or an RC moment task's row group)
+    # sums deviations about the mean of its first rows (SHIFT_SAMPLE_DIVISOR):
+    # those rows 100 standard deviations away from the rest, at a mean of
+    # 1e4, are the worst case for that shift. Unshifted float64 sums would be
+    # off by ~1e-4 of the variance here.
+    from bnsgd_numba.batch_norm import _cpu
+
     x = (1e4 + 1e-2 * np.random.default_rng(1).standard_normal(shape)).astype(np.float32)
     layout = "ncs" if x.ndim == 3 else "rc"
     view = x.reshape(shape[0], 3, -1) if layout == "ncs" else x.reshape(-1, 3, 1)
     per_item = rows_per_item(view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
+    if layout == "rc":
+        per_item = _cpu._moment_groups(shape[0], per_item)[1]
     sample = -(-per_item // SHIFT_SAMPLE_DIVISOR)
     assert 1 <= sample < per_item < shape[0]
     for start in range(0, shape[0], per_item):
