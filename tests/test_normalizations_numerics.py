@@ -213,3 +213,31 @@ def test_four_rows_at_a_time_add_the_column_sums_of_four_single_rows(dtype, affi
     tolerance = length * np.finfo(np.float64).eps * scale
     assert np.all(np.abs(quad[0] - single[0]) <= tolerance)
     assert np.all(np.abs(quad[1] - single[1]) <= tolerance)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_row_of_one_block_gives_the_bits_of_its_merge_into_zeros(dtype):
+    # A row that is one block skips merge_chan's divisions (a first part
+    # merges with a ratio of exactly 1 and a weight of exactly 0): its mean
+    # and M2 must be the merge's bits, for ordinary rows and for a constant
+    # row, -0.0, NaN, infinities and (float64) a mean whose square overflows.
+    from bnsgd_numba._core.reductions import merge_chan
+    from bnsgd_numba.normalizations import _cpu as kernels
+
+    rng = np.random.default_rng(11)
+    rows = [
+        (3 + 2 * rng.standard_normal(203)).astype(dtype),
+        np.full(40, 7.25, dtype),
+        np.full(17, -0.0, dtype),
+        np.array([1.0, np.nan, 2.0], dtype),
+        np.array([1.0, np.inf, 2.0], dtype),
+        np.array([-np.inf, -np.inf], dtype),
+        (1e4 + 1e-2 * rng.standard_normal(64)).astype(dtype),
+    ]
+    if dtype == np.float64:
+        rows.append(np.full(9, 1e200))
+        rows.append(-3e160 * (1 + np.arange(5.0)))
+    for row in rows:
+        merged = merge_chan(0.0, 0.0, 0.0, float(row.size), *kernels._block_moments(row))[1:]
+        shortcut = kernels._row_moments(row, row.size)
+        assert np.array(shortcut).tobytes() == np.array(merged).tobytes(), row[:4]

@@ -41,22 +41,34 @@ from bnsgd_numba._core.streaming import borrow, centered_normalize_span, store_f
 
 
 @cpu_kernel()
+def _block_moments(part):
+    # (mean, M2) of one block in float64: the sums of its deviations from
+    # the mean of its first values (a 1/16 sample for float32, the whole
+    # block for float64; see _core.reductions.SHIFT_SAMPLE_DIVISOR)
+    size = part.shape[0]
+    sample = shift_sample_size(part.itemsize, size)
+    shift = sum_values(part[:sample]) / np.float64(sample)
+    deviation, squares = shifted_sums(part, shift)
+    return shift + deviation / size, max(squares - deviation * deviation / size, 0.0)
+
+
+@cpu_kernel()
 def _row_moments(row, block):
-    # (mean, M2) of one row in float64, per block of ``block`` values: sums of
-    # the deviations from the mean of the block's first values (a 1/16
-    # sample for float32, the whole block for float64; see
-    # _core.reductions.SHIFT_SAMPLE_DIVISOR), Chan-merged in block order.
+    # (mean, M2) of one row in float64: its blocks of ``block`` values
+    # (_block_moments), Chan-merged in block order into zeros
     n = row.shape[0]
+    if 0 < n <= block:
+        # one block: merge_chan's arithmetic for a first part (a ratio of
+        # exactly 1, a weight of exactly 0) without its two divisions
+        mean, m2 = _block_moments(row)
+        return 0.0 + mean * 1.0, 0.0 + m2 + mean * mean * 0.0
     count, mean, m2 = 0.0, 0.0, 0.0
     for b in range((n + block - 1) // block):
         part = row[b * block : min(n, (b + 1) * block)]
-        size = part.shape[0]
-        sample = shift_sample_size(row.itemsize, size)
-        shift = sum_values(part[:sample]) / np.float64(sample)
-        deviation, squares = shifted_sums(part, shift)
-        part_mean = shift + deviation / size
-        part_m2 = max(squares - deviation * deviation / size, 0.0)
-        count, mean, m2 = merge_chan(count, mean, m2, np.float64(size), part_mean, part_m2)
+        part_mean, part_m2 = _block_moments(part)
+        count, mean, m2 = merge_chan(
+            count, mean, m2, np.float64(part.shape[0]), part_mean, part_m2
+        )  # fmt: skip
     return mean, m2
 
 
