@@ -119,12 +119,12 @@ def batch_norm_forward(
         running_mean = (1 - momentum) * running_mean + momentum * mean
         running_var = (1 - momentum) * running_var + momentum * var * m / (m - 1)
 
-    The statistics are accumulated in float64 per cache-sized block, as
-    sums of deviations from a shift (the mean of the block's first rows for
-    float32, of the whole block for float64), and the blocks are merged with
-    Chan's formula (Chan, Golub & LeVeque 1979); never E[x^2] - E[x]^2.
-    They do not depend on the number of threads. Ioffe & Szegedy (2015),
-    "Batch Normalization".
+    The statistics are accumulated in float64 per block of rows (blocks
+    set by the shape alone), as sums of deviations from a shift (the mean of
+    the block's first rows for float32, of the whole block for float64), and
+    the blocks are merged with Chan's formula (Chan, Golub & LeVeque 1979);
+    never E[x^2] - E[x]^2. They do not depend on the number of threads.
+    Ioffe & Szegedy (2015), "Batch Normalization".
 
     An empty batch (a zero-length axis other than the channel axis) gives an
     empty output, as in PyTorch, and leaves the running statistics alone;
