@@ -79,7 +79,7 @@ def test_items_whose_first_rows_are_outliers_keep_float32_statistics_accurate(sh
     view = x.reshape(shape[0], 3, -1) if layout == "ncs" else x.reshape(-1, 3, 1)
     per_item = rows_per_item(view, layout, config.CPU_ITEM_ELEMENTS, config.CPU_RC_COLUMNS)
     if layout == "rc":
-        per_item = _cpu._moment_groups(shape[0], per_item)[1]
+        per_item = _cpu._moment_groups(shape[0], per_item, x.itemsize)[2]
     sample = -(-per_item // SHIFT_SAMPLE_DIVISOR)
     assert 1 <= sample < per_item < shape[0]
     for start in range(0, shape[0], per_item):

@@ -54,13 +54,16 @@ only, never on the number of threads.
 """
 
 MOMENT_GROUP_ITEMS = 4
-"""Work items per row group of a channels-last moment reduction.
+"""Work items per row group of a float32 channels-last moment reduction.
 
-A group is one task: it sums its rows about a single shift, the mean of its
-first rows (SHIFT_SAMPLE_DIVISOR), so it pays one shift pass, one division
-per column and no merge. With a group per work item, the (N, 784) forward
-pass spent 10-15% of its time on those; four items per group ran it
-1.10-1.17x faster at N = 64..4096 (Zen 4, 2 threads), eight items no faster.
+A float32 group is one task that sums its rows about a single shift, the
+mean of its first rows (SHIFT_SAMPLE_DIVISOR), so it pays one shift pass,
+one division per column and no merge. With a group per work item, the
+(N, 784) forward pass spent 10-15% of its time on those; four items per
+group ran it 1.10-1.17x faster at N = 64..4096 (Zen 4, 2 threads), eight
+items no faster. A float64 group keeps a shift per work item: its shift is
+the item's exact mean, a pass of its own over the item, and over four items
+that pass fell out of the cache ((4096, 784) 0.91x, (1024, 4096) 0.89x).
 """
 
 FUSED_BACKWARD_BYTES = 512 * 1024
@@ -230,9 +233,14 @@ def _rc_groups(rows, rows_per_item):
 
 
 @cpu_kernel()
-def _moment_groups(rows, rows_per_item):
-    # (row groups, rows per group) of an RC moment reduction (MOMENT_GROUP_ITEMS)
-    return _rc_groups(rows, rows_per_item * MOMENT_GROUP_ITEMS)
+def _moment_groups(rows, rows_per_item, itemsize):
+    # (row groups, rows per group, rows per shift) of an RC moment reduction
+    # (MOMENT_GROUP_ITEMS)
+    if itemsize >= 8:
+        groups, rows_per_group = _rc_groups(rows, rows_per_item)
+        return groups, rows_per_group, rows_per_item
+    groups, rows_per_group = _rc_groups(rows, rows_per_item * MOMENT_GROUP_ITEMS)
+    return groups, rows_per_group, rows_per_group
 
 
 @cpu_kernel()
@@ -384,15 +392,17 @@ def _moments_ncs(x, rows_per_item, mean, m2):
 
 def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
     # Per-channel mean and M2 of x (R, C) into float64 ``mean``/``m2``. A
-    # task sums one row group (_moment_groups) of a strip of columns about
-    # one shift (_item_moments_rc); the groups then merge in order (Chan). A
-    # column's result does not depend on the strips, and the partial results
-    # stay small (a large temporary costs page faults on every call).
+    # task takes one row group (_moment_groups) of a strip of columns: it
+    # sums each block of rows about its own shift (_item_moments_rc; one
+    # block per float32 group) and Chan-merges the blocks in order; the
+    # groups then merge in order. A column's result does not depend on the
+    # strips, and the partial results stay small (a large temporary costs
+    # page faults on every call).
     rows, channels = x.shape
-    groups, rows_per_group = _moment_groups(rows, rows_per_item)
+    groups, rows_per_group, rows_per_shift = _moment_groups(rows, rows_per_item, x.itemsize)
     strips, width = _rc_strips(channels, columns_per_item)
-    if rows > 0 and groups * strips == 1:
-        # one task (the seed's (32, 784)): its moments, merged into zeroed
+    if rows > 0 and groups * strips == 1 and rows <= rows_per_shift:
+        # one block (the seed's (32, 784)): its moments, merged into zeroed
         # totals in place, without the partial arrays
         deviations = np.empty(channels, dtype=np.float64)
         _item_moments_rc(x, 0, rows, 0, channels, mean, m2, deviations)
@@ -401,10 +411,18 @@ def _moments_rc(x, rows_per_item, columns_per_item, mean, m2):
     part = np.empty((2, groups, channels), dtype=np.float64)
     for task in prange(groups * strips):
         g, c0, c1, start, stop = _rc_task(task, strips, width, channels, rows_per_group, rows)
-        deviations = np.empty(c1 - c0, dtype=np.float64)
-        _item_moments_rc(
-            x, start, stop, c0, c1, part[0, g, c0:c1], part[1, g, c0:c1], deviations
-        )  # fmt: skip
+        work = np.empty((3, c1 - c0), dtype=np.float64)
+        group_mean = part[0, g, c0:c1]
+        group_m2 = part[1, g, c0:c1]
+        first = min(start + rows_per_shift, stop)
+        _item_moments_rc(x, start, first, c0, c1, group_mean, group_m2, work[2])
+        count = np.float64(first - start)
+        for r0 in range(first, stop, rows_per_shift):
+            r1 = min(r0 + rows_per_shift, stop)
+            _item_moments_rc(x, r0, r1, c0, c1, work[0], work[1], work[2])
+            count = _merge_columns(
+                count, np.float64(r1 - r0), group_mean, group_m2, work[0], work[1]
+            )
     # the groups merge in order on the calling thread: a few vector operations
     # per group, less than waking the pool for another parallel region costs
     mean[:] = 0.0
