@@ -27,8 +27,8 @@ at most (1 + 16) M2; its rounding costs at most 17 float64 eps of M2 whatever
 the data, far below a float32 ulp, and the pass that would find the item's
 exact mean first is saved. A float64 item uses all its rows (the two-pass
 algorithm). A constant item gives an exact shift (a sum of equal values
-divided by their count) and exact zero deviations. In the channels-last
-BatchNorm moments a task's whole row group is one item
+divided by their count) and exact zero deviations. In the float32
+channels-last BatchNorm moments a task's whole row group is one item
 (``batch_norm._cpu.MOMENT_GROUP_ITEMS``).
 """
 
