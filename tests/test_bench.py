@@ -179,6 +179,9 @@ def test_the_report_puts_the_batch_sweep_in_its_own_table_and_lists_the_targets(
     assert "| no BatchNorm or variant row slower than PyTorch | slowest 1.20x" in text
     saved = json.loads(figures.read_text())
     assert {"megabytes", "copy_ms"} <= saved["batch_norm"][0].keys()
+    # every figure of the report: the variants' rows, and no training rows without MNIST
+    assert [row["case"] for row in saved["variants"]] == ["layer_norm (4096, 1024)"]
+    assert saved["training"] == []
 
 
 def test_the_scaling_series_are_4d_and_2d_with_the_copy_and_the_plot_draws_them(

@@ -52,8 +52,8 @@ def test_the_bench_report_has_a_training_row_when_mnist_is_there(tmp_path, monke
     from bnsgd_numba.bench import report
 
     monkeypatch.setattr(bench, "DEFAULT_DATA", tmp_path / "mnist.npz")
-    title, text = report._training_table(quick=True)
-    assert "MNIST" in title and text.startswith("Not measured: no MNIST at")
+    (title, text), rows = report._training_table(quick=True)
+    assert "MNIST" in title and text.startswith("Not measured: no MNIST at") and rows == []
     rng = np.random.default_rng(0)
     np.savez(
         tmp_path / "mnist.npz",
@@ -62,6 +62,7 @@ def test_the_bench_report_has_a_training_row_when_mnist_is_there(tmp_path, monke
         x_test=rng.integers(0, 256, (20, 8, 8)).astype(np.uint8),
         y_test=np.arange(20) % 10,
     )
-    _, text = report._training_table(quick=True)
+    (_, text), rows = report._training_table(quick=True)
     row = [line for line in text.splitlines() if line.startswith("| 1 epochs, batch 32 |")]
     assert len(row) == 1 and row[0].count("|") == 8 and "| - |" not in row[0]
+    assert [r.case for r in rows] == ["1 epochs, batch 32"]

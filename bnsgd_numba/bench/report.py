@@ -384,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     sgd_rows, _ = sgd.run(probe=probe, repeat=repeat)
     startup = batch_norm.startup_seconds()
     extra_tables, variant_rows = _extra_tables(probe, repeat)
-    extra_tables.append(_training_table(args.quick))
+    training_table, training_rows = _training_table(args.quick)
+    extra_tables.append(training_table)
     checks = targets(bn_rows, sgd_rows, startup, variant_rows)
     points = None
     if args.plot:
@@ -400,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(
                 {"machine": machine, "probe_bytes_per_s": probe, "startup": startup,
                  "batch_norm": [asdict(r) for r in bn_rows], "sgd": [asdict(r) for r in sgd_rows],
+                 "variants": [asdict(r) for r in variant_rows],
+                 "training": [asdict(r) for r in training_rows],
                  "targets": checks, "scaling": points},
                 handle, indent=2,
             )  # fmt: skip
@@ -418,22 +421,23 @@ def _extra_tables(probe: float, repeat: int) -> tuple[list[tuple[str, str]], lis
     return [table], rows
 
 
-def _training_table(quick: bool) -> tuple[str, str]:
-    # the main job, when MNIST is where Keras keeps it: this library against PyTorch eager
+def _training_table(quick: bool) -> tuple[tuple[str, str], list[Any]]:
+    # the main job, when MNIST is where Keras keeps it: this library against
+    # PyTorch eager; the (title, table) and the rows (none when not measured)
     from bnsgd_numba.bench import training
 
     title = "Training the seed's network on MNIST"
     path = training.DEFAULT_DATA.expanduser()
     if not path.exists():
-        return title, (
+        return (title, (
             f"Not measured: no MNIST at `{path}` (where Keras keeps its `mnist.npz`; "
             "`python benchmarks/bench_training.py --data PATH` takes another file)."
-        )
+        )), []  # fmt: skip
     rows = training.run(
         path, speed_epochs=1 if quick else 3, accuracy_epochs=0 if quick else 10,
         rounds=1 if quick else 2,
     )  # fmt: skip
-    return title, training.format_table(rows, str(path))
+    return (title, training.format_table(rows, str(path))), rows
 
 
 if __name__ == "__main__":
