@@ -60,8 +60,8 @@ A float32 group is one task that sums its rows about a single shift, the
 mean of its first rows (SHIFT_SAMPLE_DIVISOR), so it pays one shift pass,
 one division per column and no merge. With a group per work item, the
 (N, 784) forward pass spent 10-15% of its time on those; four items per
-group ran it 1.10-1.17x faster at N = 64..4096 (Zen 4, 2 threads), eight
-items no faster. A float64 group keeps a shift per work item: its shift is
+group ran it 1.07-1.19x faster at N = 64..4096 in two paired runs (Zen 4,
+2 threads), eight items no faster. A float64 group keeps a shift per work item: its shift is
 the item's exact mean, a pass of its own over the item, and over four items
 that pass fell out of the cache ((4096, 784) 0.91x, (1024, 4096) 0.89x).
 """
