@@ -24,7 +24,7 @@ _DEFAULTS = {
     "REDUCTION_FASTMATH": frozenset({"reassoc", "contract"}),
     "CPU_ITEM_ELEMENTS": 16384,
     "CPU_RC_COLUMNS": 512,
-    "CPU_SERIAL_BELOW": 131072,
+    "CPU_SERIAL_BELOW": 98304,
     "GPU_THREADS_PER_BLOCK": 256,
 }
 
@@ -54,8 +54,9 @@ CPU_SERIAL_BELOW: int = _DEFAULTS["CPU_SERIAL_BELOW"]
 
 Both builds split the work into the same items, so they agree bitwise. The
 serial one runs on the calling thread and never starts or wakes the thread
-pool: below about 2**17 elements a parallel region costs more than it saves
-on two cores (measured per kernel family, docs/threading.md), and in a
+pool: below about 98,304 (3 * 2**15) elements a parallel region costs more
+than it saves on two cores (measured per kernel family, docs/threading.md),
+and in a
 training step it would also wake threads next to BLAS's. 0 makes every call
 parallel; a huge value makes every call serial.
 """

@@ -35,8 +35,9 @@ FAMILIES = (
     "BatchNorm backward (N, 784)",
     "SGD step, momentum",
 )
-SIZES = tuple(2**k for k in range(14, 22))
-"""Elements of each measurement: 16,384 (2**14) to 2,097,152 (2**21)."""
+SIZES = tuple(sorted({2**k for k in range(14, 22)} | {3 * 2**k for k in range(14, 17)}))
+"""Elements of each measurement: 16,384 (2**14) to 2,097,152 (2**21), with
+half steps (3 * 2**k) from 49,152 to 196,608, where the crossovers lie."""
 
 ALL_SERIAL = 10**12
 SETTLE_SECONDS = 0.01
