@@ -44,10 +44,48 @@ def run_every_pass(shape, dtype):
     bn.batch_norm_backward(x, x, None, out.save_mean, out.save_invstd)
 
 
+@pytest.fixture
+def small_entries(monkeypatch):
+    """Record the name of every whole-call entry (the serial fast lane) called."""
+    original = functional._small_entry
+    calls = []
+
+    def small_entry(name, layout):
+        entry = original(name, layout)
+        assert entry is functional.fused_pair(name, layout).serial
+
+        def call(*args):
+            calls.append(name)
+            return entry(*args)
+
+        return call
+
+    monkeypatch.setattr(functional, "_small_entry", small_entry)
+    return calls
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(32, 784), (32, 64)])
-def test_the_seeds_shapes_run_the_serial_builds(parallel_flags, shape, dtype):
+def test_the_seeds_shapes_run_the_serial_builds(parallel_flags, small_entries, shape, dtype):
     run_every_pass(shape, dtype)
+    assert small_entries == ["forward_small", "forward_small", "backward_small"]
+    assert parallel_flags == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(32, 784), (32, 64)])
+def test_the_seeds_shapes_off_the_fast_lane_run_the_serial_builds(
+    parallel_flags, small_entries, shape, dtype
+):
+    # NumPy scalars are valid but never the fast lane's: the general path
+    # runs, with the serial builds too
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    channels = shape[1]
+    rm, rv = np.zeros(channels, dtype), np.ones(channels, dtype)
+    out = bn.batch_norm_forward(x, None, None, rm, rv, training=np.bool_(True))
+    bn.batch_norm_forward(x, None, None, rm, rv, training=np.bool_(False))
+    bn.batch_norm_backward(x, x, None, out.save_mean, out.save_invstd, training=np.bool_(True))
+    assert small_entries == []
     assert parallel_flags == [
         ("forward_train", False),
         ("forward_eval", False),
@@ -55,6 +93,7 @@ def test_the_seeds_shapes_run_the_serial_builds(parallel_flags, shape, dtype):
     ]
 
 
-def test_a_larger_batch_runs_the_parallel_builds(parallel_flags):
+def test_a_larger_batch_runs_the_parallel_builds(parallel_flags, small_entries):
     run_every_pass((256, 784), np.float32)
+    assert small_entries == []
     assert [flag for _, flag in parallel_flags] == [True, True, True]

@@ -14,7 +14,7 @@ import pytest
 
 import bnsgd_numba as bn
 from bnsgd_numba._core.spans import byte_span, written_meets
-from bnsgd_numba.batch_norm import _fast_lane
+from bnsgd_numba.batch_norm import NonFiniteStatisticsError, _fast_lane
 
 
 def _arguments(shape, channel_axis=1, dtype=np.float32):
@@ -132,3 +132,162 @@ def test_byte_spans_of_strided_reversed_and_empty_arrays():
     assert written_meets(spans[[0, 2]], spans[:0])  # two written, meeting
     empty = np.array([byte_span(a[:0])])
     assert not written_meets(empty, spans)
+
+
+@pytest.fixture
+def entry_statuses(monkeypatch):
+    """The status of every whole-call kernel entry (the serial fast lane) run."""
+    from bnsgd_numba.batch_norm import functional
+
+    original = functional._small_entry
+    statuses = []
+
+    def small_entry(name, layout):
+        entry = original(name, layout)
+
+        def call(*args):
+            status = entry(*args)
+            statuses.append((name, int(status)))
+            return status
+
+        return call
+
+    monkeypatch.setattr(functional, "_small_entry", small_entry)
+    return statuses
+
+
+SMALL_CASES = [
+    ((32, 64), 1),
+    ((6, 3, 5), 1),
+    ((6, 5, 3), -1),
+    ((2, 3, 4, 5), 1),
+    ((2, 4, 5, 3), 3),
+    ((2, 1), 1),
+]
+
+
+@pytest.mark.parametrize("shape, channel_axis", SMALL_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("given", ["all", "no affine", "no running statistics"])
+def test_small_calls_run_in_one_kernel_entry_with_the_general_paths_bits(
+    entry_statuses, shape, channel_axis, dtype, given
+):
+    arguments = _arguments(shape, channel_axis, dtype)
+    if given == "no affine":
+        arguments["weight"] = arguments["bias"] = None
+    elif given == "no running statistics":
+        arguments["running_mean"] = arguments["running_var"] = None
+    fast, general = _copies_or_none(arguments), _copies_or_none(arguments)
+    trainings = (True,) if given == "no running statistics" else (True, False)
+    for training in trainings:
+        y_fast = bn.batch_norm_forward(**fast, training=training, channel_axis=channel_axis)
+        y_general = bn.batch_norm_forward(
+            **general, training=np.bool_(training), channel_axis=channel_axis
+        )
+        for got, expected in zip(y_fast, y_general, strict=True):
+            np.testing.assert_array_equal(got, expected)
+            assert got.dtype is np.dtype(dtype)
+    for name in ("running_mean", "running_var"):
+        np.testing.assert_array_equal(fast[name], general[name])
+    dy = np.random.default_rng(8).standard_normal(shape).astype(dtype)
+    saved = bn.batch_norm_forward(**fast, training=True, channel_axis=channel_axis)
+    args = (dy, fast["x"], fast["weight"], saved.save_mean, saved.save_invstd)
+    grads_fast = bn.batch_norm_backward(*args, channel_axis=channel_axis)
+    grads_general = bn.batch_norm_backward(
+        *args, training=np.bool_(True), channel_axis=channel_axis
+    )
+    for got, expected in zip(grads_fast, grads_general, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    # every public call with Python scalars ran the entry, to the end
+    assert [name for name, _ in entry_statuses] == ["forward_small"] * (len(trainings) + 1) + [
+        "backward_small"
+    ]
+    assert all(status == 0 for _, status in entry_statuses)
+
+
+def _copies_or_none(arguments):
+    return {name: None if value is None else value.copy() for name, value in arguments.items()}
+
+
+REFUSED_SHAPES = {
+    "weight length": (dict(weight=np.ones(3, np.float32)), "weight"),
+    "bias length": (dict(bias=np.ones(6, np.float32)), "bias"),
+    "running_var length": (dict(running_var=np.ones(2, np.float32)), "running_var"),
+    "one value per channel": (dict(x=np.ones((1, 4), np.float32)), "more than 1 value"),
+    "empty batch": (dict(x=np.ones((0, 4), np.float32)), None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_SHAPES))
+def test_shapes_the_entry_refuses_go_to_the_general_path_with_nothing_written(entry_statuses, case):
+    from bnsgd_numba.batch_norm._cpu import NOT_COMMON
+
+    overrides, message = REFUSED_SHAPES[case]
+    arguments = {**_arguments((8, 4)), **overrides}
+    before = _copies(arguments)
+    if message is None:  # valid: the general path's empty batch
+        result = bn.batch_norm_forward(**arguments, training=True)
+        assert result.y.shape == arguments["x"].shape
+    else:
+        with pytest.raises(ValueError, match=message):
+            bn.batch_norm_forward(**arguments, training=True)
+    for name, value in before.items():
+        np.testing.assert_array_equal(arguments[name], value, err_msg=name)
+    assert entry_statuses == [("forward_small", NOT_COMMON)]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"dy": np.ones((8, 5), np.float32)}, "dy"),
+        ({"save_mean": np.ones(5, np.float32)}, "save_mean"),
+        ({"weight": np.ones(2, np.float32)}, "weight"),
+    ],
+    ids=["dy shape", "save_mean length", "weight length"],
+)
+def test_backward_shapes_the_entry_refuses_are_named(entry_statuses, change, message):
+    from bnsgd_numba.batch_norm._cpu import NOT_COMMON
+
+    arguments = _arguments((8, 4))
+    saved = bn.batch_norm_forward(**arguments, training=True)
+    entry_statuses.clear()
+    call = {
+        "dy": np.ones((8, 4), np.float32),
+        "x": arguments["x"],
+        "weight": arguments["weight"],
+        "save_mean": saved.save_mean,
+        "save_invstd": saved.save_invstd,
+        **change,
+    }
+    out = np.full((8, 4), 7.0, np.float32)
+    with pytest.raises(ValueError, match=message):
+        bn.batch_norm_backward(**call, out=out)
+    np.testing.assert_array_equal(out, 7.0)
+    assert entry_statuses == [("backward_small", NOT_COMMON)]
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_non_finite_statistics_in_the_entry_are_reported_as_by_the_general_path(
+    entry_statuses, policy
+):
+    import warnings
+
+    arguments = _arguments((8, 4))
+    arguments["x"][3, 2] = np.nan
+    before = _copies(arguments)
+    out = np.full((8, 4), 7.0, np.float32)
+    if policy == "raise":
+        with pytest.raises(NonFiniteStatisticsError) as info:
+            bn.batch_norm_forward(**arguments, training=True, out=out)
+        assert info.value.channels.tolist() == [2]
+        np.testing.assert_array_equal(out, 7.0)
+    else:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            bn.batch_norm_forward(**arguments, training=True, out=out, on_nonfinite="skip")
+        assert [w.category for w in record] == [RuntimeWarning]
+        assert record[0].filename == __file__  # the warning points at the caller
+        assert np.isnan(out[:, 2]).all() and np.isfinite(out[:, [0, 1, 3]]).all()
+    for name in ("running_mean", "running_var"):
+        np.testing.assert_array_equal(arguments[name], before[name])
+    assert entry_statuses == [("forward_small", 1)]

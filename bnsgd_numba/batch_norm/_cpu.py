@@ -1115,9 +1115,121 @@ def backward(
     return 0
 
 
+NOT_COMMON = -2
+"""What :func:`forward_small` and :func:`backward_small` return, having
+written nothing, when a shape is not that of a common call."""
+
+
+@cpu_kernel()
+def _kernel_shape(shape, axis):
+    # (N, C, S) of the C-contiguous kernel view of an array of ``shape`` with
+    # its channels on ``axis`` (0 <= axis < len(shape)): (R, C, 1) when last
+    rows = 1
+    inner = 1
+    for k in range(len(shape)):
+        if k < axis:
+            rows *= shape[k]
+        elif k > axis:
+            inner *= shape[k]
+    return rows, shape[axis], inner
+
+
+@cpu_kernel()
+def _vector_fits(vector, given, channels):
+    # a per-channel vector of the call: ``channels`` long when given, the
+    # empty stand-in otherwise
+    return vector.shape[0] == (channels if given else 0)
+
+
+def forward_small(
+    x, y, weight, bias, running_mean, running_var, save_mean, save_invstd, absent,
+    training, momentum, eps, stop_on_nonfinite, axis, item_elements, columns_per_item,
+):  # fmt: skip
+    """A whole forward call of the serial fast lane; returns a status.
+
+    ``x`` and ``y`` are the caller's C-contiguous arrays, of any number of
+    dimensions, the channels on ``axis`` (-ndim <= axis < ndim). Their
+    kernel views and the call of :func:`forward_train` or
+    :func:`forward_eval` (serial, with the memory test) happen here, so that
+    a small call costs one dispatch. The caller has checked every type,
+    dtype, flag and scalar; the shapes are checked here. ``absent``: bit 0
+    no weight, bit 1 no bias, bit 2 no running statistics (empty arrays
+    stand in for them). The status is what the pass returned, or
+    :data:`NOT_COMMON` with nothing written when a shape is not that of a
+    common call. (The caller allocates ``save_mean`` and ``save_invstd``:
+    arrays made here would come back with a copy of their dtype, which the
+    fast lane's ``dtype is`` tests would not recognize.)
+    """
+    ndim = x.ndim
+    if ndim < 2 or not -ndim <= axis < ndim or y.shape != x.shape:
+        return NOT_COMMON
+    axis = axis % ndim
+    if CHANNELS_LAST != (axis == ndim - 1):
+        return NOT_COMMON
+    rows, channels, inner = _kernel_shape(x.shape, axis)
+    tracked = (absent & 4) == 0
+    if (
+        rows * inner == 0
+        or channels == 0
+        or (training and rows * inner < 2)
+        or not _vector_fits(weight, (absent & 1) == 0, channels)
+        or not _vector_fits(bias, (absent & 2) == 0, channels)
+        or not _vector_fits(running_mean, tracked, channels)
+        or not _vector_fits(running_var, tracked, channels)
+        or not _vector_fits(save_mean, True, channels)
+        or not _vector_fits(save_invstd, True, channels)
+    ):
+        return NOT_COMMON
+    x3 = x.reshape((rows, channels, inner))
+    y3 = y.reshape((rows, channels, inner))
+    if training:
+        return forward_train(
+            x3, y3, weight, bias, running_mean, running_var, save_mean, save_invstd,
+            momentum, eps, stop_on_nonfinite, False, item_elements, columns_per_item, True,
+        )  # fmt: skip
+    return forward_eval(
+        x3, y3, weight, bias, running_mean, running_var, save_mean, save_invstd,
+        eps, False, item_elements, columns_per_item, True,
+    )  # fmt: skip
+
+
+def backward_small(
+    dy, x, dx, weight, save_mean, save_invstd, grad_weight, grad_bias, absent, training,
+    axis, item_elements, columns_per_item,
+):  # fmt: skip
+    """A whole backward call of the serial fast lane; returns a status.
+
+    As :func:`forward_small`, around :func:`backward`: ``dy``, ``x`` and
+    ``dx`` are the caller's C-contiguous arrays; ``absent`` bit 0: no
+    weight. The status is :func:`backward`'s, or :data:`NOT_COMMON`.
+    """
+    ndim = x.ndim
+    if ndim < 2 or not -ndim <= axis < ndim or dy.shape != x.shape or dx.shape != x.shape:
+        return NOT_COMMON
+    axis = axis % ndim
+    if CHANNELS_LAST != (axis == ndim - 1):
+        return NOT_COMMON
+    rows, channels, inner = _kernel_shape(x.shape, axis)
+    if (
+        rows * inner == 0
+        or channels == 0
+        or not _vector_fits(weight, (absent & 1) == 0, channels)
+        or not _vector_fits(save_mean, True, channels)
+        or not _vector_fits(save_invstd, True, channels)
+        or not _vector_fits(grad_weight, True, channels)
+        or not _vector_fits(grad_bias, True, channels)
+    ):
+        return NOT_COMMON
+    return backward(
+        dy.reshape((rows, channels, inner)), x.reshape((rows, channels, inner)),
+        dx.reshape((rows, channels, inner)), weight, save_mean, save_invstd, grad_weight,
+        grad_bias, training, False, item_elements, columns_per_item, True,
+    )  # fmt: skip
+
+
 FUSED_PASSES = {
     layout: specialized(
-        (_normalize, forward_train, forward_eval, backward),
+        (_normalize, forward_train, forward_eval, backward, forward_small, backward_small),
         f"_{layout}",
         CHANNELS_LAST=layout == RC,
     )
@@ -1126,5 +1238,6 @@ FUSED_PASSES = {
 """Layout (``ncs``, ``rc``) -> name -> the fused pass for that layout.
 
 Names: ``_normalize`` (the affine normalization with given statistics),
-``forward_train``, ``forward_eval`` and ``backward``.
+``forward_train``, ``forward_eval``, ``backward``, and the whole small calls
+``forward_small`` and ``backward_small``.
 """

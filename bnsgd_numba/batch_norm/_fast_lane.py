@@ -11,6 +11,13 @@ general path, which checks every argument again, names the bad one, and
 handles every other case. Nothing is written here, so falling back loses
 nothing.
 
+A call over fewer than ``config.CPU_SERIAL_BELOW`` elements, which runs on
+the calling thread, goes further: :func:`small_forward_arguments` and
+:func:`small_backward_arguments` check what Python must (types, dtypes,
+flags, scalars) and the kernel entry (``forward_small``/``backward_small``
+of ``batch_norm._cpu``) checks the shapes, makes the views and allocates,
+in one dispatch. On the seed's (32, 64) a call then costs about 2 us less.
+
 Whether an array the call writes meets another one is left to the kernel,
 which tests the byte spans of all its arrays in nanoseconds before it
 writes (:mod:`bnsgd_numba._core.spans`); when they may meet, it writes
@@ -29,6 +36,136 @@ from bnsgd_numba._core.layouts import NCS, RC
 
 _SMALLEST_NORMAL = {dtype: float(np.finfo(dtype).tiny) for dtype in FLOAT_DTYPES}
 _POLICIES = frozenset(("raise", "skip"))
+NO_ARRAY = {dtype: np.empty(0, dtype=dtype) for dtype in FLOAT_DTYPES}
+"""dtype -> the empty array that stands in for a vector not given."""
+
+WEIGHT_ABSENT = 1
+BIAS_ABSENT = 2
+RUNNING_ABSENT = 4
+"""Bits of ``absent`` for the kernel entries: which vectors were not given."""
+
+
+def _options_common(
+    smallest: float, training: Any, momentum: Any, eps: Any, channel_axis: Any, on_nonfinite: Any
+) -> bool:
+    # the scalars of a common forward call: Python's own types, valid values
+    return (
+        type(channel_axis) is int
+        and (training is True or training is False)
+        and type(momentum) is float
+        and 0.0 <= momentum <= 1.0
+        and type(eps) is float
+        and smallest <= eps < math.inf
+        and type(on_nonfinite) is str
+        and on_nonfinite in _POLICIES
+    )
+
+
+def small_forward_arguments(
+    x: np.ndarray,
+    weight: Any,
+    bias: Any,
+    running_mean: Any,
+    running_var: Any,
+    training: Any,
+    momentum: Any,
+    eps: Any,
+    channel_axis: Any,
+    out: Any,
+    on_nonfinite: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int] | None:
+    """``(y, weight, bias, running_mean, running_var, absent, channels)`` for the entry, else None.
+
+    ``x`` is a NumPy array. As :func:`forward_view` but for the shapes,
+    which the entry checks: a vector not given becomes an empty array of
+    ``x``'s dtype, its bit set in ``absent``; ``y`` is ``out``, or a new
+    C-contiguous array.
+    """
+    dtype = x.dtype
+    smallest = _SMALLEST_NORMAL.get(dtype)
+    if (
+        smallest is None
+        or not x.flags.c_contiguous
+        or not _options_common(smallest, training, momentum, eps, channel_axis, on_nonfinite)
+    ):
+        return None
+    empty = NO_ARRAY[dtype]
+    absent = 0
+    if weight is None:
+        weight = empty
+        absent = WEIGHT_ABSENT
+    elif type(weight) is not np.ndarray or weight.dtype is not dtype:
+        return None
+    if bias is None:
+        bias = empty
+        absent |= BIAS_ABSENT
+    elif type(bias) is not np.ndarray or bias.dtype is not dtype:
+        return None
+    if running_mean is None and running_var is None:
+        if not training:
+            return None
+        running_mean = running_var = empty
+        absent |= RUNNING_ABSENT
+    elif (
+        type(running_mean) is not np.ndarray
+        or type(running_var) is not np.ndarray
+        or running_mean.dtype is not dtype
+        or running_var.dtype is not dtype
+        or (training and not (running_mean.flags.writeable and running_var.flags.writeable))
+    ):
+        return None
+    shape = x.shape
+    if not -len(shape) <= channel_axis < len(shape):
+        return None
+    y = _output(out, shape, dtype)
+    if y is None:
+        return None
+    return y, weight, bias, running_mean, running_var, absent, shape[channel_axis]
+
+
+def small_backward_arguments(
+    dy: Any,
+    x: np.ndarray,
+    weight: Any,
+    save_mean: Any,
+    save_invstd: Any,
+    training: Any,
+    channel_axis: Any,
+    out: Any,
+) -> tuple[np.ndarray, np.ndarray, int, int] | None:
+    """``(dx, weight, absent, channels)`` for the kernel entry, else None.
+
+    As :func:`small_forward_arguments`, for :func:`backward_views`' checks
+    but the shapes.
+    """
+    dtype = x.dtype
+    if (
+        type(dy) is not np.ndarray
+        or dtype not in _SMALLEST_NORMAL
+        or dy.dtype is not dtype
+        or not x.flags.c_contiguous
+        or not dy.flags.c_contiguous
+        or type(channel_axis) is not int
+        or (training is not True and training is not False)
+        or type(save_mean) is not np.ndarray
+        or type(save_invstd) is not np.ndarray
+        or save_mean.dtype is not dtype
+        or save_invstd.dtype is not dtype
+    ):
+        return None
+    absent = 0
+    if weight is None:
+        weight = NO_ARRAY[dtype]
+        absent = WEIGHT_ABSENT
+    elif type(weight) is not np.ndarray or weight.dtype is not dtype:
+        return None
+    shape = x.shape
+    if not -len(shape) <= channel_axis < len(shape):
+        return None
+    dx = _output(out, shape, dtype)
+    if dx is None:
+        return None
+    return dx, weight, absent, shape[channel_axis]
 
 
 def forward_view(
@@ -59,23 +196,16 @@ def forward_view(
     smallest = _SMALLEST_NORMAL.get(dtype)
     if smallest is None or not x.flags.c_contiguous:
         return None
+    if not _options_common(smallest, training, momentum, eps, channel_axis, on_nonfinite):
+        return None
     shape = x.shape
     ndim = len(shape)
-    if type(channel_axis) is not int or ndim < 2 or not -ndim <= channel_axis < ndim:
+    if ndim < 2 or not -ndim <= channel_axis < ndim:
         return None
     axis = channel_axis % ndim
     channels = shape[axis]
     size = x.size
-    if (
-        size == 0
-        or (training is not True and training is not False)
-        or type(momentum) is not float
-        or not 0.0 <= momentum <= 1.0
-        or type(eps) is not float
-        or not smallest <= eps < math.inf
-        or type(on_nonfinite) is not str
-        or on_nonfinite not in _POLICIES
-    ):
+    if size == 0:
         return None
     if training:
         if size // channels < 2:

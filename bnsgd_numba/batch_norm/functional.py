@@ -14,9 +14,10 @@ from typing import Any, Literal
 import numpy as np
 
 from bnsgd_numba._core.arrays import any_device_array, apart, check_apart, check_out
-from bnsgd_numba._core.checks import FLOAT_DTYPES, check_eps_in_dtype, check_flag, cpu_tunables
+from bnsgd_numba._core.checks import check_eps_in_dtype, check_flag, cpu_tunables
 from bnsgd_numba._core.layouts import (
     NCS,
+    RC,
     empty_in_layout,
     from_layout,
     kernel_view,
@@ -39,7 +40,7 @@ from bnsgd_numba.batch_norm._common import (
     host_input,
 )
 
-_NO_ARRAY = {dtype: np.empty(0, dtype=dtype) for dtype in FLOAT_DTYPES}
+_NO_ARRAY = _fast_lane.NO_ARRAY
 _new_tuple = tuple.__new__
 
 
@@ -168,6 +169,15 @@ def _forward(
     out, on_nonfinite, warn_stacklevel,
 ):  # fmt: skip
     # forward_with_status's body, with positional arguments (a tiny call pays for keywords)
+    if type(x) is np.ndarray:
+        item_elements, rc_columns, serial_below = cpu_tunables()
+        if x.size < serial_below:
+            result = _forward_small(
+                x, weight, bias, running_mean, running_var, training, momentum, eps,
+                channel_axis, out, on_nonfinite, warn_stacklevel + 1, item_elements, rc_columns,
+            )  # fmt: skip
+            if result is not None:
+                return result
     common = _fast_lane.forward_view(
         x, weight, bias, running_mean, running_var, training, momentum, eps, channel_axis,
         out, on_nonfinite,
@@ -264,17 +274,10 @@ def _forward_common(
         if bad < 0:
             return None
         if bad and tracked:
-            channels_bad = _nonfinite_update_channels(
-                x_view, layout, running_mean, running_var, momentum, item_elements, rc_columns
-            )
-            if on_nonfinite == "raise":
-                raise NonFiniteStatisticsError(channels_bad)
-            warnings.warn(
-                f"batch statistics are not finite in {bad} channel(s) "
-                f"{channels_bad.tolist()}; the running statistics were not updated",
-                RuntimeWarning,
-                stacklevel=warn_stacklevel,
-            )
+            _report_nonfinite(
+                bad, x_view, layout, running_mean, running_var, momentum, on_nonfinite,
+                warn_stacklevel + 1, item_elements, rc_columns,
+            )  # fmt: skip
     elif _fused("forward_eval", layout, x.size)(
         x_view, y_kernel, weight, bias, running_mean, running_var, save_mean, save_invstd,
         eps, parallel, item_elements, rc_columns, check_overlap,
@@ -284,6 +287,59 @@ def _forward_common(
         np.copyto(y, from_layout(y_kernel, x.shape, axis, layout))
     # tuple.__new__: the named tuple's own constructor costs a tiny call 0.3 us more
     return _new_tuple(BatchNormOutput, (y, save_mean, save_invstd)), int(bad) if training else 0
+
+
+def _forward_small(
+    x, weight, bias, running_mean, running_var, training, momentum, eps, channel_axis,
+    out, on_nonfinite, warn_stacklevel, item_elements, rc_columns,
+):  # fmt: skip
+    # a call of fewer than CPU_SERIAL_BELOW values, in one dispatch of the
+    # kernel entry (forward_small); None, having written nothing, when the
+    # call is not a common one (the general path then checks and names)
+    arguments = _fast_lane.small_forward_arguments(
+        x, weight, bias, running_mean, running_var, training, momentum, eps, channel_axis,
+        out, on_nonfinite,
+    )  # fmt: skip
+    if arguments is None:
+        return None
+    y, weight, bias, running_mean, running_var, absent, channels = arguments
+    tracked = not absent & _fast_lane.RUNNING_ABSENT
+    layout = RC if channel_axis == -1 or channel_axis == x.ndim - 1 else NCS
+    save_mean = np.empty(channels, dtype=x.dtype)
+    save_invstd = np.empty(channels, dtype=x.dtype)
+    bad = _small_entry("forward_small", layout)(
+        x, y, weight, bias, running_mean, running_var, save_mean, save_invstd, absent,
+        training, momentum, eps, tracked and on_nonfinite == "raise", channel_axis,
+        item_elements, rc_columns,
+    )  # fmt: skip
+    if bad < 0:
+        return None
+    if bad and training and tracked:
+        x_view = kernel_view(x, channel_axis % x.ndim)[1]
+        _report_nonfinite(
+            bad, x_view, layout, running_mean, running_var, momentum, on_nonfinite,
+            warn_stacklevel + 1, item_elements, rc_columns,
+        )  # fmt: skip
+    return _new_tuple(BatchNormOutput, (y, save_mean, save_invstd)), bad if training else 0
+
+
+def _report_nonfinite(
+    bad, x_view, layout, running_mean, running_var, momentum, on_nonfinite, warn_stacklevel,
+    item_elements, rc_columns,
+):  # fmt: skip
+    # ``bad`` channels' running update was not finite and not made: raise
+    # NonFiniteStatisticsError, or warn, naming them
+    channels_bad = _nonfinite_update_channels(
+        x_view, layout, running_mean, running_var, momentum, item_elements, rc_columns
+    )
+    if on_nonfinite == "raise":
+        raise NonFiniteStatisticsError(channels_bad)
+    warnings.warn(
+        f"batch statistics are not finite in {bad} channel(s) "
+        f"{channels_bad.tolist()}; the running statistics were not updated",
+        RuntimeWarning,
+        stacklevel=warn_stacklevel,
+    )
 
 
 def batch_norm_backward(
@@ -334,6 +390,15 @@ def batch_norm_backward(
     elementwise pass. An empty batch gives an empty ``dx`` and zero
     ``dweight`` and ``dbias``, as in PyTorch.
     """
+    if type(x) is np.ndarray:
+        item_elements, rc_columns, serial_below = cpu_tunables()
+        if x.size < serial_below:
+            grads = _backward_small(
+                dy, x, weight, save_mean, save_invstd, training, channel_axis, out,
+                item_elements, rc_columns,
+            )  # fmt: skip
+            if grads is not None:
+                return grads
     common = _fast_lane.backward_views(
         dy, x, weight, save_mean, save_invstd, training, channel_axis, out
     )
@@ -371,6 +436,28 @@ def batch_norm_backward(
         x, axis, layout, to_layout(dy, axis, layout), to_layout(x, axis, layout), dx,
         view_in_layout(dx, axis, layout), weight, save_mean, save_invstd, training, False,
     )  # fmt: skip
+
+
+def _backward_small(
+    dy, x, weight, save_mean, save_invstd, training, channel_axis, out, item_elements,
+    rc_columns,
+):  # fmt: skip
+    # as _forward_small, for the backward pass (backward_small)
+    arguments = _fast_lane.small_backward_arguments(
+        dy, x, weight, save_mean, save_invstd, training, channel_axis, out
+    )
+    if arguments is None:
+        return None
+    dx, weight, absent, channels = arguments
+    layout = RC if channel_axis == -1 or channel_axis == x.ndim - 1 else NCS
+    grad_weight = np.empty(channels, dtype=x.dtype)
+    grad_bias = np.empty(channels, dtype=x.dtype)
+    if _small_entry("backward_small", layout)(
+        dy, x, dx, weight, save_mean, save_invstd, grad_weight, grad_bias, absent, training,
+        channel_axis, item_elements, rc_columns,
+    ):  # fmt: skip
+        return None
+    return _new_tuple(BatchNormGrads, (dx, grad_weight, grad_bias))
 
 
 def _backward_common(
@@ -440,6 +527,17 @@ def _fused(name: str, layout: str, elements: int) -> Any:
     if pair is None:
         pair = _FUSED.setdefault((name, layout), fused_pair(name, layout))
     return pair.for_size(elements)
+
+
+_SMALL: dict[tuple[str, str], Any] = {}
+
+
+def _small_entry(name: str, layout: str) -> Any:
+    # the serial build of a whole-call entry (forward_small, backward_small)
+    entry = _SMALL.get((name, layout))
+    if entry is None:
+        entry = _SMALL.setdefault((name, layout), fused_pair(name, layout).serial)
+    return entry
 
 
 def fused_pair(name: str, layout: str) -> Any:
