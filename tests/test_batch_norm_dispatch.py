@@ -12,6 +12,8 @@ import pytest
 import bnsgd_numba as bn
 from bnsgd_numba.batch_norm import functional
 
+from .test_batch_norm_fast_lane import record_entries
+
 # Position of the ``parallel`` flag in each fused entry point's arguments.
 PARALLEL_ARGUMENT = {"forward_train": 11, "forward_eval": 9, "backward": 9}
 
@@ -47,20 +49,8 @@ def run_every_pass(shape, dtype):
 @pytest.fixture
 def small_entries(monkeypatch):
     """Record the name of every whole-call entry (the serial fast lane) called."""
-    original = functional._small_entry
     calls = []
-
-    def small_entry(name, layout):
-        entry = original(name, layout)
-        assert entry is functional.fused_pair(name, layout).serial
-
-        def call(*args):
-            calls.append(name)
-            return entry(*args)
-
-        return call
-
-    monkeypatch.setattr(functional, "_small_entry", small_entry)
+    record_entries(monkeypatch, lambda name, status: calls.append(name))
     return calls
 
 

@@ -134,25 +134,31 @@ def test_byte_spans_of_strided_reversed_and_empty_arrays():
     assert not written_meets(empty, spans)
 
 
+def record_entries(monkeypatch, record):
+    """Make every whole-call kernel entry (the serial fast lane) call ``record(name, result)``."""
+    from bnsgd_numba._core.layouts import NCS, RC
+    from bnsgd_numba.batch_norm import functional
+
+    for name, kept in (("forward_small", "_SMALL_FORWARD"), ("backward_small", "_SMALL_BACKWARD")):
+        wrapped = {}
+        for layout in (NCS, RC):
+            entry = functional._small_entry(name, layout)
+            assert entry is functional.fused_pair(name, layout).serial
+
+            def call(*args, entry=entry, name=name):
+                result = entry(*args)
+                record(name, result)
+                return result
+
+            wrapped[layout] = call
+        monkeypatch.setattr(functional, kept, wrapped)
+
+
 @pytest.fixture
 def entry_statuses(monkeypatch):
     """The status of every whole-call kernel entry (the serial fast lane) run."""
-    from bnsgd_numba.batch_norm import functional
-
-    original = functional._small_entry
     statuses = []
-
-    def small_entry(name, layout):
-        entry = original(name, layout)
-
-        def call(*args):
-            status = entry(*args)
-            statuses.append((name, int(status)))
-            return status
-
-        return call
-
-    monkeypatch.setattr(functional, "_small_entry", small_entry)
+    record_entries(monkeypatch, lambda name, status: statuses.append((name, int(status))))
     return statuses
 
 

@@ -73,13 +73,14 @@ def small_forward_arguments(
     channel_axis: Any,
     out: Any,
     on_nonfinite: Any,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int] | None:
-    """``(y, weight, bias, running_mean, running_var, absent, channels)`` for the entry, else None.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int, str] | None:
+    """``(y, weight, bias, running_mean, running_var, absent, channels, layout)``, else None.
 
     ``x`` is a NumPy array. As :func:`forward_view` but for the shapes,
     which the entry checks: a vector not given becomes an empty array of
     ``x``'s dtype, its bit set in ``absent``; ``y`` is ``out``, or a new
-    C-contiguous array.
+    C-contiguous array; ``layout`` the kernel entry's (``RC`` when the
+    channels are last, else ``NCS``).
     """
     dtype = x.dtype
     smallest = _SMALLEST_NORMAL.get(dtype)
@@ -115,12 +116,14 @@ def small_forward_arguments(
     ):
         return None
     shape = x.shape
-    if not -len(shape) <= channel_axis < len(shape):
+    ndim = len(shape)
+    if not -ndim <= channel_axis < ndim:
         return None
     y = _output(out, shape, dtype)
     if y is None:
         return None
-    return y, weight, bias, running_mean, running_var, absent, shape[channel_axis]
+    layout = RC if channel_axis == -1 or channel_axis == ndim - 1 else NCS
+    return y, weight, bias, running_mean, running_var, absent, shape[channel_axis], layout
 
 
 def small_backward_arguments(
@@ -132,8 +135,8 @@ def small_backward_arguments(
     training: Any,
     channel_axis: Any,
     out: Any,
-) -> tuple[np.ndarray, np.ndarray, int, int] | None:
-    """``(dx, weight, absent, channels)`` for the kernel entry, else None.
+) -> tuple[np.ndarray, np.ndarray, int, int, str] | None:
+    """``(dx, weight, absent, channels, layout)`` for the kernel entry, else None.
 
     As :func:`small_forward_arguments`, for :func:`backward_views`' checks
     but the shapes.
@@ -160,12 +163,14 @@ def small_backward_arguments(
     elif type(weight) is not np.ndarray or weight.dtype is not dtype:
         return None
     shape = x.shape
-    if not -len(shape) <= channel_axis < len(shape):
+    ndim = len(shape)
+    if not -ndim <= channel_axis < ndim:
         return None
     dx = _output(out, shape, dtype)
     if dx is None:
         return None
-    return dx, weight, absent, shape[channel_axis]
+    layout = RC if channel_axis == -1 or channel_axis == ndim - 1 else NCS
+    return dx, weight, absent, shape[channel_axis], layout
 
 
 def forward_view(

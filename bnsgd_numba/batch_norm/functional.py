@@ -17,7 +17,6 @@ from bnsgd_numba._core.arrays import any_device_array, apart, check_apart, check
 from bnsgd_numba._core.checks import check_eps_in_dtype, check_flag, cpu_tunables
 from bnsgd_numba._core.layouts import (
     NCS,
-    RC,
     empty_in_layout,
     from_layout,
     kernel_view,
@@ -39,6 +38,7 @@ from bnsgd_numba.batch_norm._common import (
     host_channel_vector,
     host_input,
 )
+from bnsgd_numba.batch_norm._fast_lane import RUNNING_ABSENT
 
 _NO_ARRAY = _fast_lane.NO_ARRAY
 _new_tuple = tuple.__new__
@@ -302,12 +302,12 @@ def _forward_small(
     )  # fmt: skip
     if arguments is None:
         return None
-    y, weight, bias, running_mean, running_var, absent, channels = arguments
-    tracked = not absent & _fast_lane.RUNNING_ABSENT
-    layout = RC if channel_axis == -1 or channel_axis == x.ndim - 1 else NCS
-    save_mean = np.empty(channels, dtype=x.dtype)
-    save_invstd = np.empty(channels, dtype=x.dtype)
-    bad = _small_entry("forward_small", layout)(
+    y, weight, bias, running_mean, running_var, absent, channels, layout = arguments
+    tracked = not absent & RUNNING_ABSENT
+    dtype = x.dtype
+    save_mean = np.empty(channels, dtype)
+    save_invstd = np.empty(channels, dtype)
+    bad = (_SMALL_FORWARD.get(layout) or _small_entry("forward_small", layout))(
         x, y, weight, bias, running_mean, running_var, save_mean, save_invstd, absent,
         training, momentum, eps, tracked and on_nonfinite == "raise", channel_axis,
         item_elements, rc_columns,
@@ -448,11 +448,11 @@ def _backward_small(
     )
     if arguments is None:
         return None
-    dx, weight, absent, channels = arguments
-    layout = RC if channel_axis == -1 or channel_axis == x.ndim - 1 else NCS
-    grad_weight = np.empty(channels, dtype=x.dtype)
-    grad_bias = np.empty(channels, dtype=x.dtype)
-    if _small_entry("backward_small", layout)(
+    dx, weight, absent, channels, layout = arguments
+    dtype = x.dtype
+    grad_weight = np.empty(channels, dtype)
+    grad_bias = np.empty(channels, dtype)
+    if (_SMALL_BACKWARD.get(layout) or _small_entry("backward_small", layout))(
         dy, x, dx, weight, save_mean, save_invstd, grad_weight, grad_bias, absent, training,
         channel_axis, item_elements, rc_columns,
     ):  # fmt: skip
@@ -529,14 +529,17 @@ def _fused(name: str, layout: str, elements: int) -> Any:
     return pair.for_size(elements)
 
 
-_SMALL: dict[tuple[str, str], Any] = {}
+_SMALL_FORWARD: dict[str, Any] = {}
+_SMALL_BACKWARD: dict[str, Any] = {}
 
 
 def _small_entry(name: str, layout: str) -> Any:
-    # the serial build of a whole-call entry (forward_small, backward_small)
-    entry = _SMALL.get((name, layout))
+    # the serial build of a whole-call entry (forward_small, backward_small),
+    # made once and kept by layout in _SMALL_FORWARD or _SMALL_BACKWARD
+    entries = _SMALL_FORWARD if name == "forward_small" else _SMALL_BACKWARD
+    entry = entries.get(layout)
     if entry is None:
-        entry = _SMALL.setdefault((name, layout), fused_pair(name, layout).serial)
+        entry = entries.setdefault(layout, fused_pair(name, layout).serial)
     return entry
 
 
