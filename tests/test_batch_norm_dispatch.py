@@ -47,25 +47,31 @@ def run_every_pass(shape, dtype):
 
 
 @pytest.fixture
-def small_entries(monkeypatch):
-    """Record the name of every whole-call entry (the serial fast lane) called."""
+def entry_builds(monkeypatch):
+    """Record (name, build, parallel flag) of every kernel entry (the fast lane) call."""
     calls = []
-    record_entries(monkeypatch, lambda name, status: calls.append(name))
+    record_entries(
+        monkeypatch, lambda name, build, parallel, status: calls.append((name, build, parallel))
+    )
     return calls
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(32, 784), (32, 64)])
-def test_the_seeds_shapes_run_the_serial_builds(parallel_flags, small_entries, shape, dtype):
+def test_the_seeds_shapes_run_the_serial_builds(parallel_flags, entry_builds, shape, dtype):
     run_every_pass(shape, dtype)
-    assert small_entries == ["forward_small", "forward_small", "backward_small"]
+    assert entry_builds == [
+        ("forward_entry", "serial", False),
+        ("forward_entry", "serial", False),
+        ("backward_entry", "serial", False),
+    ]
     assert parallel_flags == []
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(32, 784), (32, 64)])
 def test_the_seeds_shapes_off_the_fast_lane_run_the_serial_builds(
-    parallel_flags, small_entries, shape, dtype
+    parallel_flags, entry_builds, shape, dtype
 ):
     # NumPy scalars are valid but never the fast lane's: the general path
     # runs, with the serial builds too
@@ -75,7 +81,7 @@ def test_the_seeds_shapes_off_the_fast_lane_run_the_serial_builds(
     out = bn.batch_norm_forward(x, None, None, rm, rv, training=np.bool_(True))
     bn.batch_norm_forward(x, None, None, rm, rv, training=np.bool_(False))
     bn.batch_norm_backward(x, x, None, out.save_mean, out.save_invstd, training=np.bool_(True))
-    assert small_entries == []
+    assert entry_builds == []
     assert parallel_flags == [
         ("forward_train", False),
         ("forward_eval", False),
@@ -83,7 +89,20 @@ def test_the_seeds_shapes_off_the_fast_lane_run_the_serial_builds(
     ]
 
 
-def test_a_larger_batch_runs_the_parallel_builds(parallel_flags, small_entries):
+def test_a_larger_batch_runs_the_parallel_builds(parallel_flags, entry_builds):
     run_every_pass((256, 784), np.float32)
-    assert small_entries == []
-    assert [flag for _, flag in parallel_flags] == [True, True, True]
+    assert entry_builds == [
+        ("forward_entry", "parallel", True),
+        ("forward_entry", "parallel", True),
+        ("backward_entry", "parallel", True),
+    ]
+    assert parallel_flags == []
+
+
+def test_a_larger_batch_off_the_fast_lane_runs_the_parallel_builds(parallel_flags, entry_builds):
+    x = np.random.default_rng(0).standard_normal((256, 784)).astype(np.float32)
+    rm, rv = np.zeros(784, np.float32), np.ones(784, np.float32)
+    out = bn.batch_norm_forward(x, None, None, rm, rv, training=np.bool_(True))
+    bn.batch_norm_backward(x, x, None, out.save_mean, out.save_invstd, training=np.bool_(True))
+    assert entry_builds == []
+    assert [flag for _, flag in parallel_flags] == [True, True]

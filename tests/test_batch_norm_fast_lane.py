@@ -38,7 +38,9 @@ def _copies(arguments):
 def test_the_fast_lane_and_the_general_path_agree_bit_for_bit(shape, channel_axis, dtype):
     arguments = _arguments(shape, channel_axis, dtype)
     assert (
-        _fast_lane.forward_view(*arguments.values(), True, 0.1, 1e-5, channel_axis, None, "raise")
+        _fast_lane.forward_arguments(
+            *arguments.values(), True, 0.1, 1e-5, channel_axis, None, "raise"
+        )
         is not None
     )
     fast, general = _copies(arguments), _copies(arguments)
@@ -55,7 +57,7 @@ def test_the_fast_lane_and_the_general_path_agree_bit_for_bit(shape, channel_axi
     dy = np.random.default_rng(8).standard_normal(shape).astype(dtype)
     saved = bn.batch_norm_forward(**fast, training=True, channel_axis=channel_axis)
     args = (dy, fast["x"], fast["weight"], saved.save_mean, saved.save_invstd)
-    assert _fast_lane.backward_views(*args, True, channel_axis, None) is not None
+    assert _fast_lane.backward_arguments(*args, True, channel_axis, None) is not None
     grads_fast = bn.batch_norm_backward(*args, channel_axis=channel_axis)
     grads_general = bn.batch_norm_backward(
         *args, training=np.bool_(True), channel_axis=channel_axis
@@ -89,7 +91,7 @@ def test_anything_but_the_common_case_leaves_the_fast_lane(change):
         value = arguments["running_mean"].copy()
         value.flags.writeable = False
     arguments[name] = value
-    assert _fast_lane.forward_view(*arguments.values()) is None
+    assert _fast_lane.forward_arguments(*arguments.values()) is None
 
 
 def test_interleaved_vectors_share_a_span_but_no_element_and_still_run():
@@ -134,23 +136,45 @@ def test_byte_spans_of_strided_reversed_and_empty_arrays():
     assert not written_meets(empty, spans)
 
 
+ENTRY_PARALLEL_ARGUMENT = {"forward_entry": 14, "backward_entry": 11}
+"""Position of the ``parallel`` flag in each kernel entry's arguments."""
+
+
 def record_entries(monkeypatch, record):
-    """Make every whole-call kernel entry (the serial fast lane) call ``record(name, result)``."""
+    """Make every kernel entry (the fast lane) call ``record(name, build, parallel, status)``.
+
+    ``build`` is ``"serial"`` for the serial build, ``"parallel"`` for any
+    other (the parallel build, or the wrapper that runs it one region at a
+    time); ``parallel`` is the flag the entry was given.
+    """
     from bnsgd_numba._core.layouts import NCS, RC
     from bnsgd_numba.batch_norm import functional
 
-    for name, kept in (("forward_small", "_SMALL_FORWARD"), ("backward_small", "_SMALL_BACKWARD")):
+    def recording(name, build, kind):
+        def call(*args):
+            status = build(*args)
+            record(name, kind, args[ENTRY_PARALLEL_ARGUMENT[name]], int(status))
+            return status
+
+        return call
+
+    class RecordingPair:
+        def __init__(self, name, pair):
+            self.name, self.pair = name, pair
+
+        def for_size(self, elements):
+            build = self.pair.for_size(elements)
+            kind = "serial" if build is self.pair.serial else "parallel"
+            return recording(self.name, build, kind)
+
+    for name, kept in (
+        ("forward_entry", "_FORWARD_ENTRIES"),
+        ("backward_entry", "_BACKWARD_ENTRIES"),
+    ):
         wrapped = {}
         for layout in (NCS, RC):
-            entry = functional._small_entry(name, layout)
-            assert entry is functional.fused_pair(name, layout).serial
-
-            def call(*args, entry=entry, name=name):
-                result = entry(*args)
-                record(name, result)
-                return result
-
-            wrapped[layout] = call
+            pair = functional.fused_pair(name, layout)
+            wrapped[layout] = (recording(name, pair.serial, "serial"), RecordingPair(name, pair))
         monkeypatch.setattr(functional, kept, wrapped)
 
 
@@ -158,24 +182,30 @@ def record_entries(monkeypatch, record):
 def entry_statuses(monkeypatch):
     """The status of every whole-call kernel entry (the serial fast lane) run."""
     statuses = []
-    record_entries(monkeypatch, lambda name, status: statuses.append((name, int(status))))
+    record_entries(
+        monkeypatch, lambda name, build, parallel, status: statuses.append((name, status))
+    )
     return statuses
 
 
-SMALL_CASES = [
+ENTRY_CASES = [
     ((32, 64), 1),
     ((6, 3, 5), 1),
     ((6, 5, 3), -1),
     ((2, 3, 4, 5), 1),
     ((2, 4, 5, 3), 3),
     ((2, 1), 1),
+    # over config.CPU_SERIAL_BELOW values: the parallel builds
+    ((130, 784), 1),
+    ((2, 16, 64, 64), 1),
+    ((2, 64, 64, 16), -1),
 ]
 
 
-@pytest.mark.parametrize("shape, channel_axis", SMALL_CASES)
+@pytest.mark.parametrize("shape, channel_axis", ENTRY_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("given", ["all", "no affine", "no running statistics"])
-def test_small_calls_run_in_one_kernel_entry_with_the_general_paths_bits(
+def test_common_calls_run_in_one_kernel_entry_with_the_general_paths_bits(
     entry_statuses, shape, channel_axis, dtype, given
 ):
     arguments = _arguments(shape, channel_axis, dtype)
@@ -205,8 +235,8 @@ def test_small_calls_run_in_one_kernel_entry_with_the_general_paths_bits(
     for got, expected in zip(grads_fast, grads_general, strict=True):
         np.testing.assert_array_equal(got, expected)
     # every public call with Python scalars ran the entry, to the end
-    assert [name for name, _ in entry_statuses] == ["forward_small"] * (len(trainings) + 1) + [
-        "backward_small"
+    assert [name for name, _ in entry_statuses] == ["forward_entry"] * (len(trainings) + 1) + [
+        "backward_entry"
     ]
     assert all(status == 0 for _, status in entry_statuses)
 
@@ -239,7 +269,7 @@ def test_shapes_the_entry_refuses_go_to_the_general_path_with_nothing_written(en
             bn.batch_norm_forward(**arguments, training=True)
     for name, value in before.items():
         np.testing.assert_array_equal(arguments[name], value, err_msg=name)
-    assert entry_statuses == [("forward_small", NOT_COMMON)]
+    assert entry_statuses == [("forward_entry", NOT_COMMON)]
 
 
 @pytest.mark.parametrize(
@@ -269,7 +299,7 @@ def test_backward_shapes_the_entry_refuses_are_named(entry_statuses, change, mes
     with pytest.raises(ValueError, match=message):
         bn.batch_norm_backward(**call, out=out)
     np.testing.assert_array_equal(out, 7.0)
-    assert entry_statuses == [("backward_small", NOT_COMMON)]
+    assert entry_statuses == [("backward_entry", NOT_COMMON)]
 
 
 @pytest.mark.parametrize("policy", ["raise", "skip"])
@@ -296,4 +326,4 @@ def test_non_finite_statistics_in_the_entry_are_reported_as_by_the_general_path(
         assert np.isnan(out[:, 2]).all() and np.isfinite(out[:, [0, 1, 3]]).all()
     for name in ("running_mean", "running_var"):
         np.testing.assert_array_equal(arguments[name], before[name])
-    assert entry_statuses == [("forward_small", 1)]
+    assert entry_statuses == [("forward_entry", 1)]

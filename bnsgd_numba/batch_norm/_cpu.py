@@ -1116,7 +1116,7 @@ def backward(
 
 
 NOT_COMMON = -2
-"""What :func:`forward_small` and :func:`backward_small` return, having
+"""What :func:`forward_entry` and :func:`backward_entry` return, having
 written nothing, when a shape is not that of a common call."""
 
 
@@ -1141,17 +1141,18 @@ def _vector_fits(vector, given, channels):
     return vector.shape[0] == (channels if given else 0)
 
 
-def forward_small(
+def forward_entry(
     x, y, weight, bias, running_mean, running_var, save_mean, save_invstd, absent,
-    training, momentum, eps, stop_on_nonfinite, axis, item_elements, columns_per_item,
+    training, momentum, eps, stop_on_nonfinite, axis, parallel, item_elements,
+    columns_per_item,
 ):  # fmt: skip
-    """A whole forward call of the serial fast lane; returns a status.
+    """A whole forward call of the fast lane; returns a status.
 
     ``x`` and ``y`` are the caller's C-contiguous arrays, of any number of
     dimensions, the channels on ``axis`` (-ndim <= axis < ndim). Their
     kernel views and the call of :func:`forward_train` or
-    :func:`forward_eval` (serial, with the memory test) happen here, so that
-    a small call costs one dispatch. The caller has checked every type,
+    :func:`forward_eval` (with the memory test) happen here, so that a call
+    costs one dispatch. The caller has checked every type,
     dtype, flag and scalar; the shapes are checked here. ``absent``: bit 0
     no weight, bit 1 no bias, bit 2 no running statistics (empty arrays
     stand in for them). The status is what the pass returned, or
@@ -1185,21 +1186,21 @@ def forward_small(
     if training:
         return forward_train(
             x3, y3, weight, bias, running_mean, running_var, save_mean, save_invstd,
-            momentum, eps, stop_on_nonfinite, False, item_elements, columns_per_item, True,
+            momentum, eps, stop_on_nonfinite, parallel, item_elements, columns_per_item, True,
         )  # fmt: skip
     return forward_eval(
         x3, y3, weight, bias, running_mean, running_var, save_mean, save_invstd,
-        eps, False, item_elements, columns_per_item, True,
+        eps, parallel, item_elements, columns_per_item, True,
     )  # fmt: skip
 
 
-def backward_small(
+def backward_entry(
     dy, x, dx, weight, save_mean, save_invstd, grad_weight, grad_bias, absent, training,
-    axis, item_elements, columns_per_item,
+    axis, parallel, item_elements, columns_per_item,
 ):  # fmt: skip
-    """A whole backward call of the serial fast lane; returns a status.
+    """A whole backward call of the fast lane; returns a status.
 
-    As :func:`forward_small`, around :func:`backward`: ``dy``, ``x`` and
+    As :func:`forward_entry`, around :func:`backward`: ``dy``, ``x`` and
     ``dx`` are the caller's C-contiguous arrays; ``absent`` bit 0: no
     weight. The status is :func:`backward`'s, or :data:`NOT_COMMON`.
     """
@@ -1223,13 +1224,13 @@ def backward_small(
     return backward(
         dy.reshape((rows, channels, inner)), x.reshape((rows, channels, inner)),
         dx.reshape((rows, channels, inner)), weight, save_mean, save_invstd, grad_weight,
-        grad_bias, training, False, item_elements, columns_per_item, True,
+        grad_bias, training, parallel, item_elements, columns_per_item, True,
     )  # fmt: skip
 
 
 FUSED_PASSES = {
     layout: specialized(
-        (_normalize, forward_train, forward_eval, backward, forward_small, backward_small),
+        (_normalize, forward_train, forward_eval, backward, forward_entry, backward_entry),
         f"_{layout}",
         CHANNELS_LAST=layout == RC,
     )
@@ -1238,6 +1239,6 @@ FUSED_PASSES = {
 """Layout (``ncs``, ``rc``) -> name -> the fused pass for that layout.
 
 Names: ``_normalize`` (the affine normalization with given statistics),
-``forward_train``, ``forward_eval``, ``backward``, and the whole small calls
-``forward_small`` and ``backward_small``.
+``forward_train``, ``forward_eval``, ``backward``, and the whole calls of
+the fast lane, ``forward_entry`` and ``backward_entry``.
 """

@@ -3,20 +3,17 @@
 A training loop calls :func:`~bnsgd_numba.batch_norm_forward` and
 :func:`~bnsgd_numba.batch_norm_backward` thousands of times with plain,
 C-contiguous NumPy arrays of one dtype and plain Python scalars. On the
-seed's (32, 64) batch the general checks cost more than the kernel: these
-functions recognize that case with as few attribute reads as possible and
-return the kernel views, or ``None`` as soon as anything differs (another
-type, dtype or layout, a bad value). ``None`` sends the call down the
-general path, which checks every argument again, names the bad one, and
-handles every other case. Nothing is written here, so falling back loses
-nothing.
-
-A call over fewer than ``config.CPU_SERIAL_BELOW`` elements, which runs on
-the calling thread, goes further: :func:`small_forward_arguments` and
-:func:`small_backward_arguments` check what Python must (types, dtypes,
-flags, scalars) and the kernel entry (``forward_small``/``backward_small``
-of ``batch_norm._cpu``) checks the shapes, makes the views and allocates,
-in one dispatch. On the seed's (32, 64) a call then costs about 2 us less.
+seed's (32, 64) batch the general checks cost more than the kernel:
+:func:`forward_arguments` and :func:`backward_arguments` recognize that
+case with as few attribute reads as possible, checking what Python must
+(types, dtypes, flags, scalars), and return what the kernel entry
+(``forward_entry``/``backward_entry`` of ``batch_norm._cpu``) takes; that
+entry checks the shapes, makes the kernel views and runs the pass, all in
+one dispatch. Either returns ``None`` (the entry: a status) as soon as
+anything differs (another type, dtype or layout, a bad value or shape),
+which sends the call down the general path: it checks every argument
+again, names the bad one, and handles every other case. Nothing is written
+before that, so falling back loses nothing.
 
 Whether an array the call writes meets another one is left to the kernel,
 which tests the byte spans of all its arrays in nanoseconds before it
@@ -61,7 +58,7 @@ def _options_common(
     )
 
 
-def small_forward_arguments(
+def forward_arguments(
     x: np.ndarray,
     weight: Any,
     bias: Any,
@@ -76,8 +73,10 @@ def small_forward_arguments(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int, str] | None:
     """``(y, weight, bias, running_mean, running_var, absent, channels, layout)``, else None.
 
-    ``x`` is a NumPy array. As :func:`forward_view` but for the shapes,
-    which the entry checks: a vector not given becomes an empty array of
+    ``x`` is a NumPy array. The common call: ``x`` and ``out`` C-contiguous,
+    the vectors NumPy arrays of ``x``'s dtype, the running statistics
+    writable in training, the scalars Python's own and valid. The shapes
+    are the entry's to check. A vector not given becomes an empty array of
     ``x``'s dtype, its bit set in ``absent``; ``y`` is ``out``, or a new
     C-contiguous array; ``layout`` the kernel entry's (``RC`` when the
     channels are last, else ``NCS``).
@@ -126,7 +125,7 @@ def small_forward_arguments(
     return y, weight, bias, running_mean, running_var, absent, shape[channel_axis], layout
 
 
-def small_backward_arguments(
+def backward_arguments(
     dy: Any,
     x: np.ndarray,
     weight: Any,
@@ -138,8 +137,8 @@ def small_backward_arguments(
 ) -> tuple[np.ndarray, np.ndarray, int, int, str] | None:
     """``(dx, weight, absent, channels, layout)`` for the kernel entry, else None.
 
-    As :func:`small_forward_arguments`, for :func:`backward_views`' checks
-    but the shapes.
+    As :func:`forward_arguments`: ``dy``, ``x`` and ``out`` C-contiguous,
+    of one dtype, the vectors NumPy arrays of that dtype.
     """
     dtype = x.dtype
     if (
@@ -173,126 +172,6 @@ def small_backward_arguments(
     return dx, weight, absent, shape[channel_axis], layout
 
 
-def forward_view(
-    x: Any,
-    weight: Any,
-    bias: Any,
-    running_mean: Any,
-    running_var: Any,
-    training: Any,
-    momentum: Any,
-    eps: Any,
-    channel_axis: Any,
-    out: Any,
-    on_nonfinite: Any,
-) -> tuple[int, str, np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(channel axis, layout, view of x, y, view of y)`` for a common forward call, else None.
-
-    ``y`` is ``out``, or a new C-contiguous array when ``out`` is None.
-
-    The common case passes every check of the general path but the memory
-    test: ``x`` and ``out`` are C-contiguous and non-empty, the vectors are
-    NumPy arrays of ``x``'s dtype, and the running statistics are writable
-    in training.
-    """
-    if type(x) is not np.ndarray:
-        return None
-    dtype = x.dtype
-    smallest = _SMALLEST_NORMAL.get(dtype)
-    if smallest is None or not x.flags.c_contiguous:
-        return None
-    if not _options_common(smallest, training, momentum, eps, channel_axis, on_nonfinite):
-        return None
-    shape = x.shape
-    ndim = len(shape)
-    if ndim < 2 or not -ndim <= channel_axis < ndim:
-        return None
-    axis = channel_axis % ndim
-    channels = shape[axis]
-    size = x.size
-    if size == 0:
-        return None
-    if training:
-        if size // channels < 2:
-            return None
-    elif running_mean is None:
-        return None
-    vector = (channels,)
-    for given in (weight, bias):
-        if given is not None and (
-            type(given) is not np.ndarray or given.shape != vector or given.dtype is not dtype
-        ):
-            return None
-    if (running_mean is None) != (running_var is None):
-        return None
-    if running_mean is not None:
-        for running in (running_mean, running_var):
-            if (
-                type(running) is not np.ndarray
-                or running.shape != vector
-                or running.dtype is not dtype
-                or (training and not running.flags.writeable)
-            ):
-                return None
-    y = _output(out, shape, dtype)
-    if y is None:
-        return None
-    layout, view_shape = _layout(shape, axis, channels)
-    if view_shape is None:
-        return axis, layout, x[..., None], y, y[..., None]
-    return axis, layout, x.reshape(view_shape), y, y.reshape(view_shape)
-
-
-def backward_views(
-    dy: Any,
-    x: Any,
-    weight: Any,
-    save_mean: Any,
-    save_invstd: Any,
-    training: Any,
-    channel_axis: Any,
-    out: Any,
-) -> tuple[int, str, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(axis, layout, view of dy, view of x, dx, view of dx)`` for a common backward call, else None.
-
-    ``dx`` is ``out``, or a new C-contiguous array when ``out`` is None.
-
-    As :func:`forward_view`: ``dy``, ``x`` and ``out`` C-contiguous, of one
-    shape and dtype, the vectors NumPy arrays of that dtype.
-    """
-    if type(x) is not np.ndarray or type(dy) is not np.ndarray:
-        return None
-    dtype = x.dtype
-    if dtype not in _SMALLEST_NORMAL or dy.dtype is not dtype:
-        return None
-    shape = x.shape
-    ndim = len(shape)
-    if (
-        dy.shape != shape
-        or type(channel_axis) is not int
-        or ndim < 2
-        or not -ndim <= channel_axis < ndim
-        or (training is not True and training is not False)
-        or x.size == 0
-        or not x.flags.c_contiguous
-        or not dy.flags.c_contiguous
-    ):
-        return None
-    axis = channel_axis % ndim
-    channels = shape[axis]
-    vector = (channels,)
-    for given in (save_mean, save_invstd) if weight is None else (weight, save_mean, save_invstd):
-        if type(given) is not np.ndarray or given.shape != vector or given.dtype is not dtype:
-            return None
-    dx = _output(out, shape, dtype)
-    if dx is None:
-        return None
-    layout, view_shape = _layout(shape, axis, channels)
-    if view_shape is None:
-        return axis, layout, dy[..., None], x[..., None], dx, dx[..., None]
-    return axis, layout, dy.reshape(view_shape), x.reshape(view_shape), dx, dx.reshape(view_shape)
-
-
 def _output(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
     # ``out`` when it is a writable C-contiguous array of x's shape and dtype,
     # a new one when it is None; None for anything else
@@ -302,13 +181,3 @@ def _output(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | N
         return None
     flags = out.flags
     return out if flags.writeable and flags.c_contiguous else None
-
-
-def _layout(
-    shape: tuple[int, ...], axis: int, channels: int
-) -> tuple[str, tuple[int, int, int] | None]:
-    # the layout of a C-contiguous array and the shape of its kernel view;
-    # None for an (N, C) array, viewed as a[..., None] (faster than a reshape)
-    if axis == len(shape) - 1:
-        return RC, None if axis == 1 else (math.prod(shape[:axis]), channels, 1)
-    return NCS, (math.prod(shape[:axis]), channels, math.prod(shape[axis + 1 :]))

@@ -170,28 +170,15 @@ def _forward(
 ):  # fmt: skip
     # forward_with_status's body, with positional arguments (a tiny call pays for keywords)
     if type(x) is np.ndarray:
-        item_elements, rc_columns, serial_below = cpu_tunables()
-        if x.size < serial_below:
-            result = _forward_small(
-                x, weight, bias, running_mean, running_var, training, momentum, eps,
-                channel_axis, out, on_nonfinite, warn_stacklevel + 1, item_elements, rc_columns,
-            )  # fmt: skip
-            if result is not None:
-                return result
-    common = _fast_lane.forward_view(
-        x, weight, bias, running_mean, running_var, training, momentum, eps, channel_axis,
-        out, on_nonfinite,
-    )  # fmt: skip
-    if common is not None:
-        axis, layout, x_view, y, y_view = common
-        result = _forward_common(
-            x, axis, layout, x_view, y, y_view, weight, bias, running_mean, running_var,
-            training, momentum, eps, on_nonfinite, warn_stacklevel + 1, True,
+        result = _forward_entry(
+            x, weight, bias, running_mean, running_var, training, momentum, eps, channel_axis,
+            out, on_nonfinite, warn_stacklevel + 1,
         )  # fmt: skip
         if result is not None:
             return result
-        # the kernel found memory written that may meet another array: the
-        # general path's exact tests name the arrays (or clear them)
+        # not a common call, or the kernel found memory written that may meet
+        # another array: the general path's exact tests name the arrays (or
+        # clear them)
     if any_device_array(x, weight, bias, running_mean, running_var, out):
         from bnsgd_numba.batch_norm import _cuda_driver
 
@@ -243,17 +230,16 @@ def _forward(
         y_view = view_in_layout(y, axis, layout)
     return _forward_common(
         x, axis, layout, x_view, y, y_view, weight, bias, running_mean, running_var, training,
-        momentum, eps, on_nonfinite, warn_stacklevel + 1, False,
+        momentum, eps, on_nonfinite, warn_stacklevel + 1,
     )  # fmt: skip
 
 
 def _forward_common(
     x, axis, layout, x_view, y, y_view, weight, bias, running_mean, running_var, training,
-    momentum, eps, on_nonfinite, warn_stacklevel, check_overlap,
+    momentum, eps, on_nonfinite, warn_stacklevel,
 ):  # fmt: skip
-    # the kernels' part of _forward, on checked arguments (``y_view`` None: y
-    # has another layout, written from a temporary); None, having written
-    # nothing, when check_overlap finds arrays that may meet
+    # the kernels' part of the general path, on checked arguments (``y_view``
+    # None: y has another layout, written from a temporary)
     item_elements, rc_columns, serial_below = cpu_tunables()
     channels = x_view.shape[1]
     y_kernel = y_view if y_view is not None else np.empty_like(x_view)
@@ -269,48 +255,48 @@ def _forward_common(
             x_view, y_kernel, weight, bias,
             running_mean if tracked else no_array, running_var if tracked else no_array,
             save_mean, save_invstd, momentum, eps, tracked and on_nonfinite == "raise",
-            parallel, item_elements, rc_columns, check_overlap,
+            parallel, item_elements, rc_columns, False,
         )  # fmt: skip
-        if bad < 0:
-            return None
         if bad and tracked:
             _report_nonfinite(
                 bad, x_view, layout, running_mean, running_var, momentum, on_nonfinite,
                 warn_stacklevel + 1, item_elements, rc_columns,
             )  # fmt: skip
-    elif _fused("forward_eval", layout, x.size)(
-        x_view, y_kernel, weight, bias, running_mean, running_var, save_mean, save_invstd,
-        eps, parallel, item_elements, rc_columns, check_overlap,
-    ):  # fmt: skip
-        return None
+    else:
+        _fused("forward_eval", layout, x.size)(
+            x_view, y_kernel, weight, bias, running_mean, running_var, save_mean, save_invstd,
+            eps, parallel, item_elements, rc_columns, False,
+        )  # fmt: skip
     if y_view is None:
         np.copyto(y, from_layout(y_kernel, x.shape, axis, layout))
     # tuple.__new__: the named tuple's own constructor costs a tiny call 0.3 us more
     return _new_tuple(BatchNormOutput, (y, save_mean, save_invstd)), int(bad) if training else 0
 
 
-def _forward_small(
+def _forward_entry(
     x, weight, bias, running_mean, running_var, training, momentum, eps, channel_axis,
-    out, on_nonfinite, warn_stacklevel, item_elements, rc_columns,
+    out, on_nonfinite, warn_stacklevel,
 ):  # fmt: skip
-    # a call of fewer than CPU_SERIAL_BELOW values, in one dispatch of the
-    # kernel entry (forward_small); None, having written nothing, when the
-    # call is not a common one (the general path then checks and names)
-    arguments = _fast_lane.small_forward_arguments(
+    # the fast lane: a common call in one dispatch of the kernel entry
+    # (forward_entry); None, having written nothing, when the call is not a
+    # common one or its arrays may meet (the general path then checks and names)
+    arguments = _fast_lane.forward_arguments(
         x, weight, bias, running_mean, running_var, training, momentum, eps, channel_axis,
         out, on_nonfinite,
     )  # fmt: skip
     if arguments is None:
         return None
     y, weight, bias, running_mean, running_var, absent, channels, layout = arguments
+    item_elements, rc_columns, serial_below = cpu_tunables()
+    size = x.size
     tracked = not absent & RUNNING_ABSENT
     dtype = x.dtype
     save_mean = np.empty(channels, dtype)
     save_invstd = np.empty(channels, dtype)
-    bad = (_SMALL_FORWARD.get(layout) or _small_entry("forward_small", layout))(
+    bad = _entry(_FORWARD_ENTRIES, layout, size, serial_below)(
         x, y, weight, bias, running_mean, running_var, save_mean, save_invstd, absent,
         training, momentum, eps, tracked and on_nonfinite == "raise", channel_axis,
-        item_elements, rc_columns,
+        size >= serial_below, item_elements, rc_columns,
     )  # fmt: skip
     if bad < 0:
         return None
@@ -391,22 +377,10 @@ def batch_norm_backward(
     ``dweight`` and ``dbias``, as in PyTorch.
     """
     if type(x) is np.ndarray:
-        item_elements, rc_columns, serial_below = cpu_tunables()
-        if x.size < serial_below:
-            grads = _backward_small(
-                dy, x, weight, save_mean, save_invstd, training, channel_axis, out,
-                item_elements, rc_columns,
-            )  # fmt: skip
-            if grads is not None:
-                return grads
-    common = _fast_lane.backward_views(
-        dy, x, weight, save_mean, save_invstd, training, channel_axis, out
-    )
-    if common is not None:
-        grads = _backward_common(x, *common, weight, save_mean, save_invstd, training, True)
+        grads = _backward_entry(dy, x, weight, save_mean, save_invstd, training, channel_axis, out)
         if grads is not None:
             return grads
-        # dx may meet another array: the general path names them (or clears them)
+        # as in the forward pass: the general path checks and names
     if any_device_array(dy, x, weight, save_mean, save_invstd, out):
         from bnsgd_numba.batch_norm import _cuda_driver
 
@@ -434,27 +408,26 @@ def batch_norm_backward(
     dx = out if out is not None else empty_in_layout(x, axis, layout)
     return _backward_common(
         x, axis, layout, to_layout(dy, axis, layout), to_layout(x, axis, layout), dx,
-        view_in_layout(dx, axis, layout), weight, save_mean, save_invstd, training, False,
+        view_in_layout(dx, axis, layout), weight, save_mean, save_invstd, training,
     )  # fmt: skip
 
 
-def _backward_small(
-    dy, x, weight, save_mean, save_invstd, training, channel_axis, out, item_elements,
-    rc_columns,
-):  # fmt: skip
-    # as _forward_small, for the backward pass (backward_small)
-    arguments = _fast_lane.small_backward_arguments(
+def _backward_entry(dy, x, weight, save_mean, save_invstd, training, channel_axis, out):
+    # as _forward_entry, for the backward pass (backward_entry)
+    arguments = _fast_lane.backward_arguments(
         dy, x, weight, save_mean, save_invstd, training, channel_axis, out
     )
     if arguments is None:
         return None
     dx, weight, absent, channels, layout = arguments
+    item_elements, rc_columns, serial_below = cpu_tunables()
+    size = x.size
     dtype = x.dtype
     grad_weight = np.empty(channels, dtype)
     grad_bias = np.empty(channels, dtype)
-    if (_SMALL_BACKWARD.get(layout) or _small_entry("backward_small", layout))(
+    if _entry(_BACKWARD_ENTRIES, layout, size, serial_below)(
         dy, x, dx, weight, save_mean, save_invstd, grad_weight, grad_bias, absent, training,
-        channel_axis, item_elements, rc_columns,
+        channel_axis, size >= serial_below, item_elements, rc_columns,
     ):  # fmt: skip
         return None
     return _new_tuple(BatchNormGrads, (dx, grad_weight, grad_bias))
@@ -462,22 +435,20 @@ def _backward_small(
 
 def _backward_common(
     x, axis, layout, dy_view, x_view, dx, dx_view, weight, save_mean, save_invstd, training,
-    check_overlap,
 ):  # fmt: skip
-    # the kernels' part of batch_norm_backward, on checked arguments (``dx_view``
-    # None: dx has another layout, written from a temporary); None, having
-    # written nothing, when check_overlap finds arrays that may meet
+    # the kernels' part of batch_norm_backward's general path, on checked
+    # arguments (``dx_view`` None: dx has another layout, written from a
+    # temporary)
     item_elements, rc_columns, serial_below = cpu_tunables()
     channels = x_view.shape[1]
     dx_kernel = dx_view if dx_view is not None else np.empty_like(x_view)
     dweight = np.empty(channels, dtype=x.dtype)
     dbias = np.empty(channels, dtype=x.dtype)
-    if _fused("backward", layout, x.size)(
+    _fused("backward", layout, x.size)(
         dy_view, x_view, dx_kernel, _NO_ARRAY[x.dtype] if weight is None else weight,
         save_mean, save_invstd, dweight, dbias, training,
-        x.size >= serial_below, item_elements, rc_columns, check_overlap,
-    ):  # fmt: skip
-        return None
+        x.size >= serial_below, item_elements, rc_columns, False,
+    )  # fmt: skip
     if dx_view is None:
         np.copyto(dx, from_layout(dx_kernel, x.shape, axis, layout))
     return _new_tuple(BatchNormGrads, (dx, dweight, dbias))
@@ -529,18 +500,23 @@ def _fused(name: str, layout: str, elements: int) -> Any:
     return pair.for_size(elements)
 
 
-_SMALL_FORWARD: dict[str, Any] = {}
-_SMALL_BACKWARD: dict[str, Any] = {}
+_FORWARD_ENTRIES: dict[str, tuple[Any, Any]] = {}
+_BACKWARD_ENTRIES: dict[str, tuple[Any, Any]] = {}
+"""Layout -> (serial build, :class:`KernelPair`) of ``forward_entry``/``backward_entry``."""
 
 
-def _small_entry(name: str, layout: str) -> Any:
-    # the serial build of a whole-call entry (forward_small, backward_small),
-    # made once and kept by layout in _SMALL_FORWARD or _SMALL_BACKWARD
-    entries = _SMALL_FORWARD if name == "forward_small" else _SMALL_BACKWARD
-    entry = entries.get(layout)
-    if entry is None:
-        entry = entries.setdefault(layout, fused_pair(name, layout).serial)
-    return entry
+def _entry(
+    entries: dict[str, tuple[Any, Any]], layout: str, elements: int, serial_below: int
+) -> Any:
+    # the build of a whole-call entry to run over ``elements`` values: the
+    # serial one below serial_below without asking the pair (a tiny call
+    # pays for every lookup), else the pair's choice (KernelPair.for_size)
+    builds = entries.get(layout)
+    if builds is None:
+        name = "forward_entry" if entries is _FORWARD_ENTRIES else "backward_entry"
+        pair = fused_pair(name, layout)
+        builds = entries.setdefault(layout, (pair.serial, pair))
+    return builds[0] if elements < serial_below else builds[1].for_size(elements)
 
 
 def fused_pair(name: str, layout: str) -> Any:
