@@ -1152,10 +1152,9 @@ def forward_entry(
     dimensions, the channels on ``axis`` (-ndim <= axis < ndim). Their
     kernel views and the call of :func:`forward_train` or
     :func:`forward_eval` (with the memory test) happen here, so that a call
-    costs one dispatch. The caller has checked every type,
-    dtype, flag and scalar; the shapes are checked here. ``absent``: bit 0
-    no weight, bit 1 no bias, bit 2 no running statistics (empty arrays
-    stand in for them). The status is what the pass returned, or
+    costs one dispatch. The caller has checked every type, dtype, flag and
+    scalar; the shapes are checked here. ``absent``: bit 0 no weight, bit 1
+    no bias, bit 2 no running statistics (empty arrays stand in for them). The status is what the pass returned, or
     :data:`NOT_COMMON` with nothing written when a shape is not that of a
     common call. (The caller allocates ``save_mean`` and ``save_invstd``:
     arrays made here would come back with a copy of their dtype, which the
