@@ -56,9 +56,8 @@ Both builds split the work into the same items, so they agree bitwise. The
 serial one runs on the calling thread and never starts or wakes the thread
 pool: below about 98,304 (3 * 2**15) elements a parallel region costs more
 than it saves on two cores (measured per kernel family, docs/threading.md),
-and in a
-training step it would also wake threads next to BLAS's. 0 makes every call
-parallel; a huge value makes every call serial.
+and in a training step it would also wake threads next to BLAS's. 0 makes
+every call parallel; a huge value makes every call serial.
 """
 
 GPU_THREADS_PER_BLOCK: int = _DEFAULTS["GPU_THREADS_PER_BLOCK"]
