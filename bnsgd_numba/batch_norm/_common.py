@@ -20,6 +20,11 @@ from bnsgd_numba._core.checks import (
 )
 from bnsgd_numba._core.layouts import normalize_channel_axis
 
+WEIGHT_ABSENT = 1
+BIAS_ABSENT = 2
+RUNNING_ABSENT = 4
+"""Bits of ``absent`` for the fast lane's kernel entries: which vectors were not given."""
+
 
 class BatchNormOutput(NamedTuple):
     """What :func:`~bnsgd_numba.batch_norm_forward` returns."""

@@ -44,6 +44,7 @@ from bnsgd_numba._core.streaming import (
     store_fence,
     streams,
 )
+from bnsgd_numba.batch_norm._common import BIAS_ABSENT, RUNNING_ABSENT, WEIGHT_ABSENT
 
 RC_ROW_GROUPS = 8
 """Row groups of a channels-last reduction: its parallel tasks, with the strips.
@@ -1153,10 +1154,11 @@ def forward_entry(
     kernel views and the call of :func:`forward_train` or
     :func:`forward_eval` (with the memory test) happen here, so that a call
     costs one dispatch. The caller has checked every type, dtype, flag and
-    scalar; the shapes are checked here. ``absent``: bit 0 no weight, bit 1
-    no bias, bit 2 no running statistics (empty arrays stand in for them). The status is what the pass returned, or
-    :data:`NOT_COMMON` with nothing written when a shape is not that of a
-    common call. (The caller allocates ``save_mean`` and ``save_invstd``:
+    scalar; the shapes are checked here. ``absent`` holds the bits of the
+    vectors not given (``_common.WEIGHT_ABSENT``, ``BIAS_ABSENT``,
+    ``RUNNING_ABSENT``; empty arrays stand in for them). The status is what
+    the pass returned, or :data:`NOT_COMMON` with nothing written when a
+    shape is not that of a common call. (The caller allocates ``save_mean`` and ``save_invstd``:
     arrays made here would come back with a copy of their dtype, which the
     fast lane's ``dtype is`` tests would not recognize.)
     """
@@ -1167,13 +1169,13 @@ def forward_entry(
     if CHANNELS_LAST != (axis == ndim - 1):
         return NOT_COMMON
     rows, channels, inner = _kernel_shape(x.shape, axis)
-    tracked = (absent & 4) == 0
+    tracked = (absent & RUNNING_ABSENT) == 0
     if (
         rows * inner == 0
         or channels == 0
         or (training and rows * inner < 2)
-        or not _vector_fits(weight, (absent & 1) == 0, channels)
-        or not _vector_fits(bias, (absent & 2) == 0, channels)
+        or not _vector_fits(weight, (absent & WEIGHT_ABSENT) == 0, channels)
+        or not _vector_fits(bias, (absent & BIAS_ABSENT) == 0, channels)
         or not _vector_fits(running_mean, tracked, channels)
         or not _vector_fits(running_var, tracked, channels)
         or not _vector_fits(save_mean, True, channels)
@@ -1200,8 +1202,8 @@ def backward_entry(
     """A whole backward call of the fast lane; returns a status.
 
     As :func:`forward_entry`, around :func:`backward`: ``dy``, ``x`` and
-    ``dx`` are the caller's C-contiguous arrays; ``absent`` bit 0: no
-    weight. The status is :func:`backward`'s, or :data:`NOT_COMMON`.
+    ``dx`` are the caller's C-contiguous arrays; ``absent`` may hold
+    ``WEIGHT_ABSENT``. The status is :func:`backward`'s, or :data:`NOT_COMMON`.
     """
     ndim = x.ndim
     if ndim < 2 or not -ndim <= axis < ndim or dy.shape != x.shape or dx.shape != x.shape:
@@ -1213,7 +1215,7 @@ def backward_entry(
     if (
         rows * inner == 0
         or channels == 0
-        or not _vector_fits(weight, (absent & 1) == 0, channels)
+        or not _vector_fits(weight, (absent & WEIGHT_ABSENT) == 0, channels)
         or not _vector_fits(save_mean, True, channels)
         or not _vector_fits(save_invstd, True, channels)
         or not _vector_fits(grad_weight, True, channels)

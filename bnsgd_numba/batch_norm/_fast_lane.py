@@ -30,32 +30,12 @@ import numpy as np
 
 from bnsgd_numba._core.checks import FLOAT_DTYPES
 from bnsgd_numba._core.layouts import NCS, RC
+from bnsgd_numba.batch_norm._common import BIAS_ABSENT, RUNNING_ABSENT, WEIGHT_ABSENT
 
 _SMALLEST_NORMAL = {dtype: float(np.finfo(dtype).tiny) for dtype in FLOAT_DTYPES}
 _POLICIES = frozenset(("raise", "skip"))
 NO_ARRAY = {dtype: np.empty(0, dtype=dtype) for dtype in FLOAT_DTYPES}
 """dtype -> the empty array that stands in for a vector not given."""
-
-WEIGHT_ABSENT = 1
-BIAS_ABSENT = 2
-RUNNING_ABSENT = 4
-"""Bits of ``absent`` for the kernel entries: which vectors were not given."""
-
-
-def _options_common(
-    smallest: float, training: Any, momentum: Any, eps: Any, channel_axis: Any, on_nonfinite: Any
-) -> bool:
-    # the scalars of a common forward call: Python's own types, valid values
-    return (
-        type(channel_axis) is int
-        and (training is True or training is False)
-        and type(momentum) is float
-        and 0.0 <= momentum <= 1.0
-        and type(eps) is float
-        and smallest <= eps < math.inf
-        and type(on_nonfinite) is str
-        and on_nonfinite in _POLICIES
-    )
 
 
 def forward_arguments(
@@ -86,7 +66,14 @@ def forward_arguments(
     if (
         smallest is None
         or not x.flags.c_contiguous
-        or not _options_common(smallest, training, momentum, eps, channel_axis, on_nonfinite)
+        or type(channel_axis) is not int
+        or (training is not True and training is not False)
+        or type(momentum) is not float
+        or not 0.0 <= momentum <= 1.0
+        or type(eps) is not float
+        or not smallest <= eps < math.inf
+        or type(on_nonfinite) is not str
+        or on_nonfinite not in _POLICIES
     ):
         return None
     empty = NO_ARRAY[dtype]

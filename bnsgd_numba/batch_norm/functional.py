@@ -28,6 +28,7 @@ from bnsgd_numba._core.layouts import (
 )
 from bnsgd_numba.batch_norm import _fast_lane
 from bnsgd_numba.batch_norm._common import (
+    RUNNING_ABSENT,
     BatchNormGrads,
     BatchNormOutput,
     NonFiniteStatisticsError,
@@ -38,7 +39,6 @@ from bnsgd_numba.batch_norm._common import (
     host_channel_vector,
     host_input,
 )
-from bnsgd_numba.batch_norm._fast_lane import RUNNING_ABSENT
 
 _NO_ARRAY = _fast_lane.NO_ARRAY
 _new_tuple = tuple.__new__
